@@ -1,0 +1,306 @@
+"""Load a structural scan once and serve every view the scorers ask for.
+
+A :class:`Volume` holds the canonical (RAS+) float32 image, its robustly normalised copy, a head
+mask and the header facts (voxel sizes, acquisition plane). Slice stacks and resampled 3D grids are
+computed on first request and cached, so all scorers share one load ("one load, many views").
+
+Normalisation (why): raw intensities differ by orders of magnitude between scanners, and min-max
+scaling is ruined by one hot voxel. We map the 0.5th percentile of the whole image to 0 and the
+99th percentile *inside the head mask* to 1, then clip to [0, 2]. Simulated noise levels in
+:mod:`bids_qa.artifacts` are expressed on this scale.
+
+Acquisition plane (why): most clinical scans are 2D multi-slice (e.g. 0.7x0.7x4 mm). Their slices
+are sharp in the acquisition plane and blurry across it by design. Scorers therefore read slices in
+the plane spanned by the two smallest voxel sizes; isotropic volumes are read axially. The
+resolution itself is reported as its own metric (see :mod:`bids_qa.scorers.header`).
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bids_qa.errors import ScanError
+
+#: Refuse headers that would need more voxels than this (about 2 GB as float32) before allocating.
+MAX_VOXELS = 400_000_000
+#: Voxel-size ratio above which a volume is treated as a 2D (thick-slice) acquisition.
+ANISOTROPY_2D_RATIO = 1.5
+#: Output range of the normalised image.
+NORM_CLIP = (0.0, 2.0)
+
+
+@dataclass
+class Volume:
+    """A loaded, validated, canonically oriented 3D scan with cached derived views.
+
+    Attributes
+    ----------
+    raw
+        Canonical-orientation float32 intensities as stored (scaled by the header slope).
+    data
+        Robustly normalised copy of ``raw`` (0.5th percentile -> 0, head 99th percentile -> 1,
+        clipped to [0, 2]).
+    mask
+        Boolean head (foreground) mask from Otsu's threshold on the normalised image.
+    zooms
+        Voxel sizes in mm along the canonical axes (R, A, S).
+    affine
+        The canonical affine.
+    slice_axis
+        Axis (0, 1 or 2) along which scorers take 2D slices: the acquisition (thickest) axis of a
+        2D acquisition, else 2 (axial).
+    warnings
+        Non-fatal problems found while loading (e.g. a few non-finite voxels set to 0).
+    """
+
+    raw: np.ndarray
+    data: np.ndarray
+    mask: np.ndarray
+    zooms: tuple[float, float, float]
+    affine: np.ndarray
+    slice_axis: int
+    warnings: list[str] = field(default_factory=list)
+    _cache: dict[Any, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.data.shape)  # type: ignore[return-value]
+
+    @property
+    def anisotropy(self) -> float:
+        """Largest over smallest voxel size (1 for isotropic volumes)."""
+        return float(max(self.zooms) / min(self.zooms))
+
+    @property
+    def is_2d_acquisition(self) -> bool:
+        return self.anisotropy > ANISOTROPY_2D_RATIO
+
+    def slice_stack(self, size: int, axis: int | None = None) -> np.ndarray:
+        """Slices along ``axis`` (default: :attr:`slice_axis`), each padded to a square field of
+        view in mm and resized to ``size`` x ``size``; float32 array of shape (n, size, size)."""
+        axis = self.slice_axis if axis is None else axis
+        key = ("slices", size, axis)
+        if key not in self._cache:
+            self._cache[key] = slices_to_square(self.data, self.zooms, axis, size)
+        return self._cache[key]
+
+    def grid(self, size: int) -> np.ndarray:
+        """The whole volume padded to a cube in mm and resized to ``size``^3 (float32)."""
+        key = ("grid", size)
+        if key not in self._cache:
+            self._cache[key] = volume_to_cube(self.data, self.zooms, size)
+        return self._cache[key]
+
+    def anatomy_slices(self, axis: int | None = None, min_fraction: float = 0.02) -> np.ndarray:
+        """Indices of slices along ``axis`` whose head mask covers at least ``min_fraction``."""
+        axis = self.slice_axis if axis is None else axis
+        other = tuple(a for a in range(3) if a != axis)
+        cover = self.mask.mean(axis=other)
+        return np.flatnonzero(cover >= min_fraction)
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 128) -> float:
+    """Otsu's threshold: the cut maximising the between-class variance of a 1D sample.
+
+    References
+    ----------
+    Otsu N. A threshold selection method from gray-level histograms. IEEE Trans SMC 1979.
+    doi:10.1109/TSMC.1979.4310076
+    """
+    hist, edges = np.histogram(values, bins=bins)
+    hist = hist.astype(np.float64)
+    centers = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centers)
+    mu0 = m0 / np.maximum(w0, 1e-12)
+    mu1 = (m0[-1] - m0) / np.maximum(w1, 1e-12)
+    between = w0 * w1 * (mu0 - mu1) ** 2
+    return float(centers[int(np.argmax(between[:-1]))])
+
+
+def head_mask(data: np.ndarray) -> np.ndarray:
+    """Foreground mask: Otsu threshold on a subsample, largest-component-free and fast.
+
+    Good enough for intensity normalisation and IQMs (air vs head); it is not a brain mask.
+    """
+    from scipy import ndimage
+
+    sample = data[:: max(1, data.shape[0] // 64), :: max(1, data.shape[1] // 64), :: max(1, data.shape[2] // 64)]
+    thr = otsu_threshold(sample.ravel())
+    mask = data > thr
+    # Close small holes slice-wise cheaply: binary fill on a downsampled copy would lose detail.
+    mask = ndimage.binary_opening(mask, iterations=1)
+    return mask
+
+
+def normalise(raw: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Robust intensity normalisation and the head mask it was computed with.
+
+    Returns the normalised float32 image (0.5th percentile -> 0, 99th percentile in the head -> 1,
+    clipped to :data:`NORM_CLIP`) and the boolean mask.
+    """
+    step = max(1, int(np.ceil((raw.size / 2e6) ** (1 / 3))))
+    sub = raw[::step, ::step, ::step]
+    lo = float(np.percentile(sub, 0.5))
+    if mask is None:
+        mask = head_mask(raw)
+    fg = raw[::step, ::step, ::step][mask[::step, ::step, ::step]]
+    hi = float(np.percentile(fg, 99)) if fg.size > 10 else float(np.percentile(sub, 99.5))
+    if not hi > lo:
+        hi = float(sub.max())
+    if not hi > lo:
+        raise ScanError("load", "image is constant (every voxel has the same value); nothing to assess")
+    out = (raw - lo) / (hi - lo)
+    np.clip(out, *NORM_CLIP, out=out)
+    return out.astype(np.float32, copy=False), mask
+
+
+def _check_gzip(path: Path) -> None:
+    """Fail early with a clear message on a corrupt or truncated gzip stream."""
+    try:
+        with gzip.open(path, "rb") as fh:
+            while fh.read(1 << 24):
+                pass
+    except (OSError, EOFError, zlib.error) as err:
+        raise ScanError("load", f"{path.name}: corrupt or truncated gzip stream ({err})") from err
+
+
+def load_volume(path: str | Path, max_voxels: int = MAX_VOXELS) -> Volume:
+    """Read a NIfTI file into a validated, canonical, normalised :class:`Volume`.
+
+    Raises
+    ------
+    ScanError
+        With stage ``"load"`` for anything that makes the file unusable: unreadable or not NIfTI,
+        zero bytes, truncated, 2D, 4D with more than one volume, absurd dimensions (refused before
+        any memory is allocated), all non-finite, constant.
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as err:
+        raise ScanError("load", f"cannot read {path.name}: {err}") from err
+    if size == 0:
+        raise ScanError("load", f"{path.name} is an empty (zero-byte) file")
+    try:
+        img = nib.load(str(path))
+    except Exception as err:  # nibabel raises several types for bad files
+        raise ScanError("load", f"{path.name} is not a readable NIfTI image ({type(err).__name__}: {err})") from err
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise ScanError("load", f"{path.name} is a {type(img).__name__}, not NIfTI")
+
+    shape = tuple(int(s) for s in img.shape)
+    if len(shape) < 3 or (len(shape) == 3 and min(shape) < 2):
+        raise ScanError("load", f"{path.name} has shape {shape}: a 3D volume is needed, this is 2D")
+    if len(shape) > 3:
+        extra = int(np.prod(shape[3:]))
+        if extra != 1:
+            raise ScanError(
+                "load",
+                f"{path.name} has shape {shape}: a 4D series of {extra} volumes; structural QA needs "
+                "one 3D volume (split it, e.g. with fslsplit, and run on the volume you want assessed)",
+            )
+    if any(s <= 0 for s in shape[:3]) or int(np.prod(shape[:3])) > max_voxels:
+        raise ScanError(
+            "load",
+            f"{path.name} declares dimensions {shape[:3]} ({int(np.prod(shape[:3])):,} voxels), over the "
+            f"limit of {max_voxels:,}; refusing to allocate it (corrupt header?)",
+        )
+    if len(shape) > 3:
+        img = img.slicer[..., 0] if len(shape) == 4 else nib.Nifti1Image(
+            np.asanyarray(img.dataobj).reshape(shape[:3]), img.affine, img.header
+        )
+
+    if str(path).endswith(".gz"):
+        _check_gzip(path)
+    try:
+        img = nib.as_closest_canonical(img)
+        raw = np.asanyarray(img.dataobj, dtype=np.float32)
+    except Exception as err:
+        raise ScanError("load", f"{path.name}: could not read the voxel data ({type(err).__name__}: {err})") from err
+    raw = np.ascontiguousarray(raw.reshape(raw.shape[:3]))
+
+    warnings: list[str] = []
+    finite = np.isfinite(raw)
+    if not finite.all():
+        n_bad = int(raw.size - finite.sum())
+        if n_bad > 0.5 * raw.size:
+            raise ScanError("load", f"{path.name}: {n_bad:,} of {raw.size:,} voxels are NaN or Inf; no usable image")
+        raw[~finite] = 0.0
+        warnings.append(f"{n_bad:,} NaN/Inf voxels set to 0")
+    if float(raw.max()) == float(raw.min()):
+        raise ScanError("load", f"{path.name}: image is constant (every voxel is {float(raw.min()):g}); nothing to assess")
+
+    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    if not all(np.isfinite(z) and z > 0 for z in zooms):
+        warnings.append(f"invalid voxel sizes {zooms} in header; assuming 1 mm")
+        zooms = (1.0, 1.0, 1.0)
+    data, mask = normalise(raw)
+    ratio = max(zooms) / min(zooms)
+    slice_axis = int(np.argmax(zooms)) if ratio > ANISOTROPY_2D_RATIO else 2
+    return Volume(raw=raw, data=data, mask=mask, zooms=zooms, affine=img.affine,  # type: ignore[arg-type]
+                  slice_axis=slice_axis, warnings=warnings)
+
+
+def volume_from_array(data: np.ndarray, zooms: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> Volume:
+    """Build a :class:`Volume` from an in-memory array already in RAS+ order (tests, training)."""
+    raw = np.ascontiguousarray(data, dtype=np.float32)
+    norm, mask = normalise(raw)
+    ratio = max(zooms) / min(zooms)
+    slice_axis = int(np.argmax(zooms)) if ratio > ANISOTROPY_2D_RATIO else 2
+    return Volume(raw=raw, data=norm, mask=mask, zooms=tuple(zooms), affine=np.diag([*zooms, 1.0]),
+                  slice_axis=slice_axis)
+
+
+def slices_to_square(data: np.ndarray, zooms: tuple[float, ...], axis: int, size: int) -> np.ndarray:
+    """Every slice along ``axis``, zero-padded to a square field of view in mm, resized to size^2.
+
+    Padding keeps the anatomy's aspect ratio and physical scale comparable between scans with
+    different matrices, so one model sees the same kind of input everywhere.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    arr = np.moveaxis(data, axis, 0)
+    plane_zooms = [z for a, z in enumerate(zooms) if a != axis]
+    h, w = arr.shape[1:]
+    extent = max(h * plane_zooms[0], w * plane_zooms[1])
+    ph = max(h, int(round(extent / plane_zooms[0])))
+    pw = max(w, int(round(extent / plane_zooms[1])))
+    t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[:, None]
+    top, left = (ph - h) // 2, (pw - w) // 2
+    t = F.pad(t, (left, pw - w - left, top, ph - h - top))
+    antialias = ph > size or pw > size
+    t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=antialias)
+    return t[:, 0].numpy()
+
+
+def volume_to_cube(data: np.ndarray, zooms: tuple[float, ...], size: int) -> np.ndarray:
+    """The volume zero-padded to a cube in mm and resized (trilinear) to size^3."""
+    import torch
+    import torch.nn.functional as F
+
+    dims = data.shape
+    extent = max(d * z for d, z in zip(dims, zooms))
+    padded = [max(d, int(round(extent / z))) for d, z in zip(dims, zooms)]
+    t = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))[None, None]
+    pads: list[int] = []
+    for d, p in reversed(list(zip(dims, padded))):
+        before = (p - d) // 2
+        pads += [before, p - d - before]
+    t = F.pad(t, pads)
+    # Area-average first when shrinking a lot, so thin structures do not alias.
+    factor = max(1, min(padded) // size)
+    if factor > 1:
+        t = F.avg_pool3d(t, kernel_size=factor, stride=factor, ceil_mode=True)
+    t = F.interpolate(t, size=(size, size, size), mode="trilinear", align_corners=False)
+    return t[0, 0].numpy()
