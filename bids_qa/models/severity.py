@@ -1,0 +1,136 @@
+"""Artifact-severity model (paper 000: Hays et al., "An unsupervised approach for artifact severity
+scoring in multi-contrast MR images", MIDL 2025 submission).
+
+A small 2D encoder maps a slice to one non-negative number; a volume's score is the mean over the
+middle 60% of its anatomy-bearing slices in the acquisition plane. ``<= 1`` is usable, ``> 1`` should
+be looked at.
+
+Architecture (paper Sec. 2.3, shape kept, sizes ours): two blocks of [conv3x3 -> InstanceNorm ->
+LeakyReLU] x 2 with growing channels, a conv down to one channel, adaptive average pooling, absolute
+value. Our choice: every conv in the blocks has stride 2 (input 128x128 -> 8x8 feature map). This makes
+a slice cost ~15 MMAC (a 1 mm volume scores in well under 0.3 s on 2 CPU cores) and, more importantly,
+gives the output a receptive field of about half the slice, which a smooth bias field needs to be
+seen at all (the paper's bias row barely moves; its encoder has no downsampling).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bids_qa.scoring import ScanScores
+from bids_qa.volume import Volume
+
+NAME = "severity"
+WEIGHTS_FILE = "severity.safetensors"
+#: Paper 000's threshold: <= 1 usable, > 1 flag.
+DEFAULT_THRESHOLD = 1.0
+#: Fraction of the (anatomy-bearing) slices, centred, averaged into the volume score.
+MIDDLE_FRACTION = 0.6
+
+
+@dataclass(frozen=True)
+class SeverityConfig:
+    """Architecture hyper-parameters, stored in the weights' metadata."""
+
+    input_size: int = 128
+    channels: tuple[int, int] = (16, 32)
+    negative_slope: float = 0.2
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SeverityConfig:
+        return cls(input_size=int(d["input_size"]), channels=tuple(d["channels"]),  # type: ignore[arg-type]
+                   negative_slope=float(d["negative_slope"]))
+
+
+def build_encoder(config: SeverityConfig):
+    """The paper's encoder with our strides; returns a ``torch.nn.Module`` mapping (B,1,S,S) -> (B,)."""
+    import torch
+    from torch import nn
+
+    def conv_block(cin: int, cout: int) -> nn.Sequential:
+        layers: list[nn.Module] = []
+        for i in range(2):
+            layers += [
+                nn.Conv2d(cin if i == 0 else cout, cout, kernel_size=3, stride=2, padding=1),
+                nn.InstanceNorm2d(cout, affine=True),
+                nn.LeakyReLU(config.negative_slope),
+            ]
+        return nn.Sequential(*layers)
+
+    class SeverityEncoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            c1, c2 = config.channels
+            self.blocks = nn.Sequential(conv_block(1, c1), conv_block(c1, c2))
+            self.reduce = nn.Conv2d(c2, 1, kernel_size=3, padding=1)
+            self.pool = nn.AdaptiveAvgPool2d(1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.pool(self.reduce(self.blocks(x))).flatten(1)[:, 0].abs()
+
+    return SeverityEncoder()
+
+
+def middle_slices(indices: np.ndarray, fraction: float = MIDDLE_FRACTION) -> np.ndarray:
+    """The centred ``fraction`` of a sorted index array (at least one element)."""
+    n = len(indices)
+    if n == 0:
+        return indices
+    keep = max(1, int(round(n * fraction)))
+    start = (n - keep) // 2
+    return indices[start : start + keep]
+
+
+class SeverityScorer:
+    """Scores a volume with the shipped severity weights (or weights passed explicitly)."""
+
+    name = NAME
+
+    def __init__(self, device: str = "cpu", batch_size: int = 64, weights: str | None = None) -> None:
+        import torch
+
+        from bids_qa.models.weights import load_weights, packaged_weights, resolve_device
+
+        state, meta = load_weights(weights or packaged_weights(WEIGHTS_FILE))
+        self.config = SeverityConfig.from_dict(meta["config"])
+        self.version = str(meta.get("version", "unknown"))
+        self.metadata = meta
+        self.device = resolve_device(device)
+        self.batch_size = int(batch_size)
+        self.net = build_encoder(self.config)
+        self.net.load_state_dict(state)
+        self.net.eval().to(self.device)
+        self._torch = torch
+
+    def score_slices(self, slices: np.ndarray) -> np.ndarray:
+        """Per-slice scores for an array (n, S, S) already at the model's input size."""
+        torch = self._torch
+        out = np.empty(len(slices), dtype=np.float32)
+        use_amp = self.device.startswith("cuda")
+        with torch.inference_mode():
+            for start in range(0, len(slices), self.batch_size):
+                batch = torch.from_numpy(np.ascontiguousarray(slices[start : start + self.batch_size]))
+                batch = batch[:, None].to(self.device, non_blocking=True)
+                with torch.autocast("cuda", enabled=use_amp):
+                    out[start : start + len(batch)] = self.net(batch).float().cpu().numpy()
+        return out
+
+    def score(self, volume: Volume) -> ScanScores:
+        stack = volume.slice_stack(self.config.input_size)
+        anatomy = volume.anatomy_slices()
+        if len(anatomy) == 0:
+            anatomy = np.arange(len(stack))
+        per_slice = self.score_slices(stack[anatomy])
+        middle = np.isin(anatomy, middle_slices(anatomy))
+        value = float(per_slice[middle].mean())
+        worst = int(anatomy[int(np.argmax(per_slice))])
+        return ScanScores(
+            scorer=NAME,
+            values={"score": value, "slice_max": float(per_slice.max()), "worst_slice": worst,
+                    "n_slices_scored": int(middle.sum())},
+            per_slice={"slice_index": anatomy.astype(np.int32), "severity": per_slice},
+            slice_axis=volume.slice_axis,
+        )

@@ -1,0 +1,59 @@
+"""Pickle-free weight files: safetensors tensors plus a JSON metadata block.
+
+The metadata carries everything needed to rebuild the network (architecture config) and to say
+where the weights came from (training command, data manifest hash, seed, metrics), so a weight file
+is self-describing and loading it never executes code.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+
+def packaged_weights(name: str) -> Path:
+    """Path of a weights file shipped inside the package (``bids_qa/weights/<name>``)."""
+    return Path(str(resources.files("bids_qa").joinpath("weights", name)))
+
+
+def save_weights(path: str | Path, state_dict: dict[str, Any], metadata: dict[str, Any]) -> None:
+    """Write ``state_dict`` as safetensors with ``metadata`` stored as one JSON string.
+
+    Tensors are made contiguous and moved to CPU; the file is written atomically.
+    """
+    import os
+
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"bids_qa": json.dumps(metadata, sort_keys=True)})
+    os.replace(tmp, path)
+
+
+def load_weights(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Read a safetensors file written by :func:`save_weights`: (state_dict, metadata)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} not found; this model family is not installed")
+    with safe_open(str(path), framework="pt") as fh:
+        meta = json.loads((fh.metadata() or {}).get("bids_qa", "{}"))
+    return load_file(str(path)), meta
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when available else ``cpu``; ``cuda`` without a GPU is an error."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was requested but no CUDA GPU is visible; use --device cpu or auto")
+    return device
