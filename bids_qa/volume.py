@@ -12,7 +12,7 @@ scaling is ruined by one hot voxel. We map the 0.5th percentile of the whole ima
 Acquisition plane (why): most clinical scans are 2D multi-slice (e.g. 0.7x0.7x4 mm). Their slices
 are sharp in the acquisition plane and blurry across it by design. Scorers therefore read slices in
 the plane spanned by the two smallest voxel sizes; isotropic volumes are read axially. The
-resolution itself is reported as its own metric (see :mod:`bids_qa.scorers.header`).
+resolution itself is reported as its own metric (see :class:`bids_qa.iqms.HeaderScorer`).
 """
 
 from __future__ import annotations
