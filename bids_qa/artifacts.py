@@ -1,0 +1,1045 @@
+"""Simulated MRI artifacts with recorded, replayable parameters and severity labels.
+
+Every artifact works on a 2D slice (H, W) or a 3D volume (X, Y, Z) of *normalised* intensities
+(head 99th percentile = 1, see :mod:`bids_qa.volume`). Random draws are separated from the
+application, as in TorchIO: :func:`sample_params` draws every parameter with the caller's
+:class:`numpy.random.Generator` into a JSON-serialisable dict; :func:`apply_artifact` is a pure,
+deterministic function of (image, artifact, params, zooms). Any random realisation (noise field)
+is driven by a ``seed`` stored in the params, through a local generator: global NumPy/torch random
+state is never touched. :func:`simulate` does both and returns an :class:`ArtifactLabel` that
+:func:`replay` turns back into the same image.
+
+Artifacts of paper 000 (Table 1) and their severity score (SS, 0 = clean, 1 = worst simulated):
+
+============  ========================================  ==========================================
+artifact      parameters drawn (uniform)                SS
+============  ========================================  ==========================================
+noise         std ~ U[0.005, 0.2] (normalised scale)    (std - 0.005) / 0.195
+ghosting      num_ghosts ~ U{2..10}, intensity ~        ((intensity - 0.2) + num_ghosts/10) / 2.3
+              U[0.2, 1.5], axis
+bias          c ~ U[0.01, 0.3] + 20 term values         (c - 0.01) / 0.29
+anisotropy    scale ~ U[1, 4], axis                     (scale - 1) / 3
+motion        amplitude A ~ U[0, 8], 1-4 events         max(max|rotation| / 8 deg, max|translation| / 8 mm)
+============  ========================================  ==========================================
+
+Combinations (``"bias+noise"``) are applied in the physical order of :data:`COMBINATION_ORDER`
+and get SS = 1 - prod(1 - SS_i): the probability-style union, which is 0 only when every
+component is 0, never exceeds 1 and is at least the worst component.
+
+See ``docs/simulation.md`` for the definitions, design choices and calibration.
+
+References
+----------
+Pérez-García F, Sparks R, Ourselin S. TorchIO: a Python library for efficient loading,
+preprocessing, augmentation and patch-based sampling of medical images in deep learning.
+Comput Methods Programs Biomed 2021. doi:10.1016/j.cmpb.2021.106236
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bids_qa.kspace_motion import kspace_motion_2d
+
+#: The single artifacts of paper 000 plus our motion.
+ARTIFACTS_000 = ("noise", "ghosting", "bias", "anisotropy", "motion")
+#: Artifacts of the paper-003 tiers (motion, noise, poor contrast).
+ARTIFACTS_003 = ("motion", "noise", "contrast")
+#: Every artifact :func:`apply_artifact` knows.
+ARTIFACTS = ("noise", "ghosting", "bias", "anisotropy", "motion", "contrast")
+#: Order in which combined artifacts are applied: object/contrast first, then the coil field, the
+#: acquisition (motion, ghosts), the resolution, and thermal noise last (it is added to the
+#: measured signal, so nothing after it should smooth it).
+COMBINATION_ORDER = ("contrast", "bias", "motion", "ghosting", "anisotropy", "noise")
+
+# Paper 000, Table 1 ranges.
+NOISE_STD_RANGE = (0.005, 0.2)
+GHOST_NUM_RANGE = (2, 10)
+GHOST_INTENSITY_RANGE = (0.2, 1.5)
+BIAS_COEF_RANGE = (0.01, 0.3)
+ANISOTROPY_SCALE_RANGE = (1.0, 4.0)
+BIAS_ORDER = 3
+#: Standard deviation of the log bias field over the field of view, per unit of ``c``. TorchIO's
+#: RandomBiasField(c) draws every term in [-c, c]; its log-field SD is then 0.66 c (2D, median,
+#: 10-90%: 0.43-0.96 c) or 0.88 c (3D). We scale every draw to exactly 0.7 c so that SS tracks
+#: the visible strength instead of the luck of the draw.
+BIAS_LOG_STD_PER_COEF = 0.7
+# Motion: our SS reaches 1 at 8 degrees or 8 mm (paper 003's most severe motion).
+MOTION_FULL_DEG = 8.0
+MOTION_FULL_MM = 8.0
+MOTION_EVENTS_RANGE = (1, 4)
+#: Motion events happen within this part of the acquisition (fractions of k-space lines).
+MOTION_TIME_RANGE = (0.3, 0.7)
+#: Our SS for poor contrast: |log gamma| / 0.45 (paper 003's most severe beta).
+CONTRAST_FULL_LOG_GAMMA = 0.45
+
+#: Monomials of TorchIO's BiasField polynomial, in TorchIO's coefficient order.
+BIAS_TERMS = tuple(
+    (a, b, c)
+    for a in range(BIAS_ORDER + 1)
+    for b in range(BIAS_ORDER + 1 - a)
+    for c in range(BIAS_ORDER + 1 - a - b)
+)
+
+
+@dataclass(frozen=True)
+class ArtifactLabel:
+    """What was done to an image, with enough detail to redo it exactly.
+
+    Attributes
+    ----------
+    artifact
+        One artifact name, names joined by ``"+"`` for a combination, or ``"none"`` for clean.
+    severity
+        Severity score SS in [0, 1].
+    params
+        Every drawn parameter (JSON-serialisable); for a combination
+        ``{"components": [{"artifact", "severity", "params"}, ...]}`` in application order.
+    level
+        ``"none"``, ``"moderate"`` or ``"severe"`` for paper-003 tier draws, else None.
+    """
+
+    artifact: str
+    severity: float
+    params: dict = field(default_factory=dict)
+    level: str | None = None
+
+    def to_json(self) -> str:
+        """The label as one JSON string (sorted keys), e.g. for a TSV cell."""
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ArtifactLabel:
+        """Inverse of :meth:`to_json`."""
+        d = json.loads(text)
+        return cls(
+            artifact=d["artifact"],
+            severity=float(d["severity"]),
+            params=d["params"],
+            level=d.get("level"),
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Severity scores
+# --------------------------------------------------------------------------------------------
+
+
+def _clip01(x: float) -> float:
+    return float(min(max(x, 0.0), 1.0))
+
+
+def motion_amplitude(params: dict) -> tuple[float, float]:
+    """Largest absolute rotation angle (deg) and largest translation length (mm) of any pose."""
+    rot = np.abs(np.asarray(params.get("rotations_deg", []), dtype=np.float64))
+    trans = np.asarray(params.get("translations_mm", []), dtype=np.float64)
+    max_rot = float(rot.max()) if rot.size else 0.0
+    max_trans = float(np.linalg.norm(trans, axis=-1).max()) if trans.size else 0.0
+    return max_rot, max_trans
+
+
+def severity_of(artifact: str, params: dict) -> float:
+    """Severity score SS in [0, 1] of an artifact with the given parameters.
+
+    Notes
+    -----
+    Paper 000, Table 1: noise ``(std - 0.005) / 0.195``; ghosting
+    ``((intensity - 0.2) + num_ghosts / 10) / 2.3``; bias ``(c - 0.01) / 0.29``; anisotropy
+    ``(scale - 1) / 3``. Ours: motion ``max(max|angle| / 8 deg, max|translation| / 8 mm)`` over
+    all poses; contrast ``|log gamma| / 0.45``. All are clipped to [0, 1], so identity
+    parameters (std 0, intensity 0 with 2 ghosts, c 0, scale 1, no motion, gamma 1) give 0.
+    Combinations ``"a+b"``: ``1 - prod(1 - SS_i)`` over ``params["components"]``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown artifact name.
+    """
+    if artifact == "none":
+        return 0.0
+    if "+" in artifact:
+        comps = params.get("components", [])
+        names = [c["artifact"] for c in comps]
+        if sorted(names) != sorted(artifact.split("+")):
+            raise ValueError(f"combination {artifact!r} does not match its components {names}")
+        keep = 1.0
+        for comp in comps:
+            keep *= 1.0 - severity_of(comp["artifact"], comp["params"])
+        return _clip01(1.0 - keep)
+    if artifact == "noise":
+        lo, hi = NOISE_STD_RANGE
+        return _clip01((float(params["std"]) - lo) / (hi - lo))
+    if artifact == "ghosting":
+        ilo, ihi = GHOST_INTENSITY_RANGE
+        if float(params["intensity"]) == 0.0:
+            return 0.0
+        return _clip01(
+            ((float(params["intensity"]) - ilo) + int(params["num_ghosts"]) / 10)
+            / ((ihi - ilo) + 1)
+        )
+    if artifact == "bias":
+        lo, hi = BIAS_COEF_RANGE
+        return _clip01((float(params["c"]) - lo) / (hi - lo))
+    if artifact == "anisotropy":
+        lo, hi = ANISOTROPY_SCALE_RANGE
+        return _clip01((float(params["scale"]) - lo) / (hi - lo))
+    if artifact == "motion":
+        rot, trans = motion_amplitude(params)
+        return _clip01(max(rot / MOTION_FULL_DEG, trans / MOTION_FULL_MM))
+    if artifact == "contrast":
+        return _clip01(abs(float(params["log_gamma"])) / CONTRAST_FULL_LOG_GAMMA)
+    raise ValueError(f"unknown artifact {artifact!r}; choose from {ARTIFACTS} or 'none'")
+
+
+# --------------------------------------------------------------------------------------------
+# Parameter draws
+# --------------------------------------------------------------------------------------------
+
+
+def _seed(rng: np.random.Generator) -> int:
+    return int(rng.integers(0, 2**31 - 1))
+
+
+def _check_severity(severity: float | None) -> float | None:
+    if severity is None:
+        return None
+    s = float(severity)
+    if not 0.0 <= s <= 1.0:
+        raise ValueError(f"severity must be in [0, 1], got {severity!r}")
+    return s
+
+
+def _ghost_params(rng: np.random.Generator, s: float | None) -> tuple[int, float]:
+    ilo, ihi = GHOST_INTENSITY_RANGE
+    nlo, nhi = GHOST_NUM_RANGE
+    if s is None:
+        return int(rng.integers(nlo, nhi + 1)), float(rng.uniform(ilo, ihi))
+    if s == 0.0:
+        return nlo, 0.0
+    total = s * ((ihi - ilo) + 1)  # (intensity - 0.2) + n / 10
+    feasible = [
+        n for n in range(nlo, nhi + 1) if ilo - 1e-12 <= total + ilo - n / 10 <= ihi + 1e-12
+    ]
+    if not feasible:  # SS below the Table-1 minimum (0.087): fewest ghosts, weaker than 0.2
+        return nlo, float(total + ilo - nlo / 10)
+    n = int(feasible[int(rng.integers(len(feasible)))])
+    return n, float(min(max(total + ilo - n / 10, ilo), ihi))
+
+
+def _motion_params(rng: np.random.Generator, s: float | None, ndim: int) -> dict[str, Any]:
+    if s is None:
+        s = float(rng.uniform(0.0, 1.0))
+    n_events = int(rng.integers(MOTION_EVENTS_RANGE[0], MOTION_EVENTS_RANGE[1] + 1))
+    times = sorted(float(t) for t in rng.uniform(*MOTION_TIME_RANGE, size=n_events))
+    max_deg, max_mm = s * MOTION_FULL_DEG, s * MOTION_FULL_MM
+    n_rot = 1 if ndim == 2 else 3
+    rot = rng.uniform(-max_deg, max_deg, size=(n_events, n_rot))
+    direction = rng.normal(size=(n_events, ndim))
+    direction /= np.maximum(np.linalg.norm(direction, axis=1, keepdims=True), 1e-12)
+    trans = direction * rng.uniform(0.0, max_mm, size=(n_events, 1))
+    # One pose reaches the amplitude exactly, so SS is what was asked for.
+    j = int(rng.integers(n_events))
+    if rng.uniform() < 0.5:
+        rot[j, int(rng.integers(n_rot))] = max_deg * (1.0 if rng.uniform() < 0.5 else -1.0)
+    else:
+        trans[j] = direction[j] * max_mm
+    params: dict[str, Any] = {
+        "model": "kspace" if ndim == 2 else "torchio",
+        "times": times,
+        "rotations_deg": [float(r[0]) for r in rot] if ndim == 2 else rot.tolist(),
+        "translations_mm": trans.tolist(),
+    }
+    if ndim == 2:
+        params["pe_axis"] = int(rng.integers(2))
+    return params
+
+
+def sample_params(
+    artifact: str,
+    rng: np.random.Generator,
+    severity: float | None = None,
+    *,
+    ndim: int = 2,
+) -> dict:
+    """Draw the parameters of one artifact.
+
+    Parameters
+    ----------
+    artifact
+        One of :data:`ARTIFACTS` (``"contrast"`` draws a log-gamma with SS = |beta| / 0.45).
+    rng
+        The caller's generator; the only source of randomness.
+    severity
+        None: uniform draws in the Table-1 ranges. A value in [0, 1]: parameters whose SS is
+        exactly that value (ghosting: a random feasible ``num_ghosts`` and the matching
+        ``intensity``; motion: the amplitude; others invert the linear formula). 0 gives
+        identity parameters (the image is left unchanged).
+    ndim
+        2 for slices, 3 for volumes (sets the axes drawn and the motion model).
+
+    Returns
+    -------
+    dict
+        JSON-serialisable parameters for :func:`apply_artifact`.
+    """
+    s = _check_severity(severity)
+    if ndim not in (2, 3):
+        raise ValueError(f"ndim must be 2 or 3, not {ndim!r}")
+    if artifact == "noise":
+        lo, hi = NOISE_STD_RANGE
+        std = float(rng.uniform(lo, hi)) if s is None else (0.0 if s == 0.0 else lo + s * (hi - lo))
+        return {"std": std, "rician": True, "seed": _seed(rng)}
+    if artifact == "ghosting":
+        n, intensity = _ghost_params(rng, s)
+        return {
+            "num_ghosts": n,
+            "intensity": intensity,
+            "axis": int(rng.integers(ndim)),
+            "restore": None,
+        }
+    if artifact == "bias":
+        lo, hi = BIAS_COEF_RANGE
+        c = float(rng.uniform(lo, hi)) if s is None else (0.0 if s == 0.0 else lo + s * (hi - lo))
+        values = rng.uniform(-1.0, 1.0, size=len(BIAS_TERMS))
+        return {"c": c, "order": BIAS_ORDER, "term_values": [float(v) for v in values]}
+    if artifact == "anisotropy":
+        lo, hi = ANISOTROPY_SCALE_RANGE
+        scale = float(rng.uniform(lo, hi)) if s is None else lo + s * (hi - lo)
+        return {"scale": scale, "axis": int(rng.integers(ndim))}
+    if artifact == "motion":
+        return _motion_params(rng, s, ndim)
+    if artifact == "contrast":
+        beta = (
+            float(rng.uniform(-CONTRAST_FULL_LOG_GAMMA, 0.0))
+            if s is None
+            else -s * CONTRAST_FULL_LOG_GAMMA
+        )
+        return {"log_gamma": beta}
+    raise ValueError(f"unknown artifact {artifact!r}; choose from {ARTIFACTS}")
+
+
+# --------------------------------------------------------------------------------------------
+# Application
+# --------------------------------------------------------------------------------------------
+
+
+def _zooms_for(image: np.ndarray, zooms: Sequence[float] | None) -> tuple[float, ...]:
+    if zooms is None:
+        return (1.0,) * image.ndim
+    z = tuple(float(v) for v in zooms)
+    if len(z) != image.ndim:
+        raise ValueError(f"zooms {z} do not match an image of shape {image.shape}")
+    return z
+
+
+def _to_tio(image: np.ndarray, zooms: tuple[float, ...]):
+    """A TorchIO ScalarImage: 2D slices as (1, H, W, 1), volumes as (1, X, Y, Z)."""
+    import torch
+    import torchio as tio
+
+    arr = np.ascontiguousarray(image, dtype=np.float32)
+    if image.ndim == 2:
+        tensor = torch.from_numpy(arr)[None, :, :, None]
+        affine = np.diag([zooms[0], zooms[1], 1.0, 1.0])
+    else:
+        tensor = torch.from_numpy(arr)[None]
+        affine = np.diag([*zooms, 1.0])
+    return tio.ScalarImage(tensor=tensor, affine=affine)
+
+
+def _from_tio(tio_image, ndim: int) -> np.ndarray:
+    data = tio_image.data[0].numpy()
+    if ndim == 2:
+        data = data[:, :, 0]
+    return np.ascontiguousarray(data, dtype=np.float32)
+
+
+def _run_tio(transform, image):
+    """Apply a fixed TorchIO transform without touching the global torch random state.
+
+    Every TorchIO transform call draws ``torch.rand(1)`` (its probability check) from the global
+    generator; the fork restores the state afterwards, so callers' torch random streams (weight
+    init, dropout, samplers) do not depend on how many artifacts were simulated.
+    """
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        return transform(image)
+
+
+def _coords(n: int) -> np.ndarray:
+    """TorchIO's bias-field coordinates along one axis: voxel centres spread over [-1, 1]."""
+    return np.zeros(1) if n == 1 else np.linspace(-1.0, 1.0, n)
+
+
+def bias_log_field(shape: Sequence[int], coefficients: Sequence[float]) -> np.ndarray:
+    """log of TorchIO's ``BiasField`` for the given coefficients, evaluated separably.
+
+    Same polynomial and coordinates as ``tio.BiasField.generate_bias_field`` (axis 0 is TorchIO's
+    x), without building full-size meshes, so a 1 mm volume costs a few outer products. A 2D
+    shape is treated as (H, W, 1).
+    """
+    dims = tuple(int(s) for s in shape) + (1,) * (3 - len(shape))
+    x, y, z = (_coords(n) for n in dims)
+    out = np.zeros(dims, dtype=np.float64)
+    for a in range(BIAS_ORDER + 1):
+        plane = np.zeros(dims[1:], dtype=np.float64)
+        for coef, (ta, tb, tc) in zip(coefficients, BIAS_TERMS, strict=True):
+            if ta == a and coef:
+                plane += coef * np.outer(y**tb, z**tc)
+        if plane.any():
+            out += (x**a)[:, None, None] * plane[None]
+    return out.reshape(tuple(int(s) for s in shape))
+
+
+def bias_coefficients(c: float, term_values: Sequence[float], ndim: int) -> list[float]:
+    """TorchIO BiasField coefficients from the magnitude ``c`` and the drawn term values.
+
+    The constant term is set so that the log field has zero mean over the field of view, and
+    the others are scaled so that its standard deviation is :data:`BIAS_LOG_STD_PER_COEF` x c
+    (measured on a 33^ndim grid over [-1, 1]^ndim). On a 2D slice the terms in z vanish.
+    """
+    values = np.asarray(term_values, dtype=np.float64).copy()
+    if values.shape != (len(BIAS_TERMS),):
+        raise ValueError(f"bias needs {len(BIAS_TERMS)} term values, got {values.shape}")
+    values[0] = 0.0
+    if ndim == 2:
+        values[[i for i, t in enumerate(BIAS_TERMS) if t[2] > 0]] = 0.0
+    if c == 0.0 or not values.any():
+        return [0.0] * len(BIAS_TERMS)
+    grid = bias_log_field((33,) * ndim, values)
+    scale = BIAS_LOG_STD_PER_COEF * float(c) / float(grid.std())
+    coefs = values * scale
+    coefs[0] = -float(grid.mean()) * scale
+    return [float(v) for v in coefs]
+
+
+def _apply_noise(image: np.ndarray, params: dict) -> np.ndarray:
+    std = float(params["std"])
+    if std == 0.0:
+        return image.astype(np.float32, copy=True)
+    gen = np.random.default_rng(int(params["seed"]))
+    real = image + std * gen.standard_normal(image.shape, dtype=np.float32)
+    if not params.get("rician", True):
+        return real.astype(np.float32)
+    imag = std * gen.standard_normal(image.shape, dtype=np.float32)
+    return np.sqrt(real * real + imag * imag).astype(np.float32)
+
+
+def _apply_ghosting(image: np.ndarray, params: dict, zooms: tuple[float, ...]) -> np.ndarray:
+    import torchio as tio
+
+    n, intensity, axis = int(params["num_ghosts"]), float(params["intensity"]), int(params["axis"])
+    if axis >= image.ndim:
+        raise ValueError(f"ghosting axis {axis} does not exist in a {image.ndim}D image")
+    if intensity == 0.0 or n == 0:
+        return image.astype(np.float32, copy=True)
+    ghosting = tio.Ghosting(
+        num_ghosts=n, axis=axis, intensity=intensity, restore=params.get("restore")
+    )
+    out = _run_tio(ghosting, _to_tio(image, zooms))
+    # TorchIO keeps the real part; a scanner shows the magnitude (never negative).
+    return np.abs(_from_tio(out, image.ndim))
+
+
+def _apply_bias(image: np.ndarray, params: dict) -> np.ndarray:
+    coefs = bias_coefficients(float(params["c"]), params["term_values"], image.ndim)
+    if not any(coefs):
+        return image.astype(np.float32, copy=True)
+    field = np.exp(bias_log_field(image.shape, coefs)).astype(np.float32)
+    return (image * field).astype(np.float32)
+
+
+def _apply_anisotropy(image: np.ndarray, params: dict, zooms: tuple[float, ...]) -> np.ndarray:
+    import torchio as tio
+
+    scale, axis = float(params["scale"]), int(params["axis"])
+    if axis >= image.ndim:
+        raise ValueError(f"anisotropy axis {axis} does not exist in a {image.ndim}D image")
+    if scale <= 1.0:
+        return image.astype(np.float32, copy=True)
+    img = _to_tio(image, zooms)
+    spacing = [float(s) for s in img.spacing]
+    spacing[axis] *= scale
+    # As tio.RandomAnisotropy: nearest-neighbour downsampling, linear interpolation back.
+    down = _run_tio(tio.Resample(tuple(spacing), image_interpolation="nearest"), img)
+    up = _run_tio(tio.Resample((img.spatial_shape, img.affine), image_interpolation="linear"), down)
+    return _from_tio(up, image.ndim)
+
+
+def _tio_motion_2d(image: np.ndarray, params: dict, zooms: tuple[float, ...]) -> np.ndarray:
+    """tio.Motion on a slice laid out as (1, 1, H, W): in-plane rotation is about TorchIO's x
+    axis and k-space segments run along W (TorchIO segments the last axis)."""
+    import torch
+    import torchio as tio
+
+    rots = np.asarray(params["rotations_deg"], dtype=np.float64).reshape(-1)
+    trans = np.asarray(params["translations_mm"], dtype=np.float64).reshape(-1, 2)
+    degrees = np.zeros((len(rots), 3))
+    degrees[:, 0] = rots
+    translation = np.zeros((len(rots), 3))
+    translation[:, 1:] = trans
+    tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
+    img = tio.ScalarImage(tensor=tensor, affine=np.diag([1.0, zooms[0], zooms[1], 1.0]))
+    motion = tio.Motion(
+        degrees=degrees,
+        translation=translation,
+        times=np.asarray(params["times"], dtype=np.float64),
+        image_interpolation="linear",
+    )
+    out = _run_tio(motion, img)
+    return np.abs(out.data[0, 0].numpy()).astype(np.float32)
+
+
+def _apply_motion(image: np.ndarray, params: dict, zooms: tuple[float, ...]) -> np.ndarray:
+    import torchio as tio
+
+    if not params.get("times") or motion_amplitude(params) == (0.0, 0.0):
+        return image.astype(np.float32, copy=True)
+    model = params.get("model", "kspace" if image.ndim == 2 else "torchio")
+    if image.ndim == 2 and model == "kspace":
+        return kspace_motion_2d(
+            image,
+            int(params["pe_axis"]),
+            params["times"],
+            [float(r) for r in np.asarray(params["rotations_deg"]).reshape(-1)],
+            params["translations_mm"],
+            zooms,
+        )
+    if image.ndim == 2 and model == "torchio":
+        return _tio_motion_2d(image, params, zooms)
+    if image.ndim == 3 and model == "torchio":
+        motion = tio.Motion(
+            degrees=np.asarray(params["rotations_deg"], dtype=np.float64).reshape(-1, 3),
+            translation=np.asarray(params["translations_mm"], dtype=np.float64).reshape(-1, 3),
+            times=np.asarray(params["times"], dtype=np.float64),
+            image_interpolation="linear",
+        )
+        out = _run_tio(motion, _to_tio(image, zooms))
+        return np.abs(_from_tio(out, 3))
+    raise ValueError(f"motion model {model!r} is not available for a {image.ndim}D image")
+
+
+def _apply_contrast(image: np.ndarray, params: dict) -> np.ndarray:
+    import torchio as tio
+
+    beta = float(params["log_gamma"])
+    if beta == 0.0:
+        return image.astype(np.float32, copy=True)
+    out = _run_tio(tio.Gamma(gamma=float(np.exp(beta))), _to_tio(image, (1.0,) * image.ndim))
+    return _from_tio(out, image.ndim)
+
+
+def apply_artifact(
+    image: np.ndarray,
+    artifact: str,
+    params: dict,
+    zooms: Sequence[float] | None = None,
+) -> np.ndarray:
+    """Apply one artifact (or a ``"+"`` combination) with fixed parameters.
+
+    Parameters
+    ----------
+    image
+        Normalised 2D slice (H, W) or 3D volume (X, Y, Z).
+    artifact
+        A name from :data:`ARTIFACTS`, ``"none"``, or names joined by ``"+"`` with
+        ``params = {"components": [...]}``.
+    params
+        As returned by :func:`sample_params` / :func:`sample_tier_params`.
+    zooms
+        Voxel sizes in mm (default 1 mm); motion translations are in mm.
+
+    Returns
+    -------
+    numpy.ndarray
+        New float32 array of the same shape; the input is never modified.
+    """
+    image = np.asarray(image)
+    if image.ndim not in (2, 3):
+        raise ValueError(f"artifacts need a 2D slice or a 3D volume, got shape {image.shape}")
+    z = _zooms_for(image, zooms)
+    img = image.astype(np.float32, copy=False)
+    if artifact == "none":
+        return img.copy()
+    if "+" in artifact:
+        out = img
+        for comp in params["components"]:
+            out = apply_artifact(out, comp["artifact"], comp["params"], z)
+        return out if out is not img else img.copy()
+    if artifact == "noise":
+        return _apply_noise(img, params)
+    if artifact == "ghosting":
+        return _apply_ghosting(img, params, z)
+    if artifact == "bias":
+        return _apply_bias(img, params)
+    if artifact == "anisotropy":
+        return _apply_anisotropy(img, params, z)
+    if artifact == "motion":
+        return _apply_motion(img, params, z)
+    if artifact == "contrast":
+        return _apply_contrast(img, params)
+    raise ValueError(f"unknown artifact {artifact!r}; choose from {ARTIFACTS} or 'none'")
+
+
+def simulate(
+    image: np.ndarray,
+    artifact: str,
+    rng: np.random.Generator,
+    severity: float | None = None,
+    zooms: Sequence[float] | None = None,
+) -> tuple[np.ndarray, ArtifactLabel]:
+    """Draw parameters for ``artifact`` (optionally at a given SS), apply them, label the result.
+
+    ``artifact`` may be ``"none"`` (clean copy, SS 0) or a ``"+"`` combination (delegates to
+    :func:`simulate_combination`; ``severity`` is then not supported).
+    """
+    image = np.asarray(image)
+    if artifact == "none":
+        return image.astype(np.float32, copy=True), ArtifactLabel("none", 0.0, {})
+    if "+" in artifact:
+        if severity is not None:
+            raise ValueError("a severity can only be requested for a single artifact")
+        return simulate_combination(image, artifact.split("+"), rng, zooms)
+    params = sample_params(artifact, rng, severity, ndim=image.ndim)
+    out = apply_artifact(image, artifact, params, zooms)
+    return out, ArtifactLabel(artifact, severity_of(artifact, params), params)
+
+
+def simulate_combination(
+    image: np.ndarray,
+    artifacts: Sequence[str],
+    rng: np.random.Generator,
+    zooms: Sequence[float] | None = None,
+) -> tuple[np.ndarray, ArtifactLabel]:
+    """Several artifacts at once, each drawn uniformly, applied in :data:`COMBINATION_ORDER`.
+
+    The label's artifact is the names joined by ``"+"`` in application order; its SS is
+    ``1 - prod(1 - SS_i)``; its params hold every component's params and SS.
+    """
+    names = list(dict.fromkeys(artifacts))
+    unknown = [a for a in names if a not in ARTIFACTS]
+    if unknown or not names:
+        raise ValueError(f"unknown or no artifacts {unknown or names}; choose from {ARTIFACTS}")
+    names.sort(key=COMBINATION_ORDER.index)
+    image = np.asarray(image)
+    comps = []
+    for name in names:
+        p = sample_params(name, rng, None, ndim=image.ndim)
+        comps.append({"artifact": name, "severity": severity_of(name, p), "params": p})
+    params = {"components": comps}
+    artifact = "+".join(names)
+    out = apply_artifact(image, artifact, params, zooms)
+    return out, ArtifactLabel(artifact, severity_of(artifact, params), params)
+
+
+def replay(
+    image: np.ndarray, label: ArtifactLabel, zooms: Sequence[float] | None = None
+) -> np.ndarray:
+    """Re-create the corrupted image a label describes (bit-identical on the same platform)."""
+    return apply_artifact(image, label.artifact, label.params, zooms)
+
+
+# --------------------------------------------------------------------------------------------
+# Paper 003: moderate / severe tiers for motion, noise and poor contrast
+# --------------------------------------------------------------------------------------------
+
+TIER_LEVELS = ("none", "moderate", "severe")
+#: Paper 003, Table 3 (TorchIO RandomMotion): rotation / translation magnitude ranges and 4 motion
+#: events (``num_transforms``). Every component gets a random sign (TorchIO draws U(a, b) per axis).
+TIER_MOTION = {
+    "moderate": {"degrees": (2.0, 4.0), "translation_mm": (2.0, 4.0)},
+    "severe": {"degrees": (5.0, 8.0), "translation_mm": (5.0, 8.0)},
+}
+TIER_MOTION_EVENTS = 4
+#: Paper 003, Table 3 (TorchIO RandomGamma): log-gamma ``beta`` ranges; the image becomes I^exp(beta).
+TIER_CONTRAST_LOG_GAMMA = {"moderate": (-0.2, -0.05), "severe": (-0.45, -0.3)}
+#: Paper 003's mean SNRs of its simulated moderate and severe noise.
+TIER_SNR_TARGETS = {"moderate": 38.0, "severe": 27.0}
+#: Rician noise std ranges on our normalised scale, calibrated (see ``docs/simulation.md`` and
+#: :func:`calibrate_tier_noise`) so that the mean :func:`estimate_snr` over the training volumes
+#: is 38 (moderate) and 27 (severe). Adjacent ranges of equal width, like the paper's [5, 15]
+#: and [15, 25].
+TIER_NOISE_STD = {"moderate": (0.0206, 0.0311), "severe": (0.0311, 0.0416)}
+#: Mean bright-tissue signal (:func:`snr_components`) of the 20 training volumes the noise ranges
+#: were calibrated on; an image with this signal and a noise-free background reaches the target
+#: SNRs on average.
+TIER_CALIBRATION_SIGNAL = 0.643
+
+#: Median and standard deviation of a Rayleigh variable per unit sigma (air in a magnitude image).
+_RAYLEIGH_MEDIAN = float(np.sqrt(2.0 * np.log(2.0)))
+_RAYLEIGH_STD = float(np.sqrt(2.0 - np.pi / 2.0))
+
+
+def snr_components(image: np.ndarray, mask: np.ndarray, margin: int = 5) -> tuple[float, float]:
+    """Signal and air noise standard deviation behind :func:`estimate_snr`.
+
+    Notes
+    -----
+    signal = mean of the head voxels brighter than the head median (a segmentation-free stand-in
+    for the bright tissue, e.g. white matter on T1w, which paper 003 uses); air std = standard
+    deviation of the background estimated robustly from the median of the non-zero air voxels
+    (more than ``margin`` voxels outside the head mask) assuming Rayleigh-distributed magnitude
+    noise: ``std = sqrt(2 - pi/2) * median / sqrt(2 ln 2)``. Zeros are skipped because many
+    scanners and defacing tools zero the background; when more than half of the air is exactly
+    zero (or fewer than 100 air voxels are not), the scanner's noise is not observable and the
+    air std is NaN.
+    """
+    from scipy import ndimage
+
+    img = np.asarray(image, dtype=np.float32)
+    m = np.asarray(mask, dtype=bool)
+    inside = img[m]
+    if inside.size == 0:
+        raise ValueError("the head mask is empty; cannot measure a signal")
+    signal = (
+        float(inside[inside > np.median(inside)].mean()) if inside.size > 1 else float(inside[0])
+    )
+    far = ~ndimage.binary_dilation(m, iterations=margin) if margin > 0 else ~m
+    air = img[far]
+    nonzero = air[air > 0]
+    if nonzero.size < 100 or nonzero.size < 0.5 * air.size:
+        return signal, float("nan")
+    air = nonzero
+    return signal, float(_RAYLEIGH_STD * np.median(air) / _RAYLEIGH_MEDIAN)
+
+
+def estimate_snr(image: np.ndarray, mask: np.ndarray, margin: int = 5) -> float:
+    """Signal-to-noise ratio as we define it for the noise tiers: bright-tissue mean / air std.
+
+    Same form as paper 003's ``mean(WM) / std(air)`` (eq. 2) without a segmentation; see
+    :func:`snr_components`. Pass the mask of the *clean* image when measuring a noisy copy.
+    """
+    signal, air_std = snr_components(image, mask, margin)
+    return signal / air_std if air_std > 0 else float("inf")
+
+
+def expected_snr(signal: float, clean_air_std: float, std: float) -> float:
+    """SNR after adding Rician noise of ``std`` to an image whose air std was ``clean_air_std``
+    (NaN or 0 for a zeroed background): the air becomes Rayleigh with
+    sigma = sqrt(sigma0^2 + std^2), whose std is 0.655 sigma."""
+    s0 = 0.0 if not np.isfinite(clean_air_std) else clean_air_std / _RAYLEIGH_STD
+    return float(signal / (_RAYLEIGH_STD * np.sqrt(s0 * s0 + std * std)))
+
+
+def calibrate_tier_noise(
+    components: Sequence[tuple[float, float]],
+    targets: tuple[float, float] = (TIER_SNR_TARGETS["moderate"], TIER_SNR_TARGETS["severe"]),
+) -> dict[str, tuple[float, float]]:
+    """Noise std ranges ``moderate = [b - w, b]``, ``severe = [b, b + w]`` whose mean expected SNR
+    over the given volumes (``(signal, clean air std)`` from :func:`snr_components`, std drawn
+    uniformly in the range) equals ``targets``. Solved by nested bisection (both means fall
+    monotonically as b and w grow)."""
+    sig = np.array([c[0] for c in components], dtype=np.float64)
+    s0 = np.array([0.0 if not np.isfinite(c[1]) else c[1] / _RAYLEIGH_STD for c in components])
+    if sig.size == 0:
+        raise ValueError("need at least one volume to calibrate")
+    u = (np.arange(64) + 0.5) / 64
+
+    def mean_snr(lo: float, hi: float) -> float:
+        std = lo + (hi - lo) * u
+        return float(
+            np.mean(sig[:, None] / (_RAYLEIGH_STD * np.sqrt(s0[:, None] ** 2 + std[None] ** 2)))
+        )
+
+    def bisect(f, lo: float, hi: float) -> float:
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            if f(mid) > 0:
+                lo = mid
+            else:
+                hi = mid
+        return (lo + hi) / 2
+
+    def b_for(w: float) -> float:  # severe mean == target[1]
+        return bisect(lambda b: mean_snr(b, b + w) - targets[1], 1e-6, 1.0)
+
+    def gap(w: float) -> float:  # moderate mean minus target[0], grows with w
+        b = b_for(w)
+        return targets[0] - mean_snr(max(b - w, 1e-6), b)
+
+    w = bisect(gap, 1e-6, b_for(1e-6) * 0.999)
+    b = b_for(w)
+    return {"moderate": (round(b - w, 4), round(b, 4)), "severe": (round(b, 4), round(b + w, 4))}
+
+
+def sample_tier_params(
+    artifact: str, level: str, rng: np.random.Generator, *, ndim: int = 2
+) -> dict:
+    """Parameters of a paper-003 tier draw (Table 3) for ``apply_artifact(image, artifact, params)``.
+
+    Parameters
+    ----------
+    artifact
+        ``"motion"``, ``"noise"`` or ``"contrast"``.
+    level
+        ``"none"`` (identity parameters), ``"moderate"`` or ``"severe"``.
+    ndim
+        2 for slices (motion by our k-space model, in-plane poses), 3 for volumes (tio.Motion).
+    """
+    if artifact not in ARTIFACTS_003:
+        raise ValueError(f"tier artifacts are {ARTIFACTS_003}, not {artifact!r}")
+    if level not in TIER_LEVELS:
+        raise ValueError(f"tier level must be one of {TIER_LEVELS}, not {level!r}")
+    if ndim not in (2, 3):
+        raise ValueError(f"ndim must be 2 or 3, not {ndim!r}")
+    if artifact == "noise":
+        std = 0.0 if level == "none" else float(rng.uniform(*TIER_NOISE_STD[level]))
+        return {"std": std, "rician": True, "seed": _seed(rng)}
+    if artifact == "contrast":
+        beta = 0.0 if level == "none" else float(rng.uniform(*TIER_CONTRAST_LOG_GAMMA[level]))
+        return {"log_gamma": beta}
+    m = TIER_MOTION_EVENTS
+    # TorchIO's RandomMotion timing: evenly spaced events, each jittered by +-30% of the spacing.
+    step = 1.0 / (m + 1)
+    times = sorted(
+        float(t) for t in step * np.arange(1, m + 1) + rng.uniform(-0.3 * step, 0.3 * step, m)
+    )
+    n_rot = 1 if ndim == 2 else 3
+    if level == "none":
+        rot = np.zeros((m, n_rot))
+        trans = np.zeros((m, ndim))
+    else:
+        spec = TIER_MOTION[level]
+        rot = rng.uniform(*spec["degrees"], size=(m, n_rot)) * rng.choice(
+            [-1.0, 1.0], size=(m, n_rot)
+        )
+        trans = rng.uniform(*spec["translation_mm"], size=(m, ndim)) * rng.choice(
+            [-1.0, 1.0], size=(m, ndim)
+        )
+    params: dict[str, Any] = {
+        "model": "kspace" if ndim == 2 else "torchio",
+        "times": times,
+        "rotations_deg": [float(r[0]) for r in rot] if ndim == 2 else rot.tolist(),
+        "translations_mm": trans.tolist(),
+    }
+    if ndim == 2:
+        params["pe_axis"] = int(rng.integers(2))
+    return params
+
+
+def simulate_tier(
+    image: np.ndarray,
+    artifact: str,
+    level: str,
+    rng: np.random.Generator,
+    zooms: Sequence[float] | None = None,
+) -> tuple[np.ndarray, ArtifactLabel]:
+    """Draw a paper-003 tier artifact, apply it, and label it (``label.level`` set; SS from
+    :func:`severity_of`; level ``"none"`` gives a clean copy labelled ``artifact="none"``)."""
+    image = np.asarray(image)
+    if level == "none":
+        if artifact not in ARTIFACTS_003:
+            raise ValueError(f"tier artifacts are {ARTIFACTS_003}, not {artifact!r}")
+        return image.astype(np.float32, copy=True), ArtifactLabel("none", 0.0, {}, level="none")
+    params = sample_tier_params(artifact, level, rng, ndim=image.ndim)
+    out = apply_artifact(image, artifact, params, zooms)
+    return out, ArtifactLabel(artifact, severity_of(artifact, params), params, level=level)
+
+
+# --------------------------------------------------------------------------------------------
+# Paper 002: motion-corrupted slice pairs labelled by SSIM, and contrast augmentation
+# --------------------------------------------------------------------------------------------
+
+#: Structural similarity constants of Wang et al. (2004): Gaussian window sigma 1.5 truncated at
+#: 3.5 sigma (an 11 x 11 window), K1 = 0.01, K2 = 0.03.
+SSIM_SIGMA = 1.5
+SSIM_TRUNCATE = 3.5
+SSIM_K = (0.01, 0.03)
+#: Motion models :func:`motion_slice_pair` chooses from with equal probability.
+SLICE_MOTION_MODELS = ("torchio", "kspace")
+#: Contrast augmentations of paper 002.
+CONTRAST_AUGMENTATIONS = ("gamma", "log", "sigmoid", "clahe")
+
+
+def ssim(a: np.ndarray, b: np.ndarray, data_range: float) -> float:
+    """Mean structural similarity index of two 2D images (Wang et al. 2004).
+
+    Notes
+    -----
+    ``SSIM = ((2 mu_a mu_b + C1)(2 sigma_ab + C2)) / ((mu_a^2 + mu_b^2 + C1)(sigma_a^2 + sigma_b^2 + C2))``
+    with local statistics from a Gaussian window (sigma 1.5, 11 x 11, reflected borders),
+    population (not sample) covariances, ``C1 = (0.01 L)^2``, ``C2 = (0.03 L)^2`` with
+    ``L = data_range``, averaged over the image minus a 5-pixel border (where the window would
+    leave the image). Equals ``skimage.metrics.structural_similarity(a, b, data_range=L,
+    gaussian_weights=True, sigma=1.5, use_sample_covariance=False)``.
+
+    References
+    ----------
+    Wang Z, Bovik AC, Sheikh HR, Simoncelli EP. Image quality assessment: from error visibility
+    to structural similarity. IEEE Trans Image Process 2004. doi:10.1109/TIP.2003.819861
+    """
+    from scipy import ndimage
+
+    x = np.asarray(a, dtype=np.float64)
+    y = np.asarray(b, dtype=np.float64)
+    if x.shape != y.shape or x.ndim != 2:
+        raise ValueError(f"ssim needs two 2D images of the same shape, got {x.shape} and {y.shape}")
+    if not data_range > 0:
+        raise ValueError(f"data_range must be positive, got {data_range!r}")
+    pad = int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5)
+    if min(x.shape) <= 2 * pad:
+        raise ValueError(f"images of shape {x.shape} are too small for an 11 x 11 SSIM window")
+
+    def smooth(img: np.ndarray) -> np.ndarray:
+        return ndimage.gaussian_filter(
+            img, sigma=SSIM_SIGMA, truncate=SSIM_TRUNCATE, mode="reflect"
+        )
+
+    mx, my = smooth(x), smooth(y)
+    vx = smooth(x * x) - mx * mx
+    vy = smooth(y * y) - my * my
+    cxy = smooth(x * y) - mx * my
+    c1 = (SSIM_K[0] * data_range) ** 2
+    c2 = (SSIM_K[1] * data_range) ** 2
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return float(s[pad:-pad, pad:-pad].mean())
+
+
+def motion_slice_pair(
+    slice2d: np.ndarray,
+    rng: np.random.Generator,
+    zooms: Sequence[float] | None = None,
+    severity: float | None = None,
+) -> tuple[np.ndarray, float, ArtifactLabel]:
+    """A motion-corrupted copy of a slice and its SSIM to the original (paper 002's labels).
+
+    The model is drawn from :data:`SLICE_MOTION_MODELS`: TorchIO's ``Motion`` (Shaw et al.) or
+    our segmented k-space model; poses as in :func:`sample_params` (``severity`` None: uniform
+    SS). SSIM uses ``data_range = max - min`` of the input slice. The label's params hold the
+    model, so :func:`replay` reproduces the corrupted slice.
+    """
+    img = np.asarray(slice2d, dtype=np.float32)
+    if img.ndim != 2:
+        raise ValueError(f"motion_slice_pair needs a 2D slice, got shape {img.shape}")
+    model = SLICE_MOTION_MODELS[int(rng.integers(len(SLICE_MOTION_MODELS)))]
+    params = sample_params("motion", rng, severity, ndim=2)
+    params["model"] = model
+    out = apply_artifact(img, "motion", params, zooms)
+    data_range = float(img.max() - img.min()) or 1.0
+    return (
+        out,
+        ssim(img, out, data_range),
+        ArtifactLabel("motion", severity_of("motion", params), params),
+    )
+
+
+def sample_contrast_augmentation(rng: np.random.Generator) -> dict:
+    """Draw one of paper 002's contrast augmentations and its parameters.
+
+    gamma: ``x^exp(g)``, g ~ U[-0.5, 0.5]; log: ``log(1 + a x) / log(1 + a)``, log a ~
+    U[log 1, log 30]; sigmoid: ``sigmoid(k (x - c))`` rescaled to map 0 -> 0 and 1 -> 1,
+    k ~ U[4, 12], c ~ U[0.3, 0.7]; clahe: contrast-limited adaptive histogram equalisation with
+    tiles ~ U{4..10} per side and clip limit ~ U[0.01, 0.05]. ``x`` is the image divided by its
+    maximum; the result is multiplied back.
+    """
+    kind = CONTRAST_AUGMENTATIONS[int(rng.integers(len(CONTRAST_AUGMENTATIONS)))]
+    if kind == "gamma":
+        return {"kind": kind, "log_gamma": float(rng.uniform(-0.5, 0.5))}
+    if kind == "log":
+        return {"kind": kind, "gain": float(np.exp(rng.uniform(0.0, np.log(30.0))))}
+    if kind == "sigmoid":
+        return {
+            "kind": kind,
+            "gain": float(rng.uniform(4.0, 12.0)),
+            "cutoff": float(rng.uniform(0.3, 0.7)),
+        }
+    return {
+        "kind": kind,
+        "tiles": int(rng.integers(4, 11)),
+        "clip_limit": float(rng.uniform(0.01, 0.05)),
+    }
+
+
+def clahe(x: np.ndarray, tiles: int = 8, clip_limit: float = 0.01, n_bins: int = 256) -> np.ndarray:
+    """Contrast-limited adaptive histogram equalisation of a 2D image with values in [0, 1].
+
+    The image is cut into ``tiles`` x ``tiles`` blocks; each block's histogram is clipped at
+    ``clip_limit`` x (pixels per block) with the excess spread evenly over all bins, and its
+    cumulative distribution becomes the block's intensity mapping. Every pixel takes the
+    bilinear interpolation of the mappings of the four nearest block centres, which removes
+    block edges.
+
+    References
+    ----------
+    Pizer SM et al. Adaptive histogram equalization and its variations. Comput Vis Graph Image
+    Process 1987. doi:10.1016/S0734-189X(87)80186-X
+    """
+    img = np.clip(np.asarray(x, dtype=np.float64), 0.0, 1.0)
+    if img.ndim != 2:
+        raise ValueError(f"clahe needs a 2D image, got shape {img.shape}")
+    h, w = img.shape
+    ty, tx = min(tiles, h), min(tiles, w)
+    bins = np.minimum((img * n_bins).astype(np.int64), n_bins - 1)
+    ey = np.linspace(0, h, ty + 1).astype(int)
+    ex = np.linspace(0, w, tx + 1).astype(int)
+    maps = np.empty((ty, tx, n_bins))
+    for i in range(ty):
+        for j in range(tx):
+            block = bins[ey[i] : ey[i + 1], ex[j] : ex[j + 1]]
+            hist = np.bincount(block.ravel(), minlength=n_bins).astype(np.float64)
+            limit = max(clip_limit * block.size, 1.0)
+            excess = np.clip(hist - limit, 0, None).sum()
+            hist = np.minimum(hist, limit) + excess / n_bins
+            cdf = np.cumsum(hist)
+            maps[i, j] = cdf / cdf[-1]
+    # Position of every pixel between block centres.
+    cy = ((np.arange(h) + 0.5) / h) * ty - 0.5
+    cx = ((np.arange(w) + 0.5) / w) * tx - 0.5
+    y0 = np.clip(np.floor(cy).astype(int), 0, ty - 1)
+    x0 = np.clip(np.floor(cx).astype(int), 0, tx - 1)
+    y1 = np.minimum(y0 + 1, ty - 1)
+    x1 = np.minimum(x0 + 1, tx - 1)
+    wy = np.clip(cy - y0, 0.0, 1.0)[:, None]
+    wx = np.clip(cx - x0, 0.0, 1.0)[None, :]
+    Y0, Y1 = y0[:, None], y1[:, None]
+    X0, X1 = x0[None, :], x1[None, :]
+    out = (
+        (1 - wy) * (1 - wx) * maps[Y0, X0, bins]
+        + (1 - wy) * wx * maps[Y0, X1, bins]
+        + wy * (1 - wx) * maps[Y1, X0, bins]
+        + wy * wx * maps[Y1, X1, bins]
+    )
+    return out.astype(np.float32)
+
+
+def apply_contrast_augmentation(img: np.ndarray, params: dict) -> np.ndarray:
+    """Apply a contrast augmentation drawn by :func:`sample_contrast_augmentation`."""
+    arr = np.asarray(img, dtype=np.float32)
+    scale = float(arr.max())
+    if not scale > 0:
+        return arr.copy()
+    x = np.clip(arr / scale, 0.0, 1.0)
+    kind = params["kind"]
+    if kind == "gamma":
+        y = x ** float(np.exp(params["log_gamma"]))
+    elif kind == "log":
+        a = float(params["gain"])
+        y = np.log1p(a * x) / np.log1p(a)
+    elif kind == "sigmoid":
+        k, c = float(params["gain"]), float(params["cutoff"])
+
+        def sig(v):
+            return 1.0 / (1.0 + np.exp(-k * (v - c)))
+
+        y = (sig(x) - sig(0.0)) / (sig(1.0) - sig(0.0))
+    elif kind == "clahe":
+        if arr.ndim != 2:
+            raise ValueError("clahe augmentation works on 2D slices")
+        y = clahe(x, int(params["tiles"]), float(params["clip_limit"]))
+    else:
+        raise ValueError(
+            f"unknown contrast augmentation {kind!r}; choose from {CONTRAST_AUGMENTATIONS}"
+        )
+    return (y * scale).astype(np.float32)
+
+
+def augment_contrast(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A randomly contrast-augmented copy of a slice (paper 002): draw with
+    :func:`sample_contrast_augmentation`, apply with :func:`apply_contrast_augmentation`."""
+    return apply_contrast_augmentation(img, sample_contrast_augmentation(rng))

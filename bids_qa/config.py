@@ -1,0 +1,131 @@
+"""Run settings as one immutable value.
+
+Everything the command line decides is gathered in :class:`RunConfig`, passed explicitly to the
+pipeline and saved verbatim in every scan's provenance, so an output can always be traced back to
+the settings that produced it. There is no module-level mutable state.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+#: The analysis levels this BIDS-App implements.
+ANALYSIS_LEVELS = ("participant", "group")
+#: Accepted values of ``--device`` (``cuda:N`` is accepted too).
+DEVICES = ("auto", "cpu", "cuda")
+#: Name of the default work folder, created inside OUTPUT_DIR when ``--work-dir`` is not given.
+DEFAULT_WORK_NAME = ".bids_qa_work"
+
+
+def available_cpus() -> int:
+    """CPUs this process may use (respects affinity masks set by schedulers such as SLURM)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Settings of one ``bids_qa`` run.
+
+    Attributes
+    ----------
+    bids_dir
+        Input folder: a BIDS dataset, or any folder of NIfTI files (plain-NIfTI mode).
+    output_dir
+        Where derivatives, reports and logs go.
+    analysis_level
+        ``"participant"`` or ``"group"``.
+    participant_label, session_id, run_id
+        Entity filters (labels without their ``sub-``/``ses-``/``run-`` prefix); empty means all.
+    suffixes
+        Contrasts to assess (``T1w``, ``T2w``, ...); empty means every structural contrast found.
+    bids_filters
+        Parsed ``--bids-filter-file`` (a mapping of queries), or ``None``.
+    skip_bids_validation
+        Index every file, even those whose names are not valid BIDS.
+    bids_database_dir
+        Folder of a persistent pybids index to create or reuse; ``None`` keeps it in memory.
+    device
+        ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+    nprocs
+        Threads used to load scans ahead of scoring (and torch's intra-op threads).
+    batch_size
+        Slices per forward pass of the deep models.
+    work_dir
+        Scratch space (caches, temporary files); ``None`` means ``OUTPUT_DIR/.bids_qa_work``.
+    thresholds_file
+        User JSON overriding the shipped thresholds, or ``None``.
+    scorers
+        Registered scorer names to run; empty means every available one.
+    reports
+        Render HTML reports (``--no-reports`` sets it to False).
+    overwrite
+        Recompute scans whose outputs are already complete.
+    verbosity
+        0 normal, positive more detail, negative quieter.
+    """
+
+    bids_dir: Path
+    output_dir: Path
+    analysis_level: str
+    participant_label: tuple[str, ...] = ()
+    session_id: tuple[str, ...] = ()
+    run_id: tuple[str, ...] = ()
+    suffixes: tuple[str, ...] = ()
+    bids_filters: dict[str, Any] | None = field(default=None, hash=False)
+    skip_bids_validation: bool = False
+    bids_database_dir: Path | None = None
+    device: str = "auto"
+    nprocs: int = field(default_factory=available_cpus)
+    batch_size: int = 64
+    work_dir: Path | None = None
+    thresholds_file: Path | None = None
+    scorers: tuple[str, ...] = ()
+    reports: bool = True
+    overwrite: bool = False
+    verbosity: int = 0
+
+    def __post_init__(self) -> None:
+        if self.analysis_level not in ANALYSIS_LEVELS:
+            raise ValueError(
+                f"analysis level {self.analysis_level!r} is not one of {ANALYSIS_LEVELS}"
+            )
+        if self.nprocs < 1:
+            raise ValueError(f"nprocs must be at least 1, got {self.nprocs}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if not (self.device in DEVICES or self.device.startswith("cuda:")):
+            raise ValueError(f"device {self.device!r} is not one of {DEVICES} or cuda:N")
+
+    @property
+    def work_root(self) -> Path:
+        """The scratch folder: ``--work-dir`` or ``OUTPUT_DIR/.bids_qa_work``."""
+        return self.work_dir if self.work_dir is not None else self.output_dir / DEFAULT_WORK_NAME
+
+    @property
+    def has_entity_filters(self) -> bool:
+        """Whether the user narrowed the selection (used to tell exit code 18 from 66)."""
+        return bool(
+            self.participant_label
+            or self.session_id
+            or self.run_id
+            or self.suffixes
+            or self.bids_filters
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready copy (paths as strings, tuples as lists) for provenance."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out

@@ -1,0 +1,812 @@
+"""Everything about output files: their names, atomic writing, resume, and reading them back.
+
+Layout (see ``docs/outputs.md`` for every column and key)::
+
+    OUTPUT_DIR/
+      dataset_description.json
+      sub-<label>/[ses-<label>/]anat/<scan_id>_qa.tsv      one row per metric
+      sub-<label>/[ses-<label>/]anat/<scan_id>_qa.json     sidecar: scan, verdict, provenance, ...
+      sub-<label>/[ses-<label>/]anat/<scan_id>_slices.tsv  per-slice values (when any)
+      sub-<label>/[ses-<label>/]anat/<scan_id>_report.html (written by bids_qa.reports)
+      nonbids/<relative folder>/<scan_id>_qa.*             plain-NIfTI scans without a subject
+      group_<suffix>.tsv / group_<suffix>.json / group_<suffix>.html
+      logs/bids_qa_<level>_<time>_<host>_<pid>.log
+
+Every path is built by :func:`scan_paths` / :func:`group_paths` from the scan's entities; no other
+module assembles output names. Every file is written to a hidden temporary file in the same folder
+and renamed over the target (:func:`atomic_write_text`), so a reader — or a killed run — never
+sees a half-written file under a final name, and two jobs writing into one output folder cannot
+interleave their bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import secrets
+import socket
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from bids_qa import __version__
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+    from bids_qa.discover import Scan
+
+#: BIDS version the derivative dataset declares.
+BIDS_VERSION = "1.9.0"
+#: Folder for plain-NIfTI scans that carry no subject entity.
+NONBIDS_DIR = "nonbids"
+LOGS_DIR = "logs"
+MISSING = "n/a"
+
+#: Per-scan ``_qa.tsv`` columns and what they hold (also written into each ``_qa.json``).
+QA_COLUMNS: dict[str, str] = {
+    "model": "Scorer that produced the value (header, iqm, severity, flow, ssim, tiers), or 'error' for an "
+    "error row.",
+    "metric": "Metric name within the scorer; for error rows, the stage that failed (discover, load, score, "
+    "write, report).",
+    "value": "The metric's value (number, or a short label); for error rows, the error message.",
+    "threshold": "The number the value was compared with: the fail threshold when flag is 'fail', else the "
+    "review threshold; empty when the metric has no threshold.",
+    "flag": "pass, review or fail from the thresholds; n/a when the metric has no threshold; error for error "
+    "rows.",
+    "direction": "higher_is_worse or lower_is_worse (for categorical thresholds: categorical); empty when "
+    "the metric has no threshold.",
+}
+#: Fixed leading columns of ``_slices.tsv``; one further column per per-slice metric.
+SLICE_COLUMNS: dict[str, str] = {
+    "model": "Scorer that produced the per-slice values.",
+    "slice_axis": "Array axis of the canonical (RAS) image the slices run along (0 = x/sagittal, "
+    "1 = y/coronal, 2 = z/axial).",
+    "slice_index": "Index of the slice along slice_axis, in the canonical (RAS) image.",
+}
+#: Fixed leading columns of ``group_<suffix>.tsv``; one further column per ``<model>.<metric>``.
+GROUP_COLUMNS: dict[str, str] = {
+    "scan_id": "Source file name without .nii/.nii.gz.",
+    "subject": "Subject label (without 'sub-'); n/a when the file has none.",
+    "session": "Session label (without 'ses-'); n/a when the file has none.",
+    "run": "Run index as in the file name; n/a when the file has none.",
+    "suffix": "Contrast (BIDS suffix) the scan was assessed as.",
+    "source": "Path of the image relative to the input folder.",
+    "verdict": "pass, review, fail, or error when the scan could not be fully assessed.",
+    "reasons": "Why the verdict is not pass: one message per flagged metric, then one per error, joined by "
+    "'; '.",
+    "report": "Path of the scan's HTML report relative to the output folder; n/a when none was made.",
+}
+
+_TMP_MARK = ".bqtmp-"
+_TMP_RE = re.compile(r"\.bqtmp-([A-Za-z0-9]*)-(\d+)-[0-9a-f]+$")
+_SAFE_EXTRA = set("-_.+")
+_MAX_STEM = 150
+
+
+# --------------------------------------------------------------------------------------------
+# Names
+
+
+def safe_stem(name: str) -> str:
+    """A file-name-safe version of ``name``.
+
+    Letters (any script), digits and ``-_.+`` are kept; anything else (spaces, ``<>&"'/``,
+    control characters) becomes ``_``. When the name had to change, 8 hex digits of its SHA-1
+    are appended so that two different source names can never map to the same output name.
+
+    Examples
+    --------
+    >>> safe_stem("sub-01_T1w")
+    'sub-01_T1w'
+    >>> safe_stem("b>_T1w")
+    'b__T1w_0f2fc09d'
+    """
+    clean = "".join(ch if (ch.isalnum() or ch in _SAFE_EXTRA) else "_" for ch in name)
+    clean = clean.lstrip(".") or "scan"
+    if clean != name or len(clean.encode("utf-8")) > _MAX_STEM:
+        digest = hashlib.sha1(name.encode("utf-8")).hexdigest()[:8]
+        while len(clean.encode("utf-8")) > _MAX_STEM:
+            clean = clean[:-1]
+        clean = f"{clean}_{digest}"
+    return clean
+
+
+@dataclass(frozen=True)
+class ScanPaths:
+    """The output files of one scan: ``folder/<stem>_qa.tsv`` and friends."""
+
+    folder: Path
+    stem: str
+
+    @property
+    def tsv(self) -> Path:
+        return self.folder / f"{self.stem}_qa.tsv"
+
+    @property
+    def json(self) -> Path:
+        return self.folder / f"{self.stem}_qa.json"
+
+    @property
+    def slices(self) -> Path:
+        return self.folder / f"{self.stem}_slices.tsv"
+
+    @property
+    def report(self) -> Path:
+        return self.folder / f"{self.stem}_report.html"
+
+    @property
+    def figures(self) -> Path:
+        """Folder for the report's figures."""
+        return self.folder / f"{self.stem}_figures"
+
+
+def scan_paths(out_dir: str | os.PathLike[str], scan: Scan, by_folder: bool = False) -> ScanPaths:
+    """Output paths of ``scan``, from its entities.
+
+    Scans with a subject go to ``sub-<l>/[ses-<s>/]anat/``; plain-NIfTI scans without one (or
+    with ``by_folder``, used when two plain files would collide) go to
+    ``nonbids/<folder relative to the input>/``. The stem is the source name (``scan_id``) made
+    safe by :func:`safe_stem`.
+    """
+    out_dir = Path(out_dir)
+    subject = scan.entities.get("subject")
+    if subject and not (by_folder and not scan.bids):
+        folder = out_dir / f"sub-{safe_stem(subject)}"
+        session = scan.entities.get("session")
+        if session:
+            folder = folder / f"ses-{safe_stem(session)}"
+        folder = folder / "anat"
+    else:
+        folder = out_dir / NONBIDS_DIR
+        rel_parent = Path(scan.source).parent
+        for part in rel_parent.parts:
+            if part in ("", ".", "/") or part == rel_parent.anchor:
+                continue
+            folder = folder / safe_stem(part)
+    return ScanPaths(folder=folder, stem=safe_stem(scan.scan_id))
+
+
+def plan_scan_paths(
+    out_dir: str | os.PathLike[str], scans: Sequence[Scan]
+) -> tuple[list[tuple[Scan, ScanPaths]], list[str]]:
+    """Output paths for every scan, resolving name collisions.
+
+    Two plain-NIfTI files with the same name and subject (in different folders) would share
+    ``sub-<l>/anat/<name>``; those are placed by folder instead. A collision that remains (e.g.
+    ``x.nii`` next to ``x.nii.gz``) drops the later scan with a warning.
+
+    Returns
+    -------
+    planned
+        (scan, paths) in input order.
+    warnings
+        One message per dropped scan.
+    """
+    first = [scan_paths(out_dir, s) for s in scans]
+    counts: dict[Path, int] = {}
+    for p in first:
+        counts[p.json] = counts.get(p.json, 0) + 1
+    planned: list[tuple[Scan, ScanPaths]] = []
+    seen: dict[Path, Scan] = {}
+    warnings: list[str] = []
+    for scan, paths in zip(scans, first, strict=True):
+        if counts[paths.json] > 1 and not scan.bids:
+            paths = scan_paths(out_dir, scan, by_folder=True)
+        if paths.json in seen:
+            warnings.append(
+                f"{scan.source} skipped: its outputs would overwrite those of {seen[paths.json].source} "
+                "(same name); rename one of them"
+            )
+            continue
+        seen[paths.json] = scan
+        planned.append((scan, paths))
+    return planned, warnings
+
+
+@dataclass(frozen=True)
+class GroupPaths:
+    """Group-level files of one contrast."""
+
+    tsv: Path
+    json: Path
+    html: Path
+
+
+def group_paths(out_dir: str | os.PathLike[str], suffix: str) -> GroupPaths:
+    """``group_<suffix>.tsv/.json/.html`` in the output folder."""
+    out_dir = Path(out_dir)
+    stem = f"group_{safe_stem(suffix)}"
+    return GroupPaths(out_dir / f"{stem}.tsv", out_dir / f"{stem}.json", out_dir / f"{stem}.html")
+
+
+def _host_tag() -> str:
+    return "".join(ch for ch in socket.gethostname() if ch.isalnum())[:32]
+
+
+def log_path(out_dir: str | os.PathLike[str], level: str) -> Path:
+    """A log file name unique to this process and moment (concurrent jobs never share one)."""
+    stamp = datetime.now().strftime("%Y%m%dT%H%M%S%f")
+    return (
+        Path(out_dir)
+        / LOGS_DIR
+        / f"bids_qa_{level}_{stamp}_{_host_tag() or 'host'}_{os.getpid()}.log"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Atomic writing
+
+
+def _temp_name(path: Path) -> Path:
+    return path.with_name(
+        f".{path.name}{_TMP_MARK}{_host_tag()}-{os.getpid()}-{secrets.token_hex(4)}"
+    )
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``.
+
+    The target either keeps its old content or gets the whole new content; the temporary file is
+    removed if anything fails (including KeyboardInterrupt).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_name(path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """UTF-8 text version of :func:`atomic_write_bytes`."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def json_ready(obj: Any) -> Any:
+    """Copy of ``obj`` that strict JSON accepts: numpy scalars/arrays to Python, paths to strings,
+    NaN/Inf to None, tuples and sets to lists."""
+    if isinstance(obj, Mapping):
+        return {str(k): json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        items = sorted(obj, key=str) if isinstance(obj, (set, frozenset)) else obj
+        return [json_ready(v) for v in items]
+    if isinstance(obj, np.ndarray):
+        return json_ready(obj.tolist())
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        value = float(obj)
+        return value if math.isfinite(value) else None
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    return obj
+
+
+def dumps_json(obj: Any) -> str:
+    """Sorted-key, indented, strict JSON (UTF-8 characters kept)."""
+    return (
+        json.dumps(json_ready(obj), sort_keys=True, indent=2, allow_nan=False, ensure_ascii=False)
+        + "\n"
+    )
+
+
+def write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    """Atomically write ``obj`` as JSON (see :func:`dumps_json`)."""
+    atomic_write_text(path, dumps_json(obj))
+
+
+def format_value(value: Any) -> str:
+    """One TSV cell: numbers with 6 significant digits, non-finite or None as ``n/a``, text with
+    tabs and line breaks replaced by spaces."""
+    if value is None:
+        return MISSING
+    if isinstance(value, (bool, np.bool_)):
+        return "true" if value else "false"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        if not math.isfinite(value):
+            return MISSING
+        return f"{value:.6g}"
+    text = str(value)
+    return re.sub(r"[\t\r\n]+", " ", text)
+
+
+def render_tsv(
+    columns: Sequence[str], rows: Iterable[Mapping[str, Any]], empty: str = MISSING
+) -> str:
+    """TSV text with a header line; missing keys become ``empty``."""
+    lines = ["\t".join(columns)]
+    for row in rows:
+        cells = []
+        for col in columns:
+            value = row.get(col)
+            if value is None or (isinstance(value, str) and value == ""):
+                cells.append(empty if value is None else "")
+            else:
+                cells.append(format_value(value))
+        lines.append("\t".join(cells))
+    return "\n".join(lines) + "\n"
+
+
+def write_tsv(
+    path: str | os.PathLike[str],
+    columns: Sequence[str],
+    rows: Iterable[Mapping[str, Any]],
+    empty: str = MISSING,
+) -> None:
+    """Atomically write a TSV (see :func:`render_tsv`)."""
+    atomic_write_text(path, render_tsv(columns, rows, empty=empty))
+
+
+def cleanup_stale_temp(out_dir: str | os.PathLike[str], max_age_s: float = 86400.0) -> int:
+    """Remove temporary files left by killed runs; returns how many were removed.
+
+    A temporary file is stale when it was made on this host by a process that no longer exists,
+    or is older than ``max_age_s`` (other hosts of a cluster sharing the folder). Files of live
+    concurrent jobs are left alone.
+    """
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return 0
+    host = _host_tag()
+    now = time.time()
+    removed = 0
+    for folder, _dirs, files in os.walk(out_dir):
+        for name in files:
+            match = _TMP_RE.search(name)
+            if not match:
+                continue
+            path = Path(folder) / name
+            tmp_host, pid = match.group(1), int(match.group(2))
+            stale = False
+            if tmp_host == host and pid != os.getpid():
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    stale = True
+                except PermissionError:
+                    stale = False
+            try:
+                if not stale and now - path.stat().st_mtime > max_age_s:
+                    stale = True
+                if stale:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue
+    return removed
+
+
+# --------------------------------------------------------------------------------------------
+# dataset_description.json
+
+
+def container_info() -> dict[str, str] | None:
+    """The container this process runs in (BIDS ``GeneratedBy.Container``), or None."""
+    for var, kind in (
+        ("APPTAINER_CONTAINER", "apptainer"),
+        ("SINGULARITY_CONTAINER", "singularity"),
+    ):
+        image = os.environ.get(var)
+        if image:
+            return {"Type": kind, "Tag": Path(image).name}
+    if Path("/.dockerenv").exists():
+        return {"Type": "docker"}
+    if Path("/run/.containerenv").exists():
+        return {"Type": "podman"}
+    return None
+
+
+def dataset_description(source_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Content of the derivative ``dataset_description.json``."""
+    generated: dict[str, Any] = {
+        "Name": "bids_qa",
+        "Version": __version__,
+        "Description": "Label-free artifact quality assessment of structural MRI (per-scan metrics, verdicts "
+        "and reports).",
+    }
+    container = container_info()
+    if container:
+        generated["Container"] = container
+    out: dict[str, Any] = {
+        "Name": "bids_qa quality assessment",
+        "BIDSVersion": BIDS_VERSION,
+        "DatasetType": "derivative",
+        "GeneratedBy": [generated],
+    }
+    if source_dir is not None:
+        out["SourceDatasets"] = [{"URL": Path(source_dir).absolute().as_uri()}]
+    return out
+
+
+def write_dataset_description(
+    out_dir: str | os.PathLike[str], source_dir: str | os.PathLike[str] | None = None
+) -> Path:
+    """Write ``dataset_description.json`` unless an identical one is already there.
+
+    Concurrent jobs write the same content through atomic renames, so whichever lands last the
+    file is whole and valid.
+    """
+    path = Path(out_dir) / "dataset_description.json"
+    text = dumps_json(dataset_description(source_dir))
+    try:
+        if path.read_text(encoding="utf-8") == text:
+            return path
+    except (OSError, UnicodeDecodeError):
+        pass
+    atomic_write_text(path, text)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# Per-scan outputs
+
+
+def normalise_key(obj: Any) -> Any:
+    """``obj`` as it reads back from JSON (tuples become lists, NaN None), for comparisons."""
+    return json.loads(json.dumps(json_ready(obj), sort_keys=True))
+
+
+def scan_is_complete(
+    paths: ScanPaths, resume_key: Mapping[str, Any], need_report: bool = False
+) -> bool:
+    """Whether a previous run finished this scan with the same inputs and settings.
+
+    True when the ``_qa.json`` is readable, says ``provenance.status == "complete"``, has no
+    errors, carries the same ``provenance.resume_key`` (source size and mtime, scorers and their
+    versions, thresholds), the ``_qa.tsv`` exists, and — when reports are requested — the report
+    exists. Anything else means the scan is (re)computed.
+    """
+    try:
+        sidecar = json.loads(paths.json.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    if not isinstance(sidecar, dict):
+        return False
+    prov = sidecar.get("provenance") or {}
+    if prov.get("status") != "complete" or sidecar.get("errors"):
+        return False
+    if prov.get("resume_key") != normalise_key(resume_key):
+        return False
+    if not paths.tsv.is_file():
+        return False
+    if need_report and not paths.report.is_file():
+        return False
+    return True
+
+
+def slice_rows(
+    per_slice: Sequence[tuple[str, int | None, Mapping[str, np.ndarray]]],
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """Columns and rows of ``_slices.tsv`` from (model, slice_axis, per_slice arrays) triples.
+
+    One row per (model, slice); one column per per-slice metric (union over models, first-seen
+    order); a model's rows leave other models' columns as ``n/a``.
+    """
+    columns = list(SLICE_COLUMNS)
+    rows: list[dict[str, Any]] = []
+    for model, axis, arrays in per_slice:
+        arrays = {k: np.asarray(v).reshape(-1) for k, v in arrays.items()}
+        lengths = {len(v) for v in arrays.values()}
+        if not arrays or len(lengths) != 1:
+            continue
+        n = lengths.pop()
+        index = arrays.pop("slice_index", np.arange(n))
+        for key in arrays:
+            if key not in columns:
+                columns.append(key)
+        for i in range(n):
+            row: dict[str, Any] = {"model": model, "slice_axis": axis, "slice_index": int(index[i])}
+            for key, values in arrays.items():
+                row[key] = values[i].item() if hasattr(values[i], "item") else values[i]
+            rows.append(row)
+    return columns, rows
+
+
+def write_scan_tables(
+    paths: ScanPaths,
+    rows: Sequence[Mapping[str, Any]],
+    slices: tuple[list[str], list[dict[str, Any]]] | None = None,
+) -> None:
+    """Write ``_qa.tsv`` and ``_slices.tsv`` (or remove a stale one from an earlier run)."""
+    write_tsv(paths.tsv, list(QA_COLUMNS), rows, empty="")
+    if slices is not None and slices[1]:
+        write_tsv(paths.slices, slices[0], slices[1])
+    else:
+        try:
+            paths.slices.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def write_scan_outputs(
+    paths: ScanPaths,
+    rows: Sequence[Mapping[str, Any]],
+    sidecar: Mapping[str, Any],
+    slices: tuple[list[str], list[dict[str, Any]]] | None = None,
+) -> None:
+    """Write the tables (:func:`write_scan_tables`) and, last, ``_qa.json``.
+
+    The JSON goes last because its ``provenance.status`` is what :func:`scan_is_complete` trusts.
+    """
+    write_scan_tables(paths, rows, slices)
+    write_json(paths.json, sidecar)
+
+
+@dataclass
+class ScanOutputs:
+    """A scan's derivatives read back.
+
+    Attributes
+    ----------
+    paths
+        Where they are.
+    sidecar
+        The ``_qa.json`` content.
+    metrics
+        ``_qa.tsv`` as strings (empty cells stay ``""``).
+    slices
+        ``_slices.tsv`` with numeric columns, or None.
+    """
+
+    paths: ScanPaths
+    sidecar: dict[str, Any]
+    metrics: pd.DataFrame
+    slices: pd.DataFrame | None
+
+    @property
+    def verdict(self) -> str:
+        return str(self.sidecar.get("verdict", "error"))
+
+    def values(self) -> dict[str, float | str]:
+        """``{"<model>.<metric>": value}`` of the non-error rows; numbers as float."""
+        out: dict[str, float | str] = {}
+        for model, metric, value in zip(
+            self.metrics["model"], self.metrics["metric"], self.metrics["value"], strict=True
+        ):
+            if model == "error":
+                continue
+            out[f"{model}.{metric}"] = _to_number(value)
+        return out
+
+
+def _to_number(text: str) -> float | str:
+    if text == MISSING:
+        return float("nan")
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+_OUTPUT_ENDINGS = ("_qa.json", "_qa.tsv", "_slices.tsv", "_report.html", "_figures")
+
+
+def paths_from_output(path: str | os.PathLike[str]) -> ScanPaths:
+    """The :class:`ScanPaths` a given output file (``_qa.json``, ``_qa.tsv``, ...) belongs to."""
+    path = Path(path)
+    for ending in _OUTPUT_ENDINGS:
+        if path.name.endswith(ending):
+            return ScanPaths(folder=path.parent, stem=path.name[: -len(ending)])
+    return ScanPaths(folder=path.parent, stem=path.name)
+
+
+def read_scan_outputs(path: str | os.PathLike[str]) -> ScanOutputs:
+    """Read a scan's derivatives given any of its output paths (or the common stem).
+
+    Raises
+    ------
+    FileNotFoundError
+        When the ``_qa.json`` or ``_qa.tsv`` is missing.
+    ValueError
+        When the ``_qa.json`` is not valid JSON.
+    """
+    import pandas as pd
+
+    paths = paths_from_output(path)
+    try:
+        sidecar = json.loads(paths.json.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{paths.json} is not valid JSON: {err}") from err
+    metrics = pd.read_csv(paths.tsv, sep="\t", dtype=str, keep_default_na=False)
+    slices = None
+    if paths.slices.is_file():
+        slices = pd.read_csv(paths.slices, sep="\t", keep_default_na=False, na_values=[MISSING, ""])
+    return ScanOutputs(paths=paths, sidecar=sidecar, metrics=metrics, slices=slices)
+
+
+def find_scan_outputs(out_dir: str | os.PathLike[str]) -> list[Path]:
+    """Every ``_qa.json`` under the output folder (hidden folders and logs skipped), sorted."""
+    out_dir = Path(out_dir)
+    found: list[Path] = []
+    for folder, dirs, files in os.walk(out_dir):
+        dirs[:] = sorted(
+            d
+            for d in dirs
+            if not d.startswith(".") and not (Path(folder) == out_dir and d == LOGS_DIR)
+        )
+        found += [
+            Path(folder) / f for f in files if f.endswith("_qa.json") and not f.startswith(".")
+        ]
+    return sorted(found)
+
+
+# --------------------------------------------------------------------------------------------
+# Group tables
+
+
+@dataclass
+class GroupTable:
+    """One contrast's group table assembled from derivatives.
+
+    Attributes
+    ----------
+    suffix
+        The contrast.
+    metric_columns
+        ``<model>.<metric>`` columns, first-seen order.
+    rows
+        One dict per scan: the :data:`GROUP_COLUMNS` plus its metric values (as written).
+    thresholds
+        ``{"<model>.<metric>": {review, fail, direction, ...}}`` that judged these scans (from
+        their ``_qa.json``; the first scan listing a key wins).
+    """
+
+    suffix: str
+    metric_columns: list[str]
+    rows: list[dict[str, Any]]
+    thresholds: dict[str, Any]
+
+
+def collect_group_rows(
+    out_dir: str | os.PathLike[str],
+    suffixes: Sequence[str] = (),
+    participant_label: Sequence[str] = (),
+) -> tuple[dict[str, GroupTable], list[str]]:
+    """Build the group tables from the participant-level derivatives (never from images).
+
+    Returns
+    -------
+    tables
+        ``{suffix: GroupTable}``.
+    warnings
+        Unreadable derivatives that were skipped.
+    """
+    out_dir = Path(out_dir)
+    tables: dict[str, GroupTable] = {}
+    warnings: list[str] = []
+    for json_path in find_scan_outputs(out_dir):
+        try:
+            outputs = read_scan_outputs(json_path)
+        except (OSError, ValueError) as err:
+            warnings.append(f"skipped {json_path.relative_to(out_dir)}: {err}")
+            continue
+        scan = outputs.sidecar.get("scan") or {}
+        entities = scan.get("entities") or {}
+        suffix = str(entities.get("suffix") or "unknown")
+        if suffixes and suffix not in suffixes:
+            continue
+        subject = entities.get("subject")
+        if participant_label and subject is not None and subject not in participant_label:
+            continue
+        reasons = [str(r.get("message", "")) for r in outputs.sidecar.get("reasons") or []]
+        reasons += [
+            f"error [{e.get('stage')}]: {e.get('message')}"
+            for e in outputs.sidecar.get("errors") or []
+        ]
+        report = outputs.paths.report
+        row: dict[str, Any] = {
+            "scan_id": outputs.sidecar.get("scan_id") or outputs.paths.stem,
+            "subject": subject,
+            "session": entities.get("session"),
+            "run": entities.get("run"),
+            "suffix": suffix,
+            "source": scan.get("source"),
+            "verdict": outputs.sidecar.get("verdict", "error"),
+            "reasons": "; ".join(reasons),
+            "report": report.relative_to(out_dir).as_posix() if report.is_file() else None,
+        }
+        table = tables.setdefault(suffix, GroupTable(suffix, [], [], {}))
+        for model, metric, value in zip(
+            outputs.metrics["model"],
+            outputs.metrics["metric"],
+            outputs.metrics["value"],
+            strict=True,
+        ):
+            if model == "error":
+                continue
+            key = f"{model}.{metric}"
+            if key not in table.metric_columns:
+                table.metric_columns.append(key)
+            row[key] = value
+        for key, spec in (outputs.sidecar.get("thresholds") or {}).items():
+            table.thresholds.setdefault(key, spec)
+        table.rows.append(row)
+    for table in tables.values():
+        table.rows.sort(key=lambda r: (str(r["source"]), str(r["scan_id"])))
+    return dict(sorted(tables.items())), warnings
+
+
+def write_group_table(
+    out_dir: str | os.PathLike[str],
+    table: GroupTable,
+    metric_descriptions: Mapping[str, str] | None = None,
+    provenance: Mapping[str, Any] | None = None,
+) -> GroupPaths:
+    """Write ``group_<suffix>.tsv`` and its ``.json`` (column descriptions, verdict counts, the
+    thresholds that judged the scans, provenance). Missing values are written as ``n/a``."""
+    suffix, metric_columns, rows = table.suffix, table.metric_columns, table.rows
+    paths = group_paths(out_dir, suffix)
+    columns = list(GROUP_COLUMNS) + list(metric_columns)
+    write_tsv(
+        paths.tsv, columns, [{k: (None if v == "" else v) for k, v in r.items()} for r in rows]
+    )
+    descriptions = dict(GROUP_COLUMNS)
+    for key in metric_columns:
+        model, _, metric = key.partition(".")
+        described = (metric_descriptions or {}).get(key)
+        descriptions[key] = (
+            described or f"Metric '{metric}' of scorer '{model}' (see docs/outputs.md)."
+        )
+    verdicts: dict[str, int] = {}
+    for r in rows:
+        verdicts[str(r.get("verdict"))] = verdicts.get(str(r.get("verdict")), 0) + 1
+    write_json(
+        paths.json,
+        {
+            "suffix": suffix,
+            "n_scans": len(rows),
+            "verdicts": verdicts,
+            "columns": descriptions,
+            "thresholds": {k: v for k, v in table.thresholds.items() if k in metric_columns},
+            "provenance": dict(provenance or {}),
+        },
+    )
+    return paths
+
+
+def read_group_table(out_dir: str | os.PathLike[str], suffix: str) -> pd.DataFrame:
+    """``group_<suffix>.tsv`` as a DataFrame: fixed columns as strings (labels such as ``01``
+    stay text), ``n/a`` as missing, metric columns numeric where they parse."""
+    import pandas as pd
+
+    path = group_paths(out_dir, suffix).tsv
+    table = pd.read_csv(
+        path,
+        sep="\t",
+        dtype={c: str for c in GROUP_COLUMNS},
+        keep_default_na=False,
+        na_values=[MISSING],
+    )
+    for col in table.columns:
+        if col in GROUP_COLUMNS:
+            continue
+        converted = pd.to_numeric(table[col], errors="coerce")
+        if converted.notna().sum() == table[col].notna().sum():
+            table[col] = converted
+    return table
+
+
+def utc_now() -> str:
+    """ISO 8601 UTC timestamp (seconds)."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

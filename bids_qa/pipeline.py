@@ -1,0 +1,949 @@
+"""The two analysis levels: participant (discover -> load -> score -> judge -> write -> report) and
+group (derivatives -> group tables -> group reports).
+
+Reliability rules this module enforces:
+
+* one bad scan never stops a run: every failure becomes an error row (stage, message) in that
+  scan's outputs, and the run goes on;
+* a finished scan is skipped on the next run (unless ``--overwrite``), an errored or interrupted
+  one is redone;
+* nothing is written outside OUTPUT_DIR and the work folder: caches (matplotlib, XDG, temporary
+  files) are pointed into a per-run work folder that is removed at the end;
+* loading runs ahead of scoring in ``--nprocs`` threads. Threads, not processes: a loaded volume
+  is hundreds of MB of arrays that a process pool would have to pickle back, while nibabel's gzip
+  decompression and numpy release the GIL.
+
+Exit codes (BIDS-Apps draft, Table 7) are listed in :data:`EXIT_CODES`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import inspect
+import logging
+import os
+import platform
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import traceback
+import warnings as pywarnings
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from bids_qa import __version__
+from bids_qa import derivatives as deriv
+from bids_qa.config import RunConfig
+from bids_qa.discover import (
+    Discovery,
+    DiscoveryError,
+    Scan,
+    discover,
+    metadata_subset,
+    read_metadata,
+)
+from bids_qa.errors import ScanError
+from bids_qa.scoring import REGISTRY, ScanScores, Scorer, build_scorers
+from bids_qa.thresholds import ThresholdError, ThresholdTable, judge, load_thresholds
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_INVALID_BIDS = 16
+EXIT_UNKNOWN_LEVEL = 17
+EXIT_NO_FILES = 18
+EXIT_USAGE = 64
+EXIT_ALL_FAILED = 65
+EXIT_NO_INPUT = 66
+EXIT_CANT_CREATE = 73
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+
+#: Every exit code ``bids_qa`` returns and what it means (also in ``docs/usage.md``).
+EXIT_CODES: dict[int, str] = {
+    EXIT_OK: "success: every selected scan has outputs (some may hold error rows), or all were already done",
+    EXIT_FAILURE: "internal failure (a bug or a broken installation, e.g. a scorer that cannot be built)",
+    EXIT_INVALID_BIDS: "the input dataset failed BIDS validation (unreadable dataset_description.json)",
+    EXIT_UNKNOWN_LEVEL: "unknown analysis level (not participant or group)",
+    EXIT_NO_FILES: "the entity filters (--participant-label, --session-id, --run-id, --suffix, "
+    "--bids-filter-file) selected no files",
+    EXIT_USAGE: "command-line usage error (bad option, bad thresholds or filter file, unavailable device)",
+    EXIT_ALL_FAILED: "every scan processed in this run failed (outputs with error rows were still written)",
+    EXIT_NO_INPUT: "no input: the input folder is missing or holds no structural scan; at group level, "
+    "no participant-level outputs were found",
+    EXIT_CANT_CREATE: "the output or work folder cannot be created or written",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C); finished scans are kept, rerun to resume",
+    EXIT_TERMINATED: "terminated (SIGTERM, e.g. a scheduler's time limit); finished scans are kept",
+}
+
+LOGGER = logging.getLogger("bids_qa")
+
+
+class PipelineError(Exception):
+    """The run cannot go on; ``code`` is the exit code and ``message`` says why."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM so that ``finally`` blocks clean up."""
+
+
+# --------------------------------------------------------------------------------------------
+# Run environment: work folder, caches, logging, signals
+
+
+@dataclass
+class RunContext:
+    """Per-run state that is not configuration."""
+
+    config: RunConfig
+    run_id: str
+    work_dir: Path
+    log_file: Path
+    started: str
+    started_monotonic: float = field(default_factory=time.monotonic)
+
+
+class _TqdmHandler(logging.Handler):
+    """Console handler that writes through tqdm so messages do not break the progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # pragma: no cover - logging must never raise
+            self.handleError(record)
+
+
+#: Cache and temporary-file variables pointed into the work folder during a run.
+_CACHE_VARS = (
+    "MPLCONFIGDIR",
+    "XDG_CACHE_HOME",
+    "XDG_CONFIG_HOME",
+    "TMPDIR",
+    "TEMP",
+    "TMP",
+    "TORCH_HOME",
+    "NILEARN_DATA",
+    "NUMBA_CACHE_DIR",
+    "TORCHINDUCTOR_CACHE_DIR",
+    "TRITON_CACHE_DIR",
+)
+
+
+@contextlib.contextmanager
+def run_environment(config: RunConfig) -> Iterator[RunContext]:
+    """Create the output and work folders, route caches and logs, and clean up afterwards.
+
+    The work folder is ``<work root>/run-<id>`` (work root: ``--work-dir`` or
+    ``OUTPUT_DIR/.bids_qa_work``); it is removed at the end, and so is the default work root when
+    no other run is using it.
+
+    Raises
+    ------
+    PipelineError
+        73 when a folder cannot be created.
+    """
+    run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+    out_dir = config.output_dir
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        work_dir = config.work_root / f"run-{run_id}"
+        work_dir.mkdir(parents=True, exist_ok=True)
+        log_file = deriv.log_path(out_dir, config.analysis_level)
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".bids_qa_write_test_{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise PipelineError(
+            EXIT_CANT_CREATE, f"cannot create or write the output/work folders: {err}"
+        ) from err
+
+    saved_env = {k: os.environ.get(k) for k in _CACHE_VARS}
+    saved_tempdir = tempfile.tempdir
+    tmp = work_dir / "tmp"
+    for sub in ("tmp", "matplotlib", "cache", "config"):
+        (work_dir / sub).mkdir(exist_ok=True)
+    os.environ.update(
+        MPLCONFIGDIR=str(work_dir / "matplotlib"),
+        XDG_CACHE_HOME=str(work_dir / "cache"),
+        XDG_CONFIG_HOME=str(work_dir / "config"),
+        TMPDIR=str(tmp),
+        TEMP=str(tmp),
+        TMP=str(tmp),
+        TORCH_HOME=str(work_dir / "cache" / "torch"),
+        NILEARN_DATA=str(work_dir / "cache" / "nilearn"),
+        NUMBA_CACHE_DIR=str(work_dir / "cache" / "numba"),
+        TORCHINDUCTOR_CACHE_DIR=str(work_dir / "cache" / "torchinductor"),
+        TRITON_CACHE_DIR=str(work_dir / "cache" / "triton"),
+    )
+    tempfile.tempdir = str(tmp)
+
+    handlers = _setup_logging(log_file, config.verbosity)
+    old_term = None
+    if _in_main_thread():
+
+        def _on_term(signum: int, frame: Any) -> None:
+            raise Terminated()
+
+        old_term = signal.signal(signal.SIGTERM, _on_term)
+    saved_showwarning = pywarnings.showwarning
+
+    def _log_warning(
+        message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None
+    ) -> None:
+        LOGGER.debug(
+            "library warning: %s: %s (%s:%s)", category.__name__, message, filename, lineno
+        )
+
+    pywarnings.showwarning = _log_warning  # type: ignore[assignment]
+    ctx = RunContext(
+        config=config, run_id=run_id, work_dir=work_dir, log_file=log_file, started=deriv.utc_now()
+    )
+    try:
+        LOGGER.info("bids_qa %s, %s level; log: %s", __version__, config.analysis_level, log_file)
+        LOGGER.debug("configuration: %s", config.to_dict())
+        yield ctx
+    finally:
+        pywarnings.showwarning = saved_showwarning
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        tempfile.tempdir = saved_tempdir
+        shutil.rmtree(work_dir, ignore_errors=True)
+        if config.work_dir is None:
+            with contextlib.suppress(OSError):
+                config.work_root.rmdir()  # only succeeds when no concurrent run is using it
+        for handler in handlers:
+            LOGGER.removeHandler(handler)
+            handler.close()
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _setup_logging(log_file: Path, verbosity: int) -> list[logging.Handler]:
+    LOGGER.setLevel(logging.DEBUG)
+    LOGGER.propagate = False
+    file_handler = logging.FileHandler(log_file, encoding="utf-8")
+    file_handler.setLevel(logging.DEBUG)
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s"))
+    console = _TqdmHandler()
+    level = {1: logging.DEBUG, 0: logging.INFO, -1: logging.WARNING}.get(max(-1, min(1, verbosity)))
+    if verbosity <= -2:
+        level = logging.ERROR
+    console.setLevel(level or logging.INFO)
+    console.setFormatter(logging.Formatter("bids_qa: %(message)s"))
+    LOGGER.addHandler(file_handler)
+    LOGGER.addHandler(console)
+    return [file_handler, console]
+
+
+# --------------------------------------------------------------------------------------------
+# Scorers
+
+
+@dataclass
+class ScorerSet:
+    """The scorers of a run and the registered families left out."""
+
+    scorers: list[Scorer]
+    skipped: list[str]
+    wants_suffix: dict[str, bool]
+
+    def describe(self) -> list[dict[str, str]]:
+        return [
+            {"name": s.name, "version": str(getattr(s, "version", "unknown"))} for s in self.scorers
+        ]
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``. (``cpu`` does not import torch,
+    so a run of the classical scorers alone starts faster.)
+
+    Raises
+    ------
+    PipelineError
+        64 when CUDA is requested but not available.
+    """
+    if device == "cpu":
+        return device
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise PipelineError(
+            EXIT_USAGE,
+            f"--device {device} was requested but no CUDA GPU is visible; use --device cpu or auto",
+        )
+    return device
+
+
+def build_scorer_set(names: Sequence[str], device: str, batch_size: int) -> ScorerSet:
+    """Instantiate the registered scorers (all, or ``names``), skipping families whose weights
+    are not installed.
+
+    Raises
+    ------
+    PipelineError
+        1 when an installed scorer cannot be built (a bug or broken installation: the user's data
+        has nothing to do with it, and silently dropping a metric family would be worse); 64 when
+        no scorer is left to run.
+    """
+    scorers: list[Scorer] = []
+    skipped: list[str] = []
+    for entry in REGISTRY:
+        if names and entry.name not in names:
+            continue
+        if not entry.available():
+            skipped.append(entry.name)
+            continue
+        try:
+            scorers += build_scorers([entry.name], device=device, batch_size=batch_size)
+        except Exception as err:
+            LOGGER.debug("building scorer %s failed:\n%s", entry.name, traceback.format_exc())
+            raise PipelineError(
+                EXIT_FAILURE,
+                f"scorer {entry.name!r} ({entry.target}) could not be built: {type(err).__name__}: {err}. "
+                "This is a bug or a broken installation, not a problem with your data.",
+            ) from err
+    if not scorers:
+        raise PipelineError(
+            EXIT_USAGE,
+            f"no scorer to run: {', '.join(skipped) or 'the requested ones'} "
+            f"{'are' if len(skipped) != 1 else 'is'} not installed (weights missing)",
+        )
+    wants_suffix = {}
+    for scorer in scorers:
+        try:
+            wants_suffix[scorer.name] = "suffix" in inspect.signature(scorer.score).parameters
+        except (TypeError, ValueError):
+            wants_suffix[scorer.name] = False
+    return ScorerSet(scorers=scorers, skipped=skipped, wants_suffix=wants_suffix)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+@dataclass
+class Loaded:
+    """A scan after the load stage: the volume or the error, plus header facts and metadata."""
+
+    volume: Any | None
+    errors: list[dict[str, str]]
+    warnings: list[str]
+    metadata: dict[str, Any]
+    header: dict[str, Any]
+    seconds: float
+
+
+def header_facts(path: Path) -> dict[str, Any]:
+    """Shape and voxel sizes from the header alone (best effort, for error rows)."""
+    try:
+        import nibabel as nib
+
+        img = nib.load(str(path))
+        return {
+            "shape": [int(s) for s in img.shape],
+            "zooms": [float(z) for z in img.header.get_zooms()[: len(img.shape)]],
+        }
+    except Exception:
+        return {}
+
+
+def load_scan(scan: Scan) -> Loaded:
+    """Read the sidecar metadata and the image; never raises for a bad file."""
+    from bids_qa.volume import load_volume
+
+    start = time.perf_counter()
+    metadata, warnings = read_metadata(scan)
+    errors: list[dict[str, str]] = []
+    volume = None
+    try:
+        volume = load_volume(scan.path)
+        warnings += list(volume.warnings)
+    except ScanError as err:
+        errors.append({"stage": err.stage, "message": err.message})
+    except MemoryError:
+        errors.append(
+            {"stage": "load", "message": f"{scan.path.name}: not enough memory to load the image"}
+        )
+    except Exception as err:  # a loader bug must not stop the run either
+        LOGGER.debug("unexpected load failure for %s:\n%s", scan.path, traceback.format_exc())
+        errors.append(
+            {"stage": "load", "message": f"{scan.path.name}: {type(err).__name__}: {err}"}
+        )
+    header = {} if volume is not None else header_facts(scan.path)
+    return Loaded(volume, errors, warnings, metadata, header, time.perf_counter() - start)
+
+
+def iter_loaded(
+    items: Sequence[Any], load: Callable[[Any], Loaded], nprocs: int
+) -> Iterator[tuple[Any, Loaded]]:
+    """Yield ``(item, load(item))`` in order, loading up to ``nprocs`` items ahead in threads.
+
+    At most ``nprocs`` loaded-but-unscored volumes exist at a time, which bounds memory.
+    """
+    if nprocs <= 1 or len(items) <= 1:
+        for item in items:
+            yield item, load(item)
+        return
+    source = iter(items)
+    pending: deque[tuple[Any, Future[Loaded]]] = deque()
+    with ThreadPoolExecutor(max_workers=nprocs, thread_name_prefix="bids_qa-load") as pool:
+        try:
+            for item in islice(source, nprocs):
+                pending.append((item, pool.submit(load, item)))
+            while pending:
+                item, future = pending.popleft()
+                nxt = next(source, None)
+                if nxt is not None:
+                    pending.append((nxt, pool.submit(load, nxt)))
+                yield item, future.result()
+        finally:
+            for _, future in pending:
+                future.cancel()
+
+
+# --------------------------------------------------------------------------------------------
+# One scan
+
+
+@dataclass
+class ScanOutcome:
+    """What happened to one scan (for the run summary and the exit code)."""
+
+    scan: Scan
+    paths: deriv.ScanPaths
+    verdict: str
+    errors: list[dict[str, str]]
+    seconds: float
+
+    @property
+    def failed(self) -> bool:
+        """True when the scan could not be assessed (load, score or write failed)."""
+        return any(e["stage"] != "report" for e in self.errors)
+
+
+def resume_key(scan: Scan, scorer_set: ScorerSet, thresholds: ThresholdTable) -> dict[str, Any]:
+    """What must be unchanged for a previous result to be reused."""
+    try:
+        stat = scan.path.stat()
+        size, mtime = stat.st_size, stat.st_mtime_ns
+    except OSError:
+        size, mtime = None, None
+    return {
+        "source_size": size,
+        "source_mtime_ns": mtime,
+        "scorers": [[d["name"], d["version"]] for d in scorer_set.describe()],
+        "thresholds_sha256": thresholds.sha256,
+    }
+
+
+def _score(scorer: Scorer, volume: Any, scan: Scan, wants_suffix: bool) -> ScanScores:
+    result = scorer.score(volume, suffix=scan.suffix) if wants_suffix else scorer.score(volume)  # type: ignore[call-arg]
+    if not isinstance(result, ScanScores):
+        raise TypeError(f"score() returned {type(result).__name__}, not ScanScores")
+    return result
+
+
+def _ruler_json(ruler: Any) -> Any:
+    """A scorer's optional ruler (paper 004) as JSON: ``to_json()`` when the object has one (a
+    :class:`bids_qa.rulers.Ruler`; its images are not written), else the mapping itself."""
+    to_json = getattr(ruler, "to_json", None)
+    return deriv.json_ready(to_json() if callable(to_json) else ruler)
+
+
+def _software_versions(device: str) -> dict[str, str]:
+    import importlib.metadata
+
+    import nibabel
+    import numpy
+
+    try:
+        torch_version = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - torch is a dependency
+        torch_version = "not installed"
+    return {
+        "python": platform.python_version(),
+        "torch": torch_version,
+        "numpy": numpy.__version__,
+        "nibabel": nibabel.__version__,
+        "device": device,
+    }
+
+
+@dataclass
+class RunShared:
+    """What every scan of a run shares."""
+
+    ctx: RunContext
+    scorer_set: ScorerSet
+    thresholds: ThresholdTable
+    device: str
+    software: dict[str, str]
+    report_fn: Callable[..., Any] | None
+    report_error: str | None
+    report_takes_volume: bool
+
+
+def assess_scan(
+    scan: Scan, paths: deriv.ScanPaths, loaded: Loaded, shared: RunShared
+) -> ScanOutcome:
+    """Score, judge, write and report one loaded scan. Never raises for a scan-level failure."""
+    config = shared.ctx.config
+    started = deriv.utc_now()
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {"load": round(loaded.seconds, 4)}
+    errors = list(loaded.errors)
+    warnings = list(loaded.warnings)
+    results: list[ScanScores] = []
+    volume = loaded.volume
+    if volume is not None:
+        for scorer in shared.scorer_set.scorers:
+            t0 = time.perf_counter()
+            try:
+                results.append(
+                    _score(
+                        scorer, volume, scan, shared.scorer_set.wants_suffix.get(scorer.name, False)
+                    )
+                )
+            except ScanError as err:
+                errors.append({"stage": "score", "message": f"{scorer.name}: {err.message}"})
+            except MemoryError:
+                errors.append({"stage": "score", "message": f"{scorer.name}: out of memory"})
+            except Exception as err:
+                LOGGER.debug(
+                    "scorer %s failed on %s:\n%s", scorer.name, scan.path, traceback.format_exc()
+                )
+                errors.append(
+                    {"stage": "score", "message": f"{scorer.name}: {type(err).__name__}: {err}"}
+                )
+            timings[f"score:{scorer.name}"] = round(time.perf_counter() - t0, 4)
+
+    t0 = time.perf_counter()
+    verdict, reasons, rows = judge(results, scan.suffix, shared.thresholds)
+    if errors:
+        verdict = "error"
+    used = shared.thresholds.for_contrast(scan.suffix)
+    judged = {f"{r['model']}.{r['metric']}" for r in rows}
+    timings["judge"] = round(time.perf_counter() - t0, 4)
+
+    scan_info: dict[str, Any] = {
+        "source": scan.source,
+        "bids": scan.bids,
+        "entities": dict(scan.entities),
+        "metadata": metadata_subset(loaded.metadata),
+    }
+    if volume is not None:
+        scan_info.update(
+            shape=list(volume.shape),
+            zooms=[float(z) for z in volume.zooms],
+            affine=[[float(v) for v in row] for row in volume.affine],
+            slice_axis=int(volume.slice_axis),
+            anisotropy=float(volume.anisotropy),
+        )
+    else:
+        scan_info.update(
+            shape=loaded.header.get("shape"),
+            zooms=loaded.header.get("zooms"),
+            affine=None,
+            slice_axis=None,
+            anisotropy=None,
+        )
+    rulers = {r.scorer: _ruler_json(r.rulers) for r in results if getattr(r, "rulers", None)}  # type: ignore[attr-defined]
+    per_slice = [(r.scorer, r.slice_axis, r.per_slice) for r in results if r.per_slice]
+    slices = deriv.slice_rows(per_slice) if per_slice else None
+
+    def sidecar(status: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        error_rows = [
+            {
+                "model": "error",
+                "metric": e["stage"],
+                "value": e["message"],
+                "threshold": "",
+                "flag": "error",
+                "direction": "",
+            }
+            for e in errors
+        ]
+        out = {
+            "scan_id": scan.scan_id,
+            "scan": scan_info,
+            "verdict": "error" if any(e["stage"] != "report" for e in errors) else verdict,
+            "reasons": reasons,
+            "errors": list(errors),
+            "warnings": warnings,
+            "thresholds": {k: t.as_dict() for k, t in used.items() if k in judged},
+            "columns": dict(deriv.QA_COLUMNS),
+            "provenance": {
+                "bids_qa_version": __version__,
+                **shared.software,
+                "scorers": shared.scorer_set.describe(),
+                "scorers_skipped": list(shared.scorer_set.skipped),
+                "thresholds": {
+                    "sources": list(shared.thresholds.sources),
+                    "sha256": shared.thresholds.sha256,
+                },
+                "config": config.to_dict(),
+                "run_id": shared.ctx.run_id,
+                "log": shared.ctx.log_file.relative_to(config.output_dir).as_posix(),
+                "started": started,
+                "finished": deriv.utc_now(),
+                "timings_s": dict(timings),
+                "status": status,
+                "resume_key": deriv.normalise_key(
+                    resume_key(scan, shared.scorer_set, shared.thresholds)
+                ),
+            },
+        }
+        if rulers:
+            out["rulers"] = rulers
+        return rows + error_rows, out
+
+    def write(status: str) -> bool:
+        t_write = time.perf_counter()
+        try:
+            table, _ = sidecar(status)
+            deriv.write_scan_tables(paths, table, slices)
+            timings["write"] = round(timings.get("write", 0.0) + time.perf_counter() - t_write, 4)
+            deriv.write_json(paths.json, sidecar(status)[1])  # last: it marks the scan as done
+        except OSError as err:
+            LOGGER.error("%s: cannot write outputs in %s: %s", scan.source, paths.folder, err)
+            errors.append({"stage": "write", "message": f"cannot write outputs: {err}"})
+            return False
+        return True
+
+    want_report = config.reports
+    ok = write("scored" if want_report else "complete")
+    if ok and want_report:
+        t_report = time.perf_counter()
+        message = _render_scan_report(shared, paths, scan, volume)
+        timings["report"] = round(time.perf_counter() - t_report, 4)
+        if message is not None:
+            errors.append({"stage": "report", "message": message})
+            LOGGER.warning("%s: report failed: %s", scan.source, message)
+        write("complete")
+    final_verdict = "error" if any(e["stage"] != "report" for e in errors) else verdict
+    return ScanOutcome(scan, paths, final_verdict, errors, time.perf_counter() - t_start)
+
+
+def _render_scan_report(
+    shared: RunShared, paths: deriv.ScanPaths, scan: Scan, volume: Any
+) -> str | None:
+    """Call ``bids_qa.reports.render_scan_report``; return an error message instead of raising."""
+    if shared.report_fn is None:
+        return shared.report_error or "bids_qa.reports is not available"
+    try:
+        kwargs = {"volume": volume} if shared.report_takes_volume and volume is not None else {}
+        shared.report_fn(shared.ctx.config.output_dir, paths.json, scan.path, **kwargs)
+    except ScanError as err:
+        return err.message
+    except Exception as err:
+        LOGGER.debug("report failed for %s:\n%s", scan.path, traceback.format_exc())
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def load_report_function(name: str) -> tuple[Callable[..., Any] | None, str | None]:
+    """``bids_qa.reports.<name>`` or (None, why it is unavailable)."""
+    try:
+        module = importlib.import_module("bids_qa.reports")
+    except Exception as err:
+        LOGGER.debug("importing bids_qa.reports failed:\n%s", traceback.format_exc())
+        return None, f"bids_qa.reports could not be imported ({type(err).__name__}: {err})"
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        return None, f"bids_qa.reports provides no {name}()"
+    return fn, None
+
+
+# --------------------------------------------------------------------------------------------
+# Participant level
+
+
+def _discover(config: RunConfig) -> Discovery:
+    exclude = [config.output_dir, config.work_root]
+    if config.bids_database_dir is not None:
+        exclude.append(config.bids_database_dir)
+    try:
+        found = discover(
+            config.bids_dir,
+            participant_label=config.participant_label,
+            session_id=config.session_id,
+            run_id=config.run_id,
+            suffixes=config.suffixes,
+            bids_filters=config.bids_filters,
+            skip_bids_validation=config.skip_bids_validation,
+            database_dir=config.bids_database_dir,
+            exclude=exclude,
+        )
+    except DiscoveryError as err:
+        raise PipelineError(err.code, err.message) from err
+    for message in found.warnings:
+        LOGGER.warning("%s", message)
+    if not found.scans:
+        if config.has_entity_filters:
+            raise PipelineError(
+                EXIT_NO_FILES, f"the filters selected no structural scan in {config.bids_dir}"
+            )
+        raise PipelineError(
+            EXIT_NO_INPUT, f"no structural scan (.nii/.nii.gz) found in {config.bids_dir}"
+        )
+    return found
+
+
+def run_participant(config: RunConfig, thresholds: ThresholdTable | None = None) -> int:
+    """Assess every selected scan; returns the exit code (see :data:`EXIT_CODES`)."""
+    return _run_level(config, lambda ctx: _participant(ctx, thresholds))
+
+
+def _run_level(config: RunConfig, body: Callable[[RunContext], int]) -> int:
+    """Run one analysis level inside its environment, turning fatal conditions into exit codes
+    (logged to the run's log file and the console)."""
+    try:
+        with run_environment(config) as ctx:
+            try:
+                return body(ctx)
+            except PipelineError as err:
+                LOGGER.error("%s", err.message)
+                return err.code
+            except KeyboardInterrupt:
+                LOGGER.error("interrupted; finished scans are kept, rerun to resume")
+                return EXIT_INTERRUPTED
+            except Terminated:
+                LOGGER.error("terminated (SIGTERM); finished scans are kept, rerun to resume")
+                return EXIT_TERMINATED
+    except PipelineError as err:  # the environment itself could not be set up
+        print(f"bids_qa: error: {err.message}", file=sys.stderr)
+        return err.code
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except Terminated:
+        return EXIT_TERMINATED
+
+
+def _load_thresholds(config: RunConfig) -> ThresholdTable:
+    try:
+        return load_thresholds(config.thresholds_file)
+    except ThresholdError as err:
+        raise PipelineError(EXIT_USAGE, str(err)) from err
+
+
+def _participant(ctx: RunContext, thresholds: ThresholdTable | None) -> int:
+    config = ctx.config
+    out_dir = config.output_dir
+    deriv.write_dataset_description(out_dir, config.bids_dir)
+    removed = deriv.cleanup_stale_temp(out_dir)
+    if removed:
+        LOGGER.info("removed %d temporary file(s) left by an interrupted run", removed)
+    if thresholds is None:
+        thresholds = _load_thresholds(config)
+
+    found = _discover(config)
+    LOGGER.info(
+        "found %d scan(s) in %s (%s mode)",
+        len(found.scans),
+        config.bids_dir,
+        "BIDS" if found.mode == "bids" else "plain-NIfTI",
+    )
+    planned, collisions = deriv.plan_scan_paths(out_dir, found.scans)
+    for message in collisions:
+        LOGGER.warning("%s", message)
+
+    device = resolve_device(config.device)
+    scorer_set = build_scorer_set(config.scorers, device, config.batch_size)
+    torch = sys.modules.get("torch")  # imported by the device check or by a deep scorer
+    saved_threads = torch.get_num_threads() if torch is not None else None
+    if torch is not None:
+        torch.set_num_threads(config.nprocs)
+    try:
+        if scorer_set.skipped:
+            LOGGER.info(
+                "not installed, skipped: %s (their weights are not shipped with this version)",
+                ", ".join(scorer_set.skipped),
+            )
+        LOGGER.info(
+            "scorers: %s on %s", ", ".join(d["name"] for d in scorer_set.describe()), device
+        )
+        report_fn, report_error, takes_volume = None, None, False
+        if config.reports:
+            report_fn, report_error = load_report_function("render_scan_report")
+            if report_fn is not None:
+                with contextlib.suppress(TypeError, ValueError):
+                    takes_volume = "volume" in inspect.signature(report_fn).parameters
+            else:
+                LOGGER.warning("reports unavailable: %s", report_error)
+        shared = RunShared(
+            ctx,
+            scorer_set,
+            thresholds,
+            device,
+            _software_versions(device),
+            report_fn,
+            report_error,
+            takes_volume,
+        )
+
+        todo: list[tuple[Scan, deriv.ScanPaths]] = []
+        done = 0
+        for scan, paths in planned:
+            if not config.overwrite and deriv.scan_is_complete(
+                paths, resume_key(scan, scorer_set, thresholds), need_report=config.reports
+            ):
+                done += 1
+                continue
+            todo.append((scan, paths))
+        if done:
+            LOGGER.info("%d scan(s) already done (use --overwrite to redo them)", done)
+        outcomes = _process(todo, shared)
+    finally:
+        if torch is not None and saved_threads is not None:
+            torch.set_num_threads(saved_threads)
+    return _summarise(outcomes, done, len(collisions), ctx)
+
+
+def _process(todo: list[tuple[Scan, deriv.ScanPaths]], shared: RunShared) -> list[ScanOutcome]:
+    from tqdm import tqdm
+
+    config = shared.ctx.config
+    outcomes: list[ScanOutcome] = []
+    bar = tqdm(
+        total=len(todo),
+        unit="scan",
+        desc="bids_qa",
+        disable=True if config.verbosity < 0 else None,
+        dynamic_ncols=True,
+        leave=False,
+    )
+    try:
+        for (scan, paths), loaded in iter_loaded(
+            todo, lambda item: load_scan(item[0]), config.nprocs
+        ):
+            outcome = assess_scan(scan, paths, loaded, shared)
+            loaded.volume = None
+            outcomes.append(outcome)
+            bar.update(1)
+            if outcome.failed:
+                first = next(e for e in outcome.errors if e["stage"] != "report")
+                LOGGER.warning("%s: error [%s] %s", scan.source, first["stage"], first["message"])
+            else:
+                LOGGER.info(
+                    "%s: %s (%.1f s)",
+                    scan.source,
+                    outcome.verdict,
+                    outcome.seconds + loaded.seconds,
+                )
+    finally:
+        bar.close()
+    return outcomes
+
+
+def _summarise(outcomes: list[ScanOutcome], done: int, dropped: int, ctx: RunContext) -> int:
+    counts: dict[str, int] = {}
+    for o in outcomes:
+        counts[o.verdict] = counts.get(o.verdict, 0) + 1
+    text = ", ".join(f"{n} {v}" for v, n in sorted(counts.items())) or "nothing new"
+    elapsed = time.monotonic() - ctx.started_monotonic
+    LOGGER.info(
+        "processed %d scan(s) in %.1f s: %s; %d already done; outputs in %s",
+        len(outcomes),
+        elapsed,
+        text,
+        done,
+        ctx.config.output_dir,
+    )
+    failed = [o for o in outcomes if o.failed]
+    if outcomes and len(failed) == len(outcomes):
+        LOGGER.error(
+            "every scan of this run failed; see the error rows in the outputs and %s", ctx.log_file
+        )
+        return EXIT_ALL_FAILED
+    if failed:
+        LOGGER.warning("%d scan(s) failed; see their error rows (verdict 'error')", len(failed))
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
+# Group level
+
+
+def run_group(config: RunConfig, thresholds: ThresholdTable | None = None) -> int:
+    """Write the group tables (and reports) from the participant-level derivatives."""
+    return _run_level(config, lambda ctx: _group(ctx, thresholds))
+
+
+def _group(ctx: RunContext, thresholds: ThresholdTable | None) -> int:
+    config = ctx.config
+    out_dir = config.output_dir
+    deriv.write_dataset_description(out_dir, config.bids_dir)
+    deriv.cleanup_stale_temp(out_dir)
+    if thresholds is None:
+        thresholds = _load_thresholds(config)
+    tables, problems = deriv.collect_group_rows(out_dir, config.suffixes, config.participant_label)
+    for message in problems:
+        LOGGER.warning("%s", message)
+    if not tables:
+        raise PipelineError(
+            EXIT_NO_INPUT,
+            f"no participant-level outputs (*_qa.json) in {out_dir}"
+            f"{' match the filters' if config.participant_label or config.suffixes else ''}; "
+            "run the participant level first",
+        )
+    report_fn, report_error = (
+        load_report_function("render_group_report") if config.reports else (None, None)
+    )
+    if config.reports and report_fn is None:
+        LOGGER.warning("group reports unavailable: %s", report_error)
+    provenance = {
+        "bids_qa_version": __version__,
+        "generated": deriv.utc_now(),
+        "run_id": ctx.run_id,
+        "log": ctx.log_file.relative_to(out_dir).as_posix(),
+    }
+    for suffix, table in tables.items():
+        descriptions = thresholds.descriptions(suffix)
+        paths = deriv.write_group_table(out_dir, table, descriptions, provenance)
+        counts: dict[str, int] = {}
+        for row in table.rows:
+            counts[row["verdict"]] = counts.get(row["verdict"], 0) + 1
+        LOGGER.info(
+            "%s: %d scan(s) (%s) -> %s",
+            suffix,
+            len(table.rows),
+            ", ".join(f"{n} {v}" for v, n in sorted(counts.items())),
+            paths.tsv.name,
+        )
+        if report_fn is not None:
+            try:
+                report_fn(out_dir, suffix)
+            except Exception as err:
+                LOGGER.debug("group report failed:\n%s", traceback.format_exc())
+                LOGGER.error(
+                    "group report for %s failed: %s",
+                    suffix,
+                    getattr(err, "message", None) or f"{type(err).__name__}: {err}",
+                )
+    return EXIT_OK

@@ -1,0 +1,774 @@
+"""Turn derivatives into the HTML reports: read, arrange, render with Jinja2 (autoescape on).
+
+The reports only *show* what the pipeline wrote (``_qa.tsv``, ``_qa.json``, ``_slices.tsv``,
+``group_<suffix>.tsv``/``.json``); no score is computed here. Verdicts and thresholds are the ones
+stored with the scores, so a report always explains its own verdicts.
+
+Safety (why so careful): scan ids come from file names and sidecars from scanners; either can hold
+``<script>``. Every data string reaches the page through Jinja2 autoescaping or through a
+``<script type="application/json">`` block written with ``|tojson`` (which escapes ``<``, ``>``,
+``&`` and quotes), and the page scripts only ever assign ``textContent``. A Content-Security-Policy
+allows exactly our own inline scripts (by SHA-256 hash) and no network access at all, so even a
+missed escape could neither run code nor phone home.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import numpy as np
+
+from bids_qa.errors import ScanError
+
+#: Per-scan table columns (contract).
+SCAN_COLUMNS = ("model", "metric", "value", "threshold", "flag", "direction")
+#: Group table columns before the ``<model>.<metric>`` score columns (contract).
+GROUP_ID_COLUMNS = ("scan_id", "subject", "session", "run", "suffix", "source", "verdict", "reasons", "report")
+#: Verdicts in display order.
+VERDICTS = ("pass", "review", "fail", "error")
+#: Models whose rows are shown as classical image-quality metrics rather than model scores.
+IQM_MODELS = ("iqm",)
+#: Keys of ``_qa.json["scan"]`` shown as facts; every other key is scanner/sidecar metadata.
+SCAN_FACT_KEYS = ("source", "bids", "entities", "shape", "zooms", "affine", "slice_axis", "anisotropy")
+#: Rating scale of the rating widget (value, label).
+RATINGS = ((1, "exclude"), (2, "poor"), (3, "acceptable"), (4, "excellent"))
+#: Artifact check boxes of the rating widget (key stored in exports, label shown).
+ARTIFACTS = (
+    ("motion", "Motion"),
+    ("ghosting", "Ghosting / aliasing"),
+    ("wrap", "Wrap-around"),
+    ("noise", "Noise"),
+    ("bias", "Intensity inhomogeneity"),
+    ("blur", "Blur / low resolution"),
+    ("contrast", "Poor contrast"),
+    ("other", "Other"),
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading derivatives (contract formats)
+# ---------------------------------------------------------------------------------------------
+
+
+def to_number(text: Any) -> float | None:
+    """A cell as a float, or None when empty / not a number (``n/a``, labels)."""
+    if text is None:
+        return None
+    if isinstance(text, (int, float, np.integer, np.floating)) and not isinstance(text, bool):
+        return None if math.isnan(float(text)) else float(text)
+    s = str(text).strip()
+    if not s or s.lower() in ("n/a", "na", "none"):
+        return None
+    try:
+        v = float(s)
+    except ValueError:
+        return None
+    return None if math.isnan(v) else v
+
+
+def finite_or_none(value: Any) -> float | None:
+    """``value`` as a finite float or None (JSON has no NaN; the page must parse it)."""
+    v = to_number(value)
+    return v if v is not None and math.isfinite(v) else None
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A derivative JSON sidecar; ScanError (stage ``report``) when missing or malformed."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ScanError("report", f"cannot read {Path(path).name}: {err}") from err
+    if not isinstance(data, dict):
+        raise ScanError("report", f"{Path(path).name} holds a {type(data).__name__}, expected a JSON object")
+    return data
+
+
+@dataclass(frozen=True)
+class ScoreRow:
+    """One row of a per-scan ``_qa.tsv``."""
+
+    model: str
+    metric: str
+    value: float | None
+    text: str
+    threshold: float | None
+    flag: str
+    direction: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}.{self.metric}"
+
+
+@dataclass(frozen=True)
+class ScanDerivatives:
+    """A scan's derivatives as the report needs them."""
+
+    folder: Path
+    stem: str
+    sidecar: dict[str, Any]
+    rows: list[ScoreRow]
+    slices: Any  # pandas.DataFrame | None
+
+    @property
+    def scan_id(self) -> str:
+        return str(self.sidecar.get("scan_id") or self.stem)
+
+
+def read_scan_derivatives(outputs_json: Path) -> ScanDerivatives:
+    """Read ``_qa.json``, ``_qa.tsv`` and ``_slices.tsv`` with :func:`bids_qa.derivatives.read_scan_outputs`.
+
+    Raises
+    ------
+    ScanError
+        Stage ``"report"`` when a file is missing or malformed.
+    """
+    from bids_qa import derivatives as deriv
+
+    try:
+        outputs = deriv.read_scan_outputs(outputs_json)
+    except (OSError, ValueError) as err:
+        raise ScanError("report", f"cannot read the derivatives of {Path(outputs_json).name}: {err}") from err
+    if not isinstance(outputs.sidecar, dict):
+        raise ScanError("report", f"{outputs.paths.json.name} holds a {type(outputs.sidecar).__name__}, "
+                                  "expected a JSON object")
+    metrics = outputs.metrics
+    missing = [c for c in ("model", "metric", "value") if c not in metrics.columns]
+    if missing:
+        raise ScanError("report", f"{outputs.paths.tsv.name} lacks column(s) {missing}; expected {list(SCAN_COLUMNS)}")
+    rows = [ScoreRow(model=str(rec["model"]), metric=str(rec["metric"]), value=to_number(rec["value"]),
+                     text=str(rec["value"]), threshold=to_number(rec.get("threshold", "")),
+                     flag=(str(rec.get("flag") or "n/a")).strip().lower(),
+                     direction=str(rec.get("direction") or "").strip())
+            for rec in metrics.to_dict(orient="records")]
+    return ScanDerivatives(folder=outputs.paths.folder, stem=outputs.paths.stem, sidecar=outputs.sidecar,
+                           rows=rows, slices=outputs.slices)
+
+
+@dataclass(frozen=True)
+class SliceSeries:
+    """One per-slice score: values along slice indices of one axis."""
+
+    name: str
+    model: str
+    metric: str
+    index: np.ndarray
+    values: np.ndarray
+    axis: int | None
+
+
+_SLICE_FIXED = ("model", "metric", "value", "slice_index", "slice", "index", "slice_axis", "axis")
+
+
+def slice_series(df) -> list[SliceSeries]:
+    """Per-slice series from a ``_slices.tsv`` table.
+
+    Reads the derivatives layout (``model slice_axis slice_index`` then one column per per-slice
+    metric, one row per model and slice; a model leaves other models' columns ``n/a``), the long
+    layout (``model metric slice_index value``) and a plain wide table (``slice_index`` then
+    ``<model>.<metric>`` columns). Series are named ``<model>.<metric>``, or just ``<model>`` when
+    the metric is named after its model (``severity``).
+    """
+    import pandas as pd
+
+    cols = [str(c) for c in df.columns]
+    slice_col = next((c for c in ("slice_index", "slice", "index") if c in cols), None)
+    if slice_col is None:
+        raise ScanError("report", f"the per-slice table has no slice_index column (columns: {cols})")
+
+    def axis_of(frame) -> int | None:
+        for c in ("slice_axis", "axis"):
+            if c in frame.columns:
+                vals = pd.to_numeric(frame[c], errors="coerce").dropna()
+                if len(vals):
+                    return int(vals.iloc[0])
+        return None
+
+    def build(name: str, model: str, metric: str, frame, column: str) -> SliceSeries | None:
+        idx = pd.to_numeric(frame[slice_col], errors="coerce").to_numpy(float)
+        vals = pd.to_numeric(frame[column], errors="coerce").to_numpy(float)
+        keep = np.isfinite(idx)
+        idx, vals = idx[keep], vals[keep]
+        if not np.isfinite(vals).any():
+            return None
+        order = np.argsort(idx, kind="stable")
+        return SliceSeries(name, model, metric, idx[order], vals[order], axis_of(frame))
+
+    out: list[SliceSeries] = []
+    if {"model", "metric", "value"} <= set(cols):
+        for (model, metric), g in df.groupby(["model", "metric"], sort=False):
+            s = build(f"{model}.{metric}", str(model), str(metric), g, "value")
+            if s:
+                out.append(s)
+        return out
+    groups = df.groupby("model", sort=False) if "model" in cols else [("", df)]
+    for model, g in groups:
+        model = "" if model is None or (isinstance(model, float) and math.isnan(model)) else str(model)
+        for c in cols:
+            if c in _SLICE_FIXED:
+                continue
+            if model:
+                name, metric = (model, c) if c == model else (f"{model}.{c}", c)
+                s = build(name, model, metric, g, c)
+            else:
+                m, _, metric = c.partition(".")
+                s = build(c, m, metric or c, g, c)
+            if s:
+                out.append(s)
+    return out
+
+
+def read_slice_table(path: Path) -> list[SliceSeries]:
+    """:func:`slice_series` of a ``_slices.tsv`` file (``n/a`` and empty cells are missing)."""
+    import pandas as pd
+
+    try:
+        df = pd.read_csv(path, sep="\t", keep_default_na=False, na_values=["n/a", ""])
+    except (OSError, ValueError) as err:
+        raise ScanError("report", f"cannot read {Path(path).name}: {err}") from err
+    return slice_series(df)
+
+
+# ---------------------------------------------------------------------------------------------
+# Small helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def fmt(value: Any) -> str:
+    """Numbers with 4 significant digits, integers as integers, everything else as text."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        if not math.isfinite(v):
+            return str(v)
+        if v.is_integer() and abs(v) < 1e9:
+            return str(int(v))
+        return f"{v:.4g}"
+    return str(value)
+
+
+def href(path: str | Path) -> str:
+    """A relative POSIX path as a URL reference (percent-encoding ``#``, ``?``, ``%``, ``<``...)."""
+    return quote(Path(path).as_posix(), safe="/")
+
+
+def storage_key(out_dir: Path) -> str:
+    """localStorage key of the ratings of one output folder (every report of a run shares it)."""
+    digest = hashlib.sha1(str(Path(out_dir).resolve()).encode()).hexdigest()[:12]
+    return f"bids_qa.ratings.{digest}"
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and rename, so readers never see half a page."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".html", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------------------------------------
+# Jinja2 environment and page assets
+# ---------------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def environment():
+    """The Jinja2 environment: package templates, autoescape on for every template, strict undefined."""
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("bids_qa", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["fmt"] = fmt
+    return env
+
+
+@lru_cache(maxsize=8)
+def asset(name: str) -> str:
+    """A static asset (CSS/JS) shipped in ``bids_qa/templates``, read once."""
+    source, _, _ = environment().loader.get_source(environment(), name)
+    if "</script" in source.lower() or "</style" in source.lower():
+        raise ValueError(f"asset {name} must not contain a closing script/style tag")
+    return source
+
+
+def page_assets(scripts: Iterable[str]) -> dict[str, Any]:
+    """CSS, the concatenated page script and the Content-Security-Policy that allows only it.
+
+    The script is allowed by its SHA-256 hash (no ``'unsafe-inline'``), so an injected inline
+    script or event handler would be refused by the browser even if escaping ever failed.
+    """
+    from markupsafe import Markup
+
+    js = "\n".join(asset(s) for s in scripts)
+    digest = base64.b64encode(hashlib.sha256(js.encode("utf-8")).digest()).decode()
+    csp = ("default-src 'none'; "
+           f"script-src 'sha256-{digest}'; "
+           "style-src 'unsafe-inline'; img-src 'self' file: data: blob:; "
+           "connect-src 'none'; form-action 'none'; base-uri 'none'")
+    return {"css": Markup(asset("report.css")), "script": Markup(js), "csp": csp}
+
+
+def rating_config(out_dir: Path, suffix: str) -> dict[str, Any]:
+    """What the rating widget needs, embedded as JSON."""
+    return {"storage_key": storage_key(out_dir), "suffix": suffix,
+            "ratings": [{"value": v, "label": lbl} for v, lbl in RATINGS],
+            "artifacts": [{"key": k, "label": lbl} for k, lbl in ARTIFACTS]}
+
+
+def render_page(template: str, context: dict[str, Any]) -> str:
+    """Render one template with the given context."""
+    import jinja2
+
+    try:
+        return environment().get_template(template).render(**context)
+    except jinja2.TemplateError as err:
+        raise ScanError("report", f"rendering {template} failed: {type(err).__name__}: {err}") from err
+
+
+# ---------------------------------------------------------------------------------------------
+# Individual (scan) report context
+# ---------------------------------------------------------------------------------------------
+
+
+def scan_facts(scan: dict[str, Any]) -> tuple[list[tuple[str, str]], list[tuple[str, str]], list[tuple[str, str]]]:
+    """(facts, entities, scanner metadata) rows from ``_qa.json["scan"]``."""
+    facts: list[tuple[str, str]] = []
+    if scan.get("source"):
+        facts.append(("File", str(scan["source"])))
+    if isinstance(scan.get("bids"), bool):
+        facts.append(("Found as", "BIDS dataset file" if scan["bids"] else "plain NIfTI file (not BIDS)"))
+    shape = scan.get("shape")
+    if isinstance(shape, (list, tuple)) and shape:
+        facts.append(("Matrix", " × ".join(fmt(s) for s in shape)))
+    zooms = scan.get("zooms")
+    if isinstance(zooms, (list, tuple)) and zooms:
+        facts.append(("Voxel size", " × ".join(f"{float(z):.3g}" for z in zooms) + " mm"))
+    if scan.get("anisotropy") is not None:
+        facts.append(("Anisotropy (largest / smallest voxel)", fmt(to_number(scan["anisotropy"]) or scan["anisotropy"])))
+    if scan.get("slice_axis") is not None:
+        try:
+            ax = int(scan["slice_axis"])
+            facts.append(("Slice plane scored", f"{('sagittal', 'coronal', 'axial')[ax]} (axis {ax})"))
+        except (TypeError, ValueError, IndexError):
+            facts.append(("Slice plane scored", str(scan["slice_axis"])))
+    entities = [(str(k), fmt(v)) for k, v in (scan.get("entities") or {}).items()]
+    meta: list[tuple[str, str]] = []
+    for key, value in scan.items():
+        if key in SCAN_FACT_KEYS:
+            continue
+        if isinstance(value, dict):
+            meta += [(str(k), _short(v)) for k, v in value.items()]
+        else:
+            meta.append((str(key), _short(value)))
+    return facts, entities, meta
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True)
+    return fmt(value)
+
+
+def provenance_rows(prov: dict[str, Any]) -> dict[str, Any]:
+    """Provenance split into scalar items, scorer versions, stage timings and anything else."""
+    items, other = [], []
+    scorers: list[tuple[str, str]] = []
+    timings: list[tuple[str, float]] = []
+    for key, value in prov.items():
+        if key in ("scorers", "models") and isinstance(value, list):
+            for s in value:
+                if isinstance(s, dict):
+                    scorers.append((str(s.get("name", "")), fmt(s.get("version", ""))))
+                else:
+                    scorers.append((str(s), ""))
+        elif key.startswith("timings") and isinstance(value, dict):
+            timings = [(str(k), float(v)) for k, v in value.items() if to_number(v) is not None]
+        elif isinstance(value, (dict, list)):
+            other.append((str(key), json.dumps(value, indent=1, sort_keys=True)))
+        else:
+            items.append((str(key), fmt(value)))
+    return {"items": items, "scorers": scorers, "timings": timings,
+            "total": sum(t for _, t in timings) if timings else None, "other": other}
+
+
+def reason_rows(reasons: list[Any]) -> list[dict[str, str]]:
+    """Reasons as display rows; tolerate plain strings."""
+    out = []
+    for r in reasons or []:
+        if isinstance(r, dict):
+            out.append({"name": f"{r.get('model', '')}.{r.get('metric', '')}".strip("."),
+                        "value": fmt(finite_or_none(r.get("value")) if to_number(r.get("value")) is not None
+                                     else r.get("value", "")),
+                        "threshold": fmt(to_number(r.get("threshold"))),
+                        "flag": str(r.get("flag", "")).lower(), "message": str(r.get("message", ""))})
+        else:
+            out.append({"name": "", "value": "", "threshold": "", "flag": "", "message": str(r)})
+    return out
+
+
+def match_row(series: SliceSeries, rows: list[ScoreRow]) -> tuple[float | None, str]:
+    """Threshold and direction a per-slice series is drawn with, from the scan's ``_qa.tsv``.
+
+    The row of the same ``<model>.<metric>`` when there is one; else the model's only thresholded
+    row (e.g. per-slice ``severity`` against ``severity.score``: paper 000's cut of 1 applies to
+    slices and volumes alike). The direction falls back to any of the model's rows, then to the
+    name (SSIM: lower is worse).
+    """
+    exact = next((r for r in rows if r.model == series.model and r.metric == series.metric), None)
+    same_model = [r for r in rows if r.model == series.model]
+    thresholded = [r for r in same_model if r.threshold is not None]
+    threshold = exact.threshold if exact and exact.threshold is not None else (
+        thresholded[0].threshold if len(thresholded) == 1 else None)
+    direction = (exact.direction if exact and exact.direction else
+                 next((r.direction for r in same_model if r.direction in ("higher_is_worse", "lower_is_worse")), ""))
+    if not direction:
+        direction = "lower_is_worse" if "ssim" in series.name.lower() else "higher_is_worse"
+    return threshold, direction
+
+
+def ruler_blocks(rulers: Any, base_dir: Path, rel_prefix: str = "") -> tuple[list[dict[str, Any]], list[str]]:
+    """Display data for the image rulers in ``_qa.json["rulers"]`` (paper 004).
+
+    Ruler image paths are relative to the folder of the ``_qa.json``; a level whose image is missing
+    is shown without a picture. Malformed entries are skipped with a note, never an error.
+    """
+    from bids_qa.reports.figures import ruler_scale
+
+    blocks, notes = [], []
+    if not isinstance(rulers, dict):
+        return blocks, ([f"rulers entry is a {type(rulers).__name__}, expected an object; not shown"]
+                        if rulers not in (None, {}) else [])
+    for model, spec in rulers.items():
+        try:
+            levels = []
+            for i, lev in enumerate(spec["levels"]):
+                img = lev.get("image")
+                ref = None
+                if img:
+                    p = Path(str(img))
+                    if not p.is_absolute() and (base_dir / p).is_file():
+                        ref = rel_prefix + href(p)
+                levels.append({"n": i + 1, "severity": to_number(lev.get("severity")),
+                               "score": float(lev["score"]), "href": ref})
+            threshold = finite_or_none(spec.get("threshold"))
+            scan_value = finite_or_none(spec.get("scan_value"))
+            scale = ruler_scale([lv["score"] for lv in levels], threshold, scan_value)
+            blocks.append({"model": str(model), "metric": str(spec.get("metric", "")), "levels": levels,
+                           "threshold": threshold, "scan_value": scan_value, "scale": scale})
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            notes.append(f"ruler for {model!s} is malformed ({type(err).__name__}: {err}); not shown")
+    return blocks, notes
+
+
+def slice_panels(series: list[SliceSeries], rows: list[ScoreRow], default_axis: int) -> tuple[list[Any], list[tuple[int, str]], int]:
+    """Per-slice plots and the worst slices of the primary series.
+
+    Returns ``(plots, worst, axis)``: ``worst`` lists ``(slice index, caption)`` of the primary
+    series (severity when present, else the first one) along ``axis``, for the slice images.
+    """
+    from bids_qa.reports.figures import slice_plot, worst_slices
+
+    ordered = sorted(series, key=lambda s: s.model != "severity")
+    plots, worst = [], []
+    axis = default_axis
+    for k, s in enumerate(ordered):
+        threshold, direction = match_row(s, rows)
+        bad = worst_slices(s.index, s.values, direction)
+        plots.append(slice_plot(s.name, s.index, s.values, threshold, bad, direction))
+        if k == 0:
+            axis = default_axis if s.axis is None else s.axis
+            lookup = dict(zip(s.index.astype(int).tolist(), s.values.tolist(), strict=True))
+            worst = [(i, f"slice {i}: {s.name} = {fmt(lookup[i])}") for i in bad]
+    return plots, worst, axis
+
+
+# ---------------------------------------------------------------------------------------------
+# Group report context
+# ---------------------------------------------------------------------------------------------
+
+
+def group_thresholds(meta: dict[str, Any], columns: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """Thresholds in force per score column, from the group JSON sidecar.
+
+    ``meta["thresholds"]`` holds ``{"<model>.<metric>": {"review": x, "fail": y, "direction": d,
+    "inclusive": bool, "review_values": [...], "fail_values": [...]}}`` (what judged the scans, as
+    :func:`bids_qa.derivatives.write_group_table` stores it). A bare number is one fail threshold.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    table = meta.get("thresholds") if isinstance(meta.get("thresholds"), dict) else {}
+    for col in columns:
+        spec = table.get(col)
+        if spec is None:
+            continue
+        if not isinstance(spec, dict):
+            spec = {"fail": spec}
+        entry = {"review": finite_or_none(spec.get("review")),
+                 "fail": finite_or_none(spec.get("fail", spec.get("threshold"))),
+                 "direction": str(spec.get("direction", "") or ""),
+                 "inclusive": bool(spec.get("inclusive", False)),
+                 "review_values": [str(v) for v in spec.get("review_values") or []],
+                 "fail_values": [str(v) for v in spec.get("fail_values") or []],
+                 "description": str(spec.get("description", "") or "")}
+        if entry["review"] is not None or entry["fail"] is not None or entry["review_values"] or entry["fail_values"]:
+            out[col] = entry
+    return out
+
+
+def column_descriptions(meta: dict[str, Any], columns: Iterable[str]) -> dict[str, str]:
+    """Column descriptions from the group JSON (``{"columns": {col: text}}``, BIDS-style
+    ``{col: {"Description": text}}`` objects also accepted)."""
+    cols_meta = meta.get("columns") if isinstance(meta.get("columns"), dict) else {}
+    out = {}
+    for col in columns:
+        d = cols_meta.get(col, meta.get(col))
+        if isinstance(d, dict):
+            d = d.get("Description") or d.get("description")
+        if isinstance(d, str) and d:
+            out[col] = d
+    return out
+
+
+def find_tier_column(columns: Iterable[str]) -> str | None:
+    """The tier column (paper 003): ``tiers.tier`` or any ``<model>.tier``."""
+    cols = list(columns)
+    if "tiers.tier" in cols:
+        return "tiers.tier"
+    return next((c for c in cols if c.endswith(".tier")), None)
+
+
+#: Models whose columns are descriptive (classical IQMs, header facts): plotted on request only.
+SECONDARY_MODELS = ("iqm", "header")
+
+
+def order_plot_columns(columns: list[str], thresholds: dict[str, Any]) -> tuple[list[str], int]:
+    """Plot order and how many plots are drawn up front.
+
+    First the scores that have a threshold in force, then the other model scores; then, drawn only
+    when the reader opens "More metrics", the classical IQMs, header facts and indices/counts
+    (``worst_slice``, ``n_*``): a group can have 60 such columns, and a wall of plots hides the few
+    that explain the verdicts.
+    """
+    def secondary(col: str) -> bool:
+        model, _, metric = col.partition(".")
+        return model in SECONDARY_MODELS or "worst_slice" in metric or metric.startswith("n_")
+
+    first = [c for c in columns if c in thresholds]
+    first += [c for c in columns if c not in thresholds and not secondary(c)]
+    rest = [c for c in columns if c not in first]
+    return first + rest, len(first)
+
+
+def _text(value: Any) -> str:
+    """A group-table cell as text (missing -> empty)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(value)
+
+
+def group_rows(records: list[dict[str, Any]], out_dir: Path, score_columns: list[str],
+               numeric: set[str]) -> list[dict[str, Any]]:
+    """Display rows of the group table: links that resolve, thumbnails that exist, formatted cells.
+
+    The thumbnail lies in the report's figure folder, named after the report's file stem (which
+    may differ from ``scan_id``: output names are made file-system safe).
+    """
+    rows = []
+    for i, rec in enumerate(records):
+        scan_id = _text(rec.get("scan_id"))
+        report_rel: Path | None = None
+        raw = _text(rec.get("report")).strip()
+        if raw and raw != "n/a":
+            p: Path | None = Path(raw)
+            if p.is_absolute():
+                try:
+                    p = p.resolve().relative_to(out_dir.resolve())
+                except ValueError:
+                    p = None  # a report outside the output folder cannot be linked relatively
+            if p is not None and (out_dir / p).is_file():
+                report_rel = p
+        thumb = None
+        if report_rel is not None and report_rel.name.endswith("_report.html"):
+            stem = report_rel.name[: -len("_report.html")]
+            t = report_rel.parent / f"{stem}_figures" / "thumb.png"
+            if (out_dir / t).is_file():
+                thumb = href(t)
+        cells = []
+        for col in score_columns:
+            num = finite_or_none(rec.get(col)) if col in numeric else None
+            text = _text(rec.get(col))
+            cells.append({"text": fmt(num) if num is not None else (text or "n/a"), "sort": num})
+        verdict = _text(rec.get("verdict")).strip().lower() or "n/a"
+        rows.append({"i": i, "scan_id": scan_id, "subject": _text(rec.get("subject")),
+                     "session": _text(rec.get("session")), "run": _text(rec.get("run")),
+                     "source": _text(rec.get("source")), "verdict": verdict,
+                     "reasons": _text(rec.get("reasons")),
+                     "href": href(report_rel) if report_rel is not None else None,
+                     "thumb": thumb, "cells": cells})
+    return rows
+
+
+def group_context(out_dir: Path, suffix: str) -> dict[str, Any]:
+    """Everything the group template needs, from ``group_<suffix>.tsv`` and its JSON sidecar
+    (read with :func:`bids_qa.derivatives.read_group_table`)."""
+    import pandas as pd
+
+    from bids_qa import derivatives as deriv
+    from bids_qa.reports.figures import padded_range
+
+    out_dir = Path(out_dir)
+    paths = deriv.group_paths(out_dir, suffix)
+    if not paths.tsv.is_file():
+        raise ScanError("report", f"no group table {paths.tsv.name} in {out_dir}; run the group level first")
+    try:
+        table = deriv.read_group_table(out_dir, suffix)
+    except (OSError, ValueError) as err:
+        raise ScanError("report", f"cannot read {paths.tsv.name}: {err}") from err
+    meta = read_json(paths.json) if paths.json.is_file() else {}
+    records = table.to_dict(orient="records")
+    columns = [str(c) for c in table.columns]
+    score_columns = [c for c in columns if c not in GROUP_ID_COLUMNS]
+    numeric = {c for c in score_columns if pd.api.types.is_numeric_dtype(table[c])
+               and any(finite_or_none(r.get(c)) is not None for r in records)}
+    rows = group_rows(records, out_dir, score_columns, numeric)
+    thresholds = group_thresholds(meta, score_columns)
+    plot_columns, n_primary = order_plot_columns(
+        [c for c in score_columns if c in numeric and c not in ("flow.m1", "flow.m2")], thresholds)
+    descriptions = column_descriptions(meta, score_columns)
+    for col, t in thresholds.items():
+        if col not in descriptions and t["description"]:
+            descriptions[col] = t["description"]
+
+    counts = {v: 0 for v in VERDICTS}
+    for r in rows:
+        counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
+    tier_col = find_tier_column(score_columns)
+    tiers: dict[str, Any] | None = None
+    if tier_col:
+        def tier_of(rec: dict[str, Any]) -> str:
+            num = finite_or_none(rec.get(tier_col))
+            return fmt(num) if num is not None else (_text(rec.get(tier_col)) or "n/a")
+
+        labels = sorted({tier_of(r) for r in records})
+        grid = {v: {t: 0 for t in labels} for v in counts}
+        for rec, row in zip(records, rows, strict=True):
+            grid[row["verdict"]][tier_of(rec)] += 1
+        tiers = {"column": tier_col, "labels": labels, "grid": grid,
+                 "totals": {t: sum(grid[v][t] for v in grid) for t in labels}}
+
+    flow = None
+    if {"flow.m1", "flow.m2"} <= numeric:
+        density = paths.tsv.with_name(f"{paths.tsv.stem}_flow_density.png")
+        spec = meta.get("flow_density") if isinstance(meta.get("flow_density"), dict) else {}
+        extent = spec.get("extent") if isinstance(spec.get("extent"), list) else None
+        if extent is not None and (len(extent) != 4 or any(finite_or_none(e) is None for e in extent)):
+            extent = None
+        m1 = [finite_or_none(r.get("flow.m1")) for r in records]
+        m2 = [finite_or_none(r.get("flow.m2")) for r in records]
+        ext = [float(e) for e in extent] if extent else None
+        flow = {"m1": m1, "m2": m2, "density": href(density.name) if density.is_file() else None,
+                "extent": ext,
+                "x_range": padded_range([v for v in m1 if v is not None] + (ext[:2] if ext else [])),
+                "y_range": padded_range([v for v in m2 if v is not None] + (ext[2:] if ext else []))}
+
+    plot_thresholds = {c: {k: thresholds[c][k] for k in ("review", "fail", "direction")}
+                       for c in plot_columns if c in thresholds}
+    data = {
+        "suffix": suffix,
+        "columns": plot_columns,
+        "n_primary": n_primary,
+        "descriptions": {c: descriptions.get(c, "") for c in plot_columns},
+        "thresholds": plot_thresholds,
+        "scans": [{"id": r["scan_id"], "subject": r["subject"], "verdict": r["verdict"], "href": r["href"],
+                   "v": [finite_or_none(records[r["i"]].get(c)) for c in plot_columns]} for r in rows],
+        "flow": flow,
+        "rating": rating_config(out_dir, suffix),
+    }
+    subjects = sorted({r["subject"] for r in rows if r["subject"]})
+    return {
+        "suffix": suffix, "title": f"bids_qa group report: {suffix}", "rows": rows,
+        "score_columns": score_columns, "numeric": numeric, "descriptions": descriptions,
+        "thresholds": thresholds, "counts": counts, "tiers": tiers, "n_scans": len(rows),
+        "flagged": [r for r in rows if r["verdict"] in ("review", "fail")],
+        "flow": flow, "subjects": subjects, "data": data, "html_path": paths.html,
+        "ratings": RATINGS, "artifacts": ARTIFACTS,
+        **page_assets(["rating.js", "group.js"]),
+    }
+
+
+def scan_context(out_dir: Path, outputs_json: Path) -> dict[str, Any]:
+    """Everything the scan template needs, read from the scan's derivatives.
+
+    The figures are not made here: the caller draws them (they need an image) using
+    ``context["slice_axis"]``, ``context["worst"]`` and ``context["worst_axis"]``, then sets
+    ``context["figures"]``.
+    """
+    d = read_scan_derivatives(Path(outputs_json))
+    info, rows = d.sidecar, d.rows
+    scan = info.get("scan") if isinstance(info.get("scan"), dict) else {}
+    facts, entities, meta = scan_facts(scan)
+    ents = scan.get("entities") if isinstance(scan.get("entities"), dict) else {}
+    suffix = str(ents.get("suffix", ""))
+
+    notes: list[str] = []
+    slice_axis = int(scan["slice_axis"]) if to_number(scan.get("slice_axis")) in (0.0, 1.0, 2.0) else 2
+    plots: list[Any] = []
+    worst: list[tuple[int, str]] = []
+    worst_axis = slice_axis
+    if d.slices is not None:
+        try:
+            plots, worst, worst_axis = slice_panels(slice_series(d.slices), rows, slice_axis)
+        except ScanError as err:
+            notes.append(err.message)
+    rulers, ruler_notes = ruler_blocks(info.get("rulers"), d.folder)
+    notes += ruler_notes
+
+    errors = [{"stage": str(e.get("stage", "")), "message": str(e.get("message", ""))} if isinstance(e, dict)
+              else {"stage": "", "message": str(e)} for e in (info.get("errors") or [])]
+    listed = {(e["stage"], e["message"]) for e in errors}
+    for r in rows:
+        if r.model == "error" and (r.metric, r.text) not in listed:
+            errors.append({"stage": r.metric, "message": r.text})
+    verdict = str(info.get("verdict") or ("error" if errors else "n/a")).lower()
+    prov = info.get("provenance") if isinstance(info.get("provenance"), dict) else {}
+    scan_id = d.scan_id
+    data = {"scan_id": scan_id, "rating": rating_config(out_dir, suffix)}
+    return {
+        "title": f"bids_qa report: {scan_id}", "scan_id": scan_id, "stem": d.stem, "folder": d.folder,
+        "suffix": suffix, "verdict": verdict,
+        "reasons": reason_rows(info.get("reasons") or []), "errors": errors,
+        "warnings": [str(w) for w in (info.get("warnings") or [])], "notes": notes,
+        "facts": facts, "entities": entities, "metadata": meta,
+        "scores": [r for r in rows if r.model not in IQM_MODELS and r.model != "error"],
+        "iqms": [r for r in rows if r.model in IQM_MODELS],
+        "figures": None, "slice_axis": slice_axis, "worst": worst, "worst_axis": worst_axis,
+        "slice_plots": plots, "rulers": rulers,
+        "provenance": provenance_rows(prov), "data": data,
+        "ratings": RATINGS, "artifacts": ARTIFACTS,
+        **page_assets(["rating.js", "scan.js"]),
+    }

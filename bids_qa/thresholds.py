@@ -1,0 +1,436 @@
+"""Thresholds that turn scores into verdicts, with the reasons behind each verdict.
+
+The shipped defaults live in ``bids_qa/data/thresholds.json``::
+
+    {"default": {"<model>.<metric>": {"review": x, "fail": y, "direction": "higher_is_worse",
+                                       "inclusive": false, "description": "..."}},
+     "T2w": {"<model>.<metric>": {...override...}}}
+
+A user file (``--thresholds FILE``, same shape) is merged on top, field by field: an entry that
+gives only ``review`` keeps the shipped ``fail`` and ``direction``; ``null`` for a whole entry
+switches that threshold off; ``null`` for ``review`` or ``fail`` removes that level. Keys starting
+with ``_`` are comments.
+
+Comparison rule (why it is explicit): the papers state their cuts differently (paper 000 flags
+``> 1``; tiers flag ``>= 2``; the SSIM scheme calls ``>= 0.85`` good). A threshold therefore says
+whether equality counts: ``higher_is_worse`` flags ``value > threshold`` (``>=`` when
+``inclusive``), ``lower_is_worse`` flags ``value < threshold`` (``<=`` when ``inclusive``).
+``categorical`` thresholds flag labels listed in ``review_values`` / ``fail_values``.
+Values that could not be computed (NaN) are not judged (flag ``n/a``): a skull-stripped image has no
+air, so air-based IQMs are undefined, which says nothing about the scan's quality.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from bids_qa.scoring import ScanScores
+
+DIRECTIONS = ("higher_is_worse", "lower_is_worse", "categorical")
+FLAGS = ("pass", "review", "fail", "n/a")
+_FIELDS = {
+    "review",
+    "fail",
+    "direction",
+    "inclusive",
+    "review_values",
+    "fail_values",
+    "description",
+}
+_SEVERITY = {"n/a": 0, "pass": 1, "review": 2, "fail": 3}
+
+
+class ThresholdError(ValueError):
+    """A thresholds file is unreadable or inconsistent (the message names the file and key)."""
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """How one metric is judged.
+
+    Attributes
+    ----------
+    review, fail
+        Cut-offs (None: that level is not used).
+    direction
+        ``higher_is_worse``, ``lower_is_worse`` or ``categorical``.
+    inclusive
+        Whether a value equal to a cut-off is flagged.
+    review_values, fail_values
+        Labels flagged by a categorical threshold.
+    description
+        What the metric is and why the cut-off is where it is.
+    """
+
+    review: float | None = None
+    fail: float | None = None
+    direction: str = "higher_is_worse"
+    inclusive: bool = False
+    review_values: tuple[str, ...] = ()
+    fail_values: tuple[str, ...] = ()
+    description: str = ""
+
+    @property
+    def active(self) -> bool:
+        return any(x is not None for x in (self.review, self.fail)) or bool(
+            self.review_values or self.fail_values
+        )
+
+    def _beyond(self, value: float, cut: float) -> bool:
+        if self.direction == "higher_is_worse":
+            return value >= cut if self.inclusive else value > cut
+        return value <= cut if self.inclusive else value < cut
+
+    def apply(self, value: Any) -> tuple[str, float | None]:
+        """(flag, threshold compared with) for ``value``.
+
+        The threshold returned is the fail cut-off for a fail, else the review cut-off (or the
+        fail cut-off when there is no review level); None for categorical or unjudged values.
+        """
+        if self.direction == "categorical":
+            label = str(value)
+            if label in self.fail_values:
+                return "fail", None
+            if label in self.review_values:
+                return "review", None
+            return ("pass", None) if (self.review_values or self.fail_values) else ("n/a", None)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            try:
+                value = float(value)  # numpy scalars, numeric strings
+            except (TypeError, ValueError):
+                return "n/a", None
+        value = float(value)
+        if not math.isfinite(value) or not self.active:
+            return "n/a", None
+        if self.fail is not None and self._beyond(value, self.fail):
+            return "fail", self.fail
+        if self.review is not None and self._beyond(value, self.review):
+            return "review", self.review
+        return "pass", self.review if self.review is not None else self.fail
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "direction": self.direction,
+            "review": self.review,
+            "fail": self.fail,
+        }
+        if self.inclusive:
+            out["inclusive"] = True
+        if self.review_values:
+            out["review_values"] = list(self.review_values)
+        if self.fail_values:
+            out["fail_values"] = list(self.fail_values)
+        if self.description:
+            out["description"] = self.description
+        return out
+
+
+@dataclass(frozen=True)
+class ThresholdTable:
+    """Thresholds per contrast (``"default"`` applies to every contrast without an override).
+
+    Attributes
+    ----------
+    table
+        ``{contrast: {"<model>.<metric>": Threshold | None}}``; None switches a default off.
+    sources
+        Files merged, shipped defaults first.
+    sha256
+        Digest of the merged table (provenance; a change invalidates resumed scans).
+    """
+
+    table: dict[str, dict[str, Threshold | None]]
+    sources: tuple[str, ...]
+    sha256: str
+
+    def lookup(self, suffix: str, key: str) -> Threshold | None:
+        """The threshold for ``key`` on contrast ``suffix``, or None when it has none."""
+        specific = self.table.get(suffix, {})
+        if key in specific:
+            found = specific[key]
+        else:
+            found = self.table.get("default", {}).get(key)
+        return found if found is not None and found.active else None
+
+    def for_contrast(self, suffix: str) -> dict[str, Threshold]:
+        """Every active threshold in force for ``suffix``."""
+        keys = set(self.table.get("default", {})) | set(self.table.get(suffix, {}))
+        out = {}
+        for key in sorted(keys):
+            found = self.lookup(suffix, key)
+            if found is not None:
+                out[key] = found
+        return out
+
+    def descriptions(self, suffix: str | None = None) -> dict[str, str]:
+        """``{"<model>.<metric>": description}`` for documentation and group sidecars."""
+        out: dict[str, str] = {}
+        for contrast in ("default", suffix):
+            for key, thr in self.table.get(contrast or "", {}).items():
+                if thr is not None and thr.description:
+                    out[key] = thr.description
+        return out
+
+
+def default_thresholds_path() -> Path:
+    """The shipped ``thresholds.json``."""
+    return Path(str(resources.files("bids_qa").joinpath("data", "thresholds.json")))
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise ThresholdError(f"cannot read thresholds file {path}: {err}") from err
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ThresholdError(f"thresholds file {path} is not valid JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise ThresholdError(f"thresholds file {path} must hold a JSON object of contrasts")
+    return data
+
+
+def merge_tables(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Field-wise merge of two raw threshold dicts (see the module docstring)."""
+    merged = copy.deepcopy(dict(base))
+    for contrast, entries in override.items():
+        if contrast.startswith("_"):
+            continue
+        if not isinstance(entries, dict):
+            raise ThresholdError(
+                f"contrast {contrast!r} must map metric keys to threshold objects, got {entries!r}"
+            )
+        target = merged.setdefault(contrast, {})
+        for key, spec in entries.items():
+            if key.startswith("_"):
+                continue
+            if spec is None:
+                target[key] = None
+                continue
+            if not isinstance(spec, dict):
+                raise ThresholdError(
+                    f'{contrast}/{key}: expected an object such as {{"review": 1.0}}, got {spec!r}'
+                )
+            start = target.get(key)
+            if start is None and contrast != "default":
+                start = merged.get("default", {}).get(key)
+            target[key] = {**(start or {}), **spec}
+    return merged
+
+
+def _number(value: Any, where: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ThresholdError(f"{where} must be a finite number or null, got {value!r}")
+    return float(value)
+
+
+def parse_threshold(spec: Mapping[str, Any], where: str) -> Threshold:
+    """Validate one raw threshold object.
+
+    Raises
+    ------
+    ThresholdError
+        Unknown fields (typos), bad direction, non-numbers, or a fail level that is milder than
+        the review level.
+    """
+    unknown = set(spec) - _FIELDS
+    if unknown:
+        raise ThresholdError(
+            f"{where}: unknown field(s) {sorted(unknown)}; allowed: {sorted(_FIELDS)}"
+        )
+    direction = spec.get("direction", "higher_is_worse")
+    if direction not in DIRECTIONS:
+        raise ThresholdError(f"{where}: direction {direction!r} is not one of {DIRECTIONS}")
+    review = _number(spec.get("review"), f"{where}.review")
+    fail = _number(spec.get("fail"), f"{where}.fail")
+    if review is not None and fail is not None:
+        if direction == "higher_is_worse" and fail < review:
+            raise ThresholdError(
+                f"{where}: fail ({fail:g}) must not be below review ({review:g}) when higher is worse"
+            )
+        if direction == "lower_is_worse" and fail > review:
+            raise ThresholdError(
+                f"{where}: fail ({fail:g}) must not be above review ({review:g}) when lower is worse"
+            )
+    inclusive = spec.get("inclusive", False)
+    if not isinstance(inclusive, bool):
+        raise ThresholdError(f"{where}.inclusive must be true or false, got {inclusive!r}")
+    values: dict[str, tuple[str, ...]] = {}
+    for name in ("review_values", "fail_values"):
+        raw = spec.get(name, [])
+        if not isinstance(raw, list) or not all(isinstance(v, (str, int, float)) for v in raw):
+            raise ThresholdError(f"{where}.{name} must be a list of labels, got {raw!r}")
+        values[name] = tuple(str(v) for v in raw)
+    if direction == "categorical" and (review is not None or fail is not None):
+        raise ThresholdError(
+            f"{where}: a categorical threshold uses review_values/fail_values, not numbers"
+        )
+    description = spec.get("description", "")
+    if not isinstance(description, str):
+        raise ThresholdError(f"{where}.description must be text")
+    return Threshold(
+        review=review,
+        fail=fail,
+        direction=direction,
+        inclusive=inclusive,
+        review_values=values["review_values"],
+        fail_values=values["fail_values"],
+        description=description,
+    )
+
+
+def parse_table(
+    raw: Mapping[str, Any], origin: str = "thresholds"
+) -> dict[str, dict[str, Threshold | None]]:
+    """Validate a merged raw table into :class:`Threshold` objects."""
+    table: dict[str, dict[str, Threshold | None]] = {}
+    for contrast, entries in raw.items():
+        if contrast.startswith("_"):
+            continue
+        if not isinstance(entries, dict):
+            raise ThresholdError(
+                f"{origin}: contrast {contrast!r} must map metric keys to threshold objects"
+            )
+        parsed: dict[str, Threshold | None] = {}
+        for key, spec in entries.items():
+            if key.startswith("_"):
+                continue
+            if "." not in key:
+                raise ThresholdError(
+                    f"{origin}: key {key!r} in {contrast!r} must be '<model>.<metric>', e.g. 'iqm.cjv'"
+                )
+            parsed[key] = (
+                None if spec is None else parse_threshold(spec, f"{origin}: {contrast}/{key}")
+            )
+        table[contrast] = parsed
+    return table
+
+
+def load_thresholds(user_file: str | os.PathLike[str] | None = None) -> ThresholdTable:
+    """The shipped thresholds, with ``user_file`` merged on top when given.
+
+    Raises
+    ------
+    ThresholdError
+        When a file is unreadable or a threshold is inconsistent.
+    """
+    shipped = default_thresholds_path()
+    raw = merge_tables({}, _read_json(shipped))
+    sources = [str(shipped)]
+    origin = "shipped thresholds"
+    if user_file is not None:
+        user_path = Path(user_file)
+        raw = merge_tables(raw, _read_json(user_path))
+        sources.append(str(user_path))
+        origin = f"thresholds file {user_path}"
+    table = parse_table(raw, origin)
+    digest = hashlib.sha256(json.dumps(raw, sort_keys=True).encode("utf-8")).hexdigest()
+    return ThresholdTable(table=table, sources=tuple(sources), sha256=digest)
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def reason_message(key: str, value: Any, threshold: Threshold, flag: str, cut: float | None) -> str:
+    """One-line explanation, e.g. ``iqm.cjv = 0.812 is above the review threshold 0.6 (higher is
+    worse)``."""
+    if threshold.direction == "categorical":
+        return f"{key} = {value} is listed as a {flag} value"
+    shown = _fmt(float(value))
+    assert cut is not None
+    if threshold.direction == "higher_is_worse":
+        side = "at or above" if threshold.inclusive else "above"
+        note = "higher is worse"
+    else:
+        side = "at or below" if threshold.inclusive else "below"
+        note = "lower is worse"
+    return f"{key} = {shown} is {side} the {flag} threshold {_fmt(cut)} ({note})"
+
+
+def worst_flag(flags: Sequence[str]) -> str:
+    """The most severe of ``flags`` among pass/review/fail (``pass`` when none is judged)."""
+    worst = "pass"
+    for flag in flags:
+        if _SEVERITY.get(flag, 0) > _SEVERITY[worst]:
+            worst = flag
+    return worst
+
+
+def judge(
+    scores: Sequence[ScanScores], suffix: str, thresholds: ThresholdTable
+) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
+    """Verdict, reasons and table rows for one scan.
+
+    Parameters
+    ----------
+    scores
+        What each scorer said about the scan.
+    suffix
+        The scan's contrast (selects per-contrast thresholds).
+    thresholds
+        The table in force.
+
+    Returns
+    -------
+    verdict
+        ``fail`` if any metric fails, else ``review`` if any needs review, else ``pass``.
+    reasons
+        One dict per flagged metric: model, metric, value, threshold, flag, message.
+    rows
+        One dict per metric (the ``_qa.tsv`` rows): model, metric, value, threshold, flag,
+        direction.
+    """
+    rows: list[dict[str, Any]] = []
+    reasons: list[dict[str, Any]] = []
+    for result in scores:
+        for metric, value in result.values.items():
+            key = f"{result.scorer}.{metric}"
+            thr = thresholds.lookup(suffix, key)
+            if thr is None:
+                rows.append(
+                    {
+                        "model": result.scorer,
+                        "metric": metric,
+                        "value": value,
+                        "threshold": "",
+                        "flag": "n/a",
+                        "direction": "",
+                    }
+                )
+                continue
+            flag, cut = thr.apply(value)
+            rows.append(
+                {
+                    "model": result.scorer,
+                    "metric": metric,
+                    "value": value,
+                    "threshold": cut if cut is not None else "",
+                    "flag": flag,
+                    "direction": thr.direction,
+                }
+            )
+            if flag in ("review", "fail"):
+                reasons.append(
+                    {
+                        "model": result.scorer,
+                        "metric": metric,
+                        "value": value,
+                        "threshold": cut,
+                        "flag": flag,
+                        "message": reason_message(key, value, thr, flag, cut),
+                    }
+                )
+    reasons.sort(key=lambda r: -_SEVERITY[r["flag"]])
+    verdict = worst_flag([r["flag"] for r in rows])
+    return verdict, reasons, rows

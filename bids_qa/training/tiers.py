@@ -1,0 +1,597 @@
+"""Train the tiers model (paper 003) on clean volumes corrupted on the fly, and evaluate it.
+
+Sample ``i`` is drawn from ``default_rng([seed, i])`` (see :mod:`bids_qa.training.loop`):
+
+1. a clean volume, held as its ``grid``^3 cube (:meth:`Volume.grid`, the scorer's input grid,
+   64^3 by default, ~3.6-4 mm voxels) and the matching head mask; every training volume is resampled once;
+2. augmentation that cannot be mistaken for an artifact: flips along each axis, an axis
+   permutation, a small random affine (rotation, scale, shift) with a mild elastic warp, and a
+   smooth multiplicative intensity field; no gamma (the contrast artifact *is* a gamma);
+3. a grade 0/1/2 for each of motion, noise and contrast: the number of corrupted artifacts is 0,
+   1, 2 or 3 (probabilities :data:`N_ARTIFACT_PROBS`), each corrupted one moderate or severe with
+   equal chance. So, as the paper requires, the "0" class of one artifact holds clean scans *and*
+   scans with the other artifacts;
+4. the paper's simulation (Table 3) through :mod:`bids_qa.artifacts`, in the order contrast ->
+   motion -> noise (tissue contrast exists before the acquisition, motion happens during it,
+   thermal noise is added on top);
+5. renormalisation: the corrupted cube is rescaled as :func:`bids_qa.volume.normalise` would have
+   rescaled the corrupted scan (0.5th percentile -> 0, head 99th percentile -> 1, relative to the
+   clean cube, so clean cubes are left exactly as the scorer sees them);
+6. the corrupted cube enters the batch ``views`` times (default 2: as simulated and as a random
+   flip/permutation of itself), because simulating 3D motion costs far more than a training step.
+
+Loss: weighted binary cross-entropy over the six outputs (paper Sec. 3.5), each positive class
+weighted by (negatives / positives) of the sampling distribution. The moderate output is trained as
+"grade >= 1" (ours; on grade-0/1 data this is the paper's 0-vs-1 task). The kept weights are those
+with the lowest validation loss (paper Sec. 3.3), on a fixed set of corrupted validation volumes.
+
+:func:`evaluate_tiers` measures the paper's numbers (Tables 4-5, Sec. 4.2): balanced accuracy of
+the severe (0-1 vs 2) and moderate (0 vs 1) tasks per artifact and of the tier tasks (tier 1-2 vs
+3, tier 1 vs 2), on validation volumes corrupted with fixed-seed simulated levels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bids_qa.models.tiers import ARTIFACTS, NAME, TASKS, TierConfig, build_network, grade_from_probabilities, tier_from_grades
+from bids_qa.training import loop
+
+#: Probability that a sample carries 0, 1, 2 or 3 simulated artifacts.
+N_ARTIFACT_PROBS: tuple[float, ...] = (0.25, 0.45, 0.20, 0.10)
+#: Probability that a corrupted artifact is severe (else moderate).
+SEVERE_PROBABILITY = 0.5
+#: Order in which artifacts are applied to one cube.
+APPLY_ORDER: tuple[str, ...] = ("contrast", "motion", "noise")
+#: Levels of the paper's three-level scale, by grade.
+LEVELS: tuple[str, ...] = ("none", "moderate", "severe")
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass
+class CubeSource:
+    """One clean volume on the model grid: normalised cube, head mask and isotropic voxel size."""
+
+    cube: np.ndarray
+    mask: np.ndarray
+    voxel_mm: float
+    name: str = ""
+
+
+def make_cube_source(volume, grid: int, name: str = "") -> CubeSource:
+    """Resample a :class:`~bids_qa.volume.Volume` once onto the ``grid``^3 cube the scorer reads.
+
+    The cube is exactly :meth:`Volume.grid` (so a clean training sample *is* a scorer input);
+    the head mask follows the same resampling; the voxel size is the padded field of view / grid.
+    """
+    from bids_qa.volume import volume_to_cube
+
+    cube = np.ascontiguousarray(volume.grid(grid), dtype=np.float32)
+    mask = volume_to_cube(volume.mask.astype(np.float32), volume.zooms, grid) > 0.5
+    extent = max(d * z for d, z in zip(volume.shape, volume.zooms))
+    if mask.sum() < 50:
+        raise ValueError(f"volume {name!r}: head mask nearly empty on the {grid}^3 grid; cannot train on it")
+    return CubeSource(cube=cube, mask=mask, voxel_mm=float(extent / grid), name=name)
+
+
+def _robust_range(x: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    """(0.5th percentile of the cube, 99th percentile in the head), on a 1-in-8 subsample."""
+    sub = x[::2, ::2, ::2]
+    lo = float(np.percentile(sub, 0.5))
+    fg = sub[mask[::2, ::2, ::2]]
+    hi = float(np.percentile(fg, 99)) if fg.size > 10 else float(np.percentile(sub, 99.5))
+    return lo, hi
+
+
+def renormalise_like(corrupted: np.ndarray, reference: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Rescale a corrupted cube as whole-scan normalisation would have rescaled the corrupted scan.
+
+    ``reference`` is the clean cube (already normalised). Both cubes' robust ranges are measured
+    the same way; the corrupted range is mapped onto the clean one, then clipped to [0, 2]. An
+    uncorrupted cube is returned unchanged (up to clipping).
+    """
+    lo_c, hi_c = _robust_range(corrupted, mask)
+    lo_r, hi_r = _robust_range(reference, mask)
+    if not hi_c > lo_c:
+        return np.clip(corrupted, 0.0, 2.0).astype(np.float32)
+    out = (corrupted - lo_c) * ((hi_r - lo_r) / (hi_c - lo_c)) + lo_r
+    return np.clip(out, 0.0, 2.0).astype(np.float32)
+
+
+def augment_cube(cube: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Geometry and smooth-intensity augmentation of a clean cube (never a gamma).
+
+    Flips (each axis, p=0.5), an axis permutation (p=0.5), with p=0.5 a random affine (rotation
+    up to 12 degrees about each axis, isotropic scale 0.9-1.1, shift up to 6 % of the field) plus an
+    elastic warp (a 4^3 random displacement lattice, up to ~1.5 voxels, trilinearly upsampled),
+    and with p=0.5 a smooth multiplicative field exp(b . [x, y, z, x^2, y^2, z^2]) with |b| <= 0.12.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    for axis in range(3):
+        if rng.random() < 0.5:
+            cube, mask = np.flip(cube, axis), np.flip(mask, axis)
+    if rng.random() < 0.5:
+        perm = tuple(int(a) for a in rng.permutation(3))
+        cube, mask = np.transpose(cube, perm), np.transpose(mask, perm)
+    cube = np.ascontiguousarray(cube, dtype=np.float32)
+    mask = np.ascontiguousarray(mask)
+    n = cube.shape[0]
+    if rng.random() < 0.5:
+        angles = np.deg2rad(rng.uniform(-12, 12, size=3))
+        cx, cy, cz = np.cos(angles)
+        sx, sy, sz = np.sin(angles)
+        rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+        ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+        rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+        theta = np.zeros((1, 3, 4), dtype=np.float32)
+        theta[0, :, :3] = (rx @ ry @ rz) / rng.uniform(0.9, 1.1)
+        theta[0, :, 3] = rng.uniform(-0.12, 0.12, size=3)
+        grid = F.affine_grid(torch.from_numpy(theta), [1, 1, n, n, n], align_corners=False)
+        coarse = torch.from_numpy(rng.normal(0, 1.5 / n, size=(1, 3, 4, 4, 4)).astype(np.float32))
+        warp = F.interpolate(coarse, size=(n, n, n), mode="trilinear", align_corners=True)
+        grid = grid + warp.permute(0, 2, 3, 4, 1)
+        both = torch.from_numpy(np.stack([cube, mask.astype(np.float32)]))[None]
+        out = F.grid_sample(both, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0].numpy()
+        cube, mask = np.ascontiguousarray(out[0]), out[1] > 0.5
+    if rng.random() < 0.5:
+        axis = np.linspace(-1, 1, n, dtype=np.float32)
+        b = rng.uniform(-0.12, 0.12, size=6).astype(np.float32)
+        field = (b[0] * axis + b[3] * axis**2)[:, None, None] + (b[1] * axis + b[4] * axis**2)[None, :, None] \
+            + (b[2] * axis + b[5] * axis**2)[None, None, :]
+        cube = cube * np.exp(field)
+    return cube.astype(np.float32, copy=False), mask
+
+
+def draw_grades(rng: np.random.Generator) -> dict[str, int]:
+    """Grades for one sample: how many artifacts (:data:`N_ARTIFACT_PROBS`), which, how severe."""
+    n = int(rng.choice(len(N_ARTIFACT_PROBS), p=N_ARTIFACT_PROBS))
+    chosen = set(rng.choice(len(ARTIFACTS), size=n, replace=False).tolist()) if n else set()
+    return {a: (2 if rng.random() < SEVERE_PROBABILITY else 1) if i in chosen else 0 for i, a in enumerate(ARTIFACTS)}
+
+
+def positive_weights() -> np.ndarray:
+    """Weighted-BCE ``pos_weight`` per (artifact, task): P(negative) / P(positive) when sampling.
+
+    Every artifact is equally likely to be picked, so P(artifact corrupted) = E[n] / 3.
+    """
+    expected = sum(k * p for k, p in enumerate(N_ARTIFACT_PROBS)) / len(ARTIFACTS)
+    p_mod = expected  # grade >= 1
+    p_sev = expected * SEVERE_PROBABILITY
+    row = [(1 - p_mod) / p_mod, (1 - p_sev) / p_sev]
+    return np.array([row for _ in ARTIFACTS], dtype=np.float32)
+
+
+def corrupt_cube(cube: np.ndarray, mask: np.ndarray, grades: dict[str, int], voxel_mm: float,
+                 rng: np.random.Generator) -> tuple[np.ndarray, dict[str, dict]]:
+    """Apply the paper's simulated artifacts at the given grades; returns (cube, params used).
+
+    Parameters come from :func:`bids_qa.artifacts.sample_tier_params` (paper 003 Table 3 ranges,
+    calibrated to our intensity scale) and are applied in :data:`APPLY_ORDER`; the result is
+    renormalised with :func:`renormalise_like`.
+    """
+    from bids_qa import artifacts
+
+    out = cube
+    used: dict[str, dict] = {}
+    for artifact in APPLY_ORDER:
+        grade = int(grades.get(artifact, 0))
+        if grade == 0:
+            continue
+        params = artifacts.sample_tier_params(artifact, LEVELS[grade], rng, ndim=3)
+        out = apply_tier_artifact(out, artifact, params, (voxel_mm,) * 3)
+        used[artifact] = params
+    if used:
+        out = renormalise_like(out, cube, mask)
+    return out.astype(np.float32, copy=False), used
+
+
+def apply_tier_artifact(cube: np.ndarray, artifact: str, params: dict, zooms: tuple[float, float, float]) -> np.ndarray:
+    """Apply one paper-003 artifact with fixed parameters (:func:`bids_qa.artifacts.apply_artifact`)."""
+    from bids_qa import artifacts
+
+    return np.asarray(artifacts.apply_artifact(cube, artifact, params, zooms=zooms), dtype=np.float32)
+
+
+def limit_threads(n: int) -> None:
+    """Use at most ``n`` threads in torch and in SimpleITK (TorchIO's motion resampling), so a
+    ``--threads 1`` run really stays on one core."""
+    if n <= 0:
+        return
+    import torch
+
+    torch.set_num_threads(n)
+    try:
+        import SimpleITK as sitk
+
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(n)
+    except ImportError:  # pragma: no cover - SimpleITK comes with torchio
+        pass
+
+
+def random_view(cube: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The cube flipped along random axes and with its axes permuted (labels are unchanged:
+    a flipped motion-corrupted scan is still motion-corrupted)."""
+    for axis in range(3):
+        if rng.random() < 0.5:
+            cube = np.flip(cube, axis)
+    cube = np.transpose(cube, tuple(int(a) for a in rng.permutation(3)))
+    return np.ascontiguousarray(cube, dtype=np.float32)
+
+
+class TierSampleMaker:
+    """Picklable sample factory: ``rng -> (cubes (V, 1, G, G, G), labels (V, 3, 2), grades (V, 3))``.
+
+    Simulating motion dominates the cost of a sample, so each corrupted cube is used ``views``
+    times: as simulated, then as random flips/permutations of itself.
+    """
+
+    def __init__(self, sources: list[CubeSource], augment: bool = True, views: int = 2) -> None:
+        if not sources:
+            raise ValueError("no training volumes: TierSampleMaker needs at least one CubeSource")
+        if views < 1:
+            raise ValueError(f"views must be >= 1, got {views}")
+        self.sources = sources
+        self.augment = augment
+        self.views = views
+
+    def __call__(self, rng: np.random.Generator):
+        src = self.sources[int(rng.integers(len(self.sources)))]
+        cube, mask = src.cube, src.mask
+        if self.augment:
+            aug, mask = augment_cube(cube, mask, rng)
+            cube = renormalise_like(aug, cube, mask)
+        grades = draw_grades(rng)
+        out, _ = corrupt_cube(cube, mask, grades, src.voxel_mm, rng)
+        cubes = [out] + [random_view(out, rng) for _ in range(self.views - 1)]
+        g = np.array([grades[a] for a in ARTIFACTS], dtype=np.int64)
+        labels = np.stack([(g >= 1), (g >= 2)], axis=1).astype(np.float32)
+        v = self.views
+        return np.stack(cubes)[:, None], np.repeat(labels[None], v, 0), np.repeat(g[None], v, 0)
+
+
+# ----------------------------------------------------------------------------- loss, metrics
+
+
+def tier_loss(logits, labels, pos_weight):
+    """Weighted binary cross-entropy averaged over the six outputs; also per-task parts."""
+    import torch.nn.functional as F
+
+    per = F.binary_cross_entropy_with_logits(logits, labels, pos_weight=pos_weight, reduction="none")
+    parts = {f"{a}_{t}": float(per[:, i, j].mean().detach()) for i, a in enumerate(ARTIFACTS) for j, t in enumerate(TASKS)}
+    return per.mean(), parts
+
+
+def balanced_accuracy(truth: np.ndarray, pred: np.ndarray) -> float:
+    """Mean of sensitivity and specificity for boolean arrays (NaN if a class is absent)."""
+    truth = np.asarray(truth, dtype=bool)
+    pred = np.asarray(pred, dtype=bool)
+    if truth.all() or not truth.any():
+        return float("nan")
+    return float(0.5 * (pred[truth].mean() + (~pred[~truth]).mean()))
+
+
+def metrics_from_predictions(true_grades: np.ndarray, probs: np.ndarray, single: np.ndarray) -> dict[str, Any]:
+    """The paper's balanced accuracies from true grades ``(n, 3)`` and probabilities ``(n, 3, 2)``.
+
+    Per artifact, on ``single`` samples (clean or exactly one artifact, as in the paper's synthetic
+    test set) whose *other* artifacts are at most moderate (paper Tables A2-A3: "Mov0" = clean +
+    moderate contrast + moderate noise): severe = grade 0-1 vs 2; moderate = 0 vs 1 over those
+    whose grade for that artifact is 0 or 1. Tier tasks on every sample (mixtures included):
+    tier 1-2 vs 3, and tier 1 vs 2 over samples whose true tier is 1 or 2.
+    """
+    pred_grades = np.array([[grade_from_probabilities(p[a, 0], p[a, 1]) for a in range(len(ARTIFACTS))] for p in probs])
+    out: dict[str, Any] = {}
+    for a, artifact in enumerate(ARTIFACTS):
+        others_mild = (np.delete(true_grades, a, axis=1) <= 1).all(axis=1)
+        use = single & others_mild
+        g, pg = true_grades[use, a], pred_grades[use, a]
+        out[f"{artifact}_severe_bacc"] = 100 * balanced_accuracy(g == 2, pg == 2)
+        keep = g <= 1
+        out[f"{artifact}_moderate_bacc"] = 100 * balanced_accuracy(g[keep] == 1, pg[keep] >= 1)
+    true_tier = np.array([tier_from_grades(dict(zip(ARTIFACTS, map(int, row))))[0] for row in true_grades])
+    pred_tier = np.array([tier_from_grades(dict(zip(ARTIFACTS, map(int, row))))[0] for row in pred_grades])
+    out["tier12_vs_3_bacc"] = 100 * balanced_accuracy(true_tier == 3, pred_tier == 3)
+    low = true_tier <= 2
+    out["tier1_vs_2_bacc"] = 100 * balanced_accuracy(true_tier[low] == 2, pred_tier[low] >= 2)
+    out["tier_accuracy"] = 100 * float((true_tier == pred_tier).mean())
+    out["grade_accuracy"] = {a: 100 * float((true_grades[:, i] == pred_grades[:, i]).mean()) for i, a in enumerate(ARTIFACTS)}
+    confusion = np.zeros((3, 3), dtype=int)
+    for t, p in zip(true_tier, pred_tier):
+        confusion[t - 1, p - 1] += 1
+    out["tier_confusion"] = confusion.tolist()
+    out["n_samples"] = int(len(true_grades))
+    out["n_single"] = int(single.sum())
+    return out
+
+
+def evaluation_plan(draws: int) -> list[dict[str, int]]:
+    """Grades evaluated per volume: ``draws`` clean, ``draws`` of each single artifact x level, and
+    ``draws`` random multi-artifact combinations (a placeholder ``{"mixed": 1}``, drawn later)."""
+    plan: list[dict[str, int]] = []
+    for _ in range(draws):
+        plan.append(dict.fromkeys(ARTIFACTS, 0))
+        for artifact in ARTIFACTS:
+            for grade in (1, 2):
+                plan.append({a: (grade if a == artifact else 0) for a in ARTIFACTS})
+        plan.append({"mixed": 1})
+    return plan
+
+
+def _draw_mixed(rng: np.random.Generator) -> dict[str, int]:
+    """Two or three artifacts, each moderate or severe."""
+    n = int(rng.integers(2, len(ARTIFACTS) + 1))
+    chosen = set(rng.choice(len(ARTIFACTS), size=n, replace=False).tolist())
+    return {a: int(rng.integers(1, 3)) if i in chosen else 0 for i, a in enumerate(ARTIFACTS)}
+
+
+def build_evaluation_set(sources: list[CubeSource], seed: int, draws: int):
+    """Yield (cube, grades) for every source and plan entry; sample ``(k, j)`` uses
+    ``default_rng([seed, k, j])`` so the set is identical across calls and runs."""
+    for k, src in enumerate(sources):
+        for j, grades in enumerate(evaluation_plan(draws)):
+            rng = np.random.default_rng([seed, k, j])
+            if "mixed" in grades:
+                grades = _draw_mixed(rng)
+            cube, _ = corrupt_cube(src.cube, src.mask, grades, src.voxel_mm, rng)
+            yield cube, np.array([grades[a] for a in ARTIFACTS], dtype=np.int64)
+
+
+def predict_probabilities(model, cubes: np.ndarray, batch_size: int = 8) -> np.ndarray:
+    """Sigmoid outputs ``(n, 3, 2)`` from a :class:`~bids_qa.models.tiers.TierScorer` or a bare
+    network (evaluated in eval mode on CPU, restored to its previous mode afterwards)."""
+    if hasattr(model, "probabilities"):
+        return model.probabilities(cubes)
+    import torch
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    with torch.inference_mode():
+        for s in range(0, len(cubes), batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(cubes[s : s + batch_size], dtype=np.float32))[:, None].to(device)
+            out.append(torch.sigmoid(model(x).float()).cpu().numpy())
+    model.train(was_training)
+    return np.concatenate(out) if out else np.zeros((0, len(ARTIFACTS), len(TASKS)), np.float32)
+
+
+def evaluate_tiers(model, volumes: list, seed: int | np.random.Generator = 20260, draws: int = 4,
+                   batch_size: int = 8) -> dict[str, Any]:
+    """The paper's balanced accuracies on fixed-seed corrupted copies of clean volumes.
+
+    Parameters
+    ----------
+    model
+        A :class:`~bids_qa.models.tiers.TierScorer` or a network from :func:`build_network`.
+    volumes
+        Clean volumes: :class:`~bids_qa.volume.Volume` objects (resampled here to the model's
+        grid), ``(entry, Volume)`` pairs as :func:`~bids_qa.training.data.clean_volumes` returns,
+        or :class:`CubeSource` objects (e.g. from :func:`sources_from_data`).
+    seed, draws
+        Every volume gets ``draws`` copies of each class of :func:`evaluation_plan` (clean, each
+        artifact moderate and severe, random mixtures), drawn from ``default_rng([seed, k, j])``;
+        a Generator passed as ``seed`` supplies that integer.
+
+    Returns
+    -------
+    dict
+        ``<artifact>_severe_bacc``, ``<artifact>_moderate_bacc``, ``tier12_vs_3_bacc``,
+        ``tier1_vs_2_bacc`` (percent), tier accuracy and confusion (rows: true tier 1-3,
+        columns: predicted), sample counts and the network time per volume
+        (``net_s_per_volume``, excluding simulation).
+    """
+    if isinstance(seed, np.random.Generator):
+        seed = int(seed.integers(0, 2**31 - 1))
+    grid = model.config.grid
+    sources = []
+    for k, item in enumerate(volumes):
+        if isinstance(item, tuple):
+            item = item[1]
+        sources.append(item if isinstance(item, CubeSource) else make_cube_source(item, grid, name=f"volume{k}"))
+    if any(src.cube.shape != (grid,) * 3 for src in sources):
+        raise ValueError(f"cube sources must be on the model's {grid}^3 grid")
+    cubes, grades = [], []
+    probs = []
+    net_time = 0.0
+    for cube, g in build_evaluation_set(sources, seed, draws):
+        cubes.append(cube)
+        grades.append(g)
+        if len(cubes) == batch_size:
+            t0 = time.perf_counter()
+            probs.append(predict_probabilities(model, np.stack(cubes), batch_size))
+            net_time += time.perf_counter() - t0
+            cubes = []
+    if cubes:
+        t0 = time.perf_counter()
+        probs.append(predict_probabilities(model, np.stack(cubes), batch_size))
+        net_time += time.perf_counter() - t0
+    true_grades = np.stack(grades)
+    p = np.concatenate(probs)
+    single = (true_grades > 0).sum(axis=1) <= 1
+    out = metrics_from_predictions(true_grades, p, single)
+    out["net_s_per_volume"] = net_time / max(1, len(true_grades))
+    out["draws"] = draws
+    out["seed"] = seed
+    out["n_volumes"] = len(sources)
+    return out
+
+
+def evaluate_weights(weights: str | Path, data_dir: str | Path, split: str = "validation", draws: int = 4,
+                     seed: int = 20260, device: str = "cpu") -> dict[str, Any]:
+    """:func:`evaluate_tiers` of a weights file on one split of the clean-data manifest (what
+    ``docs/models/tiers.md`` reports, for ``bids_qa evaluate``)."""
+    from bids_qa.models.tiers import TierScorer
+
+    scorer = TierScorer(device=device, weights=str(weights))
+    sources = sources_from_data(str(data_dir), split, 0, 0, scorer.config.grid)
+    out = evaluate_tiers(scorer, sources, seed=seed, draws=draws)
+    out["split"] = split
+    out["weights_version"] = scorer.version
+    return out
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bids_qa train tiers", description=__doc__.splitlines()[0])
+    loop.add_common_arguments(p, steps=3000, batch_size=8, lr=1e-3)
+    p.add_argument("--grid", type=int, default=64, help="model input grid (cube side, voxels)")
+    p.add_argument("--channels", type=int, nargs=5, default=[16, 32, 48, 64, 96], help="conv block widths")
+    p.add_argument("--fc", type=int, nargs=2, default=[128, 32], help="hidden sizes of FC 1 and FC 2")
+    p.add_argument("--synthetic", type=int, default=6, help="synthetic MNI-derived volumes added to training")
+    p.add_argument("--val-draws", type=int, default=2, help="validation copies per volume and class during training")
+    p.add_argument("--eval-draws", type=int, default=4, help="copies per volume and class for the final evaluation")
+    p.add_argument("--views", type=int, default=2, help="training inputs made from each simulated cube (flips/permutations)")
+    p.add_argument("--max-minutes", type=float, default=0.0,
+                   help="stop (checkpointed, resumable) after this many minutes of training; 0: no limit")
+    return p
+
+
+def train(settings: loop.TrainSettings, train_sources: list[CubeSource], val_sources: list[CubeSource],
+          config: TierConfig, argv: list[str] | None = None, val_draws: int = 2, log_every: int = 25,
+          max_minutes: float = 0.0, views: int = 2) -> dict[str, Any]:
+    """Run (or resume) training; returns the best validation record. Writes only into run_dir."""
+    import torch
+
+    from bids_qa import __version__
+    from bids_qa.models.weights import save_weights
+
+    run_dir = Path(settings.run_dir)
+    loop.write_settings(run_dir, settings, NAME, argv or [])
+    limit_threads(settings.threads)
+    torch.manual_seed(settings.seed)
+    net = build_network(config).to(settings.device)
+    opt = torch.optim.Adam(net.parameters(), lr=settings.lr, weight_decay=1e-5)
+    start, extra = loop.load_checkpoint(run_dir, net, opt)
+    warmup = max(1, min(100, settings.steps // 20))
+
+    def lr_factor(step: int) -> float:  # linear warm-up, then cosine to 5 %
+        if step < warmup:
+            return (step + 1) / warmup
+        frac = (step - warmup) / max(1, settings.steps - warmup)
+        return 0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * min(1.0, frac)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    for _ in range(start):
+        sched.step()
+    best = extra.get("best", {"val_loss": 1e9})
+    log = loop.RunLog(run_dir)
+    pos_weight = torch.from_numpy(positive_weights()).to(settings.device)
+
+    val_x, val_g = [], []
+    for cube, g in build_evaluation_set(val_sources, settings.seed + 7919, val_draws):
+        val_x.append(cube.astype(np.float16))
+        val_g.append(g)
+    val_cubes = np.stack(val_x) if val_x else np.zeros((0, config.grid, config.grid, config.grid), np.float16)
+    val_grades = np.stack(val_g) if val_g else np.zeros((0, len(ARTIFACTS)), np.int64)
+    val_labels = np.stack([(val_grades >= 1), (val_grades >= 2)], axis=2).astype(np.float32)
+
+    def validate() -> dict[str, Any]:
+        probs = predict_probabilities(net, val_cubes.astype(np.float32))
+        p = torch.from_numpy(np.clip(probs, 1e-6, 1 - 1e-6))
+        logits = torch.log(p) - torch.log1p(-p)
+        loss, _ = tier_loss(logits, torch.from_numpy(val_labels), pos_weight.cpu())
+        single = (val_grades > 0).sum(axis=1) <= 1
+        return {"val_loss": float(loss), **metrics_from_predictions(val_grades, probs, single)}
+
+    maker = TierSampleMaker(train_sources, views=views)
+    if start == 0 and len(val_cubes):  # the untrained baseline, for the record (never kept as best)
+        log.write({"step": 0, "validation": validate()})
+    t0 = time.time()
+    net.train()
+    step = start
+    stopped_early = False
+    for step, (x, labels, _g) in loop.batches(maker, settings, start):
+        x = x.flatten(0, 1).to(settings.device)  # (batch, views, 1, G, G, G) -> (batch * views, ...)
+        labels = labels.flatten(0, 1).to(settings.device)
+        logits = net(x)
+        loss, parts = tier_loss(logits, labels, pos_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % log_every == 0:
+            log.write({"step": step, "loss": loss.item(), **parts, "lr": sched.get_last_lr()[0],
+                       "elapsed_s": round(time.time() - t0, 1)})
+        last = step + 1 == settings.steps
+        out_of_time = max_minutes > 0 and (time.time() - t0) > 60 * max_minutes
+        if ((step + 1) % settings.validate_every == 0 or last or out_of_time) and len(val_cubes):
+            metrics = validate()
+            log.write({"step": step + 1, "validation": metrics})
+            if metrics["val_loss"] < best["val_loss"]:
+                best = {"val_loss": metrics["val_loss"], "step": step + 1, "metrics": metrics}
+                meta = {"family": NAME, "version": f"{__version__}+s{step + 1}", "config": config.to_dict(),
+                        "artifacts": list(ARTIFACTS), "tasks": list(TASKS), "training": {
+                            "settings": json.loads((run_dir / "settings.json").read_text()), "step": step + 1,
+                            "validation": metrics}}
+                save_weights(run_dir / "best.safetensors", net.state_dict(), meta)
+        if (step + 1) % settings.checkpoint_every == 0 or last or out_of_time:
+            loop.save_checkpoint(run_dir, step + 1, net, opt, {"best": best})
+        if out_of_time and not last:
+            stopped_early = True
+            log.write({"step": step + 1, "stopped": f"time limit of {max_minutes} min reached; resume to continue"})
+            break
+    best = dict(best)
+    best["stopped_early"] = stopped_early
+    best["train_seconds_this_session"] = round(time.time() - t0, 1)
+    return best
+
+
+def sources_from_data(data_dir: str, split: str, n_synthetic: int, seed: int, grid: int) -> list[CubeSource]:
+    """Clean volumes of ``split`` (out-of-scope entries skipped) plus ``n_synthetic`` synthetic ones,
+    each resampled once to the model grid."""
+    from bids_qa.training.data import clean_volumes, synthetic_volumes
+
+    sources = [make_cube_source(vol, grid, name=str(entry.get("path", entry)))
+               for entry, vol in clean_volumes(data_dir, split) if not entry.get("out_of_scope")]
+    if n_synthetic:
+        rng = np.random.default_rng([seed, 104729 if split == "train" else 130363])
+        sources += [make_cube_source(vol, grid, name=str(entry["path"])) for entry, vol in synthetic_volumes(n_synthetic, rng)]
+    return sources
+
+
+def main(argv: list[str] | None = None) -> int:
+    import shutil
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    settings = loop.settings_from_args(args)
+    limit_threads(settings.threads)
+    config = TierConfig(grid=args.grid, channels=tuple(args.channels), fc=tuple(args.fc))  # type: ignore[arg-type]
+    t0 = time.time()
+    train_sources = sources_from_data(settings.data_dir, "train", args.synthetic, settings.seed, config.grid)
+    val_sources = sources_from_data(settings.data_dir, "validation", 0, settings.seed, config.grid)
+    print(f"training on {len(train_sources)} volumes, validating on {len(val_sources)} "
+          f"(resampled in {time.time() - t0:.0f} s)", flush=True)
+    best = train(settings, train_sources, val_sources, config, argv, val_draws=args.val_draws,
+                 max_minutes=args.max_minutes, views=args.views)
+    print(json.dumps(best, indent=2, default=str), flush=True)
+    run_dir = Path(settings.run_dir)
+    if not best.get("stopped_early") and (run_dir / "best.safetensors").exists() and args.eval_draws > 0:
+        from bids_qa.models.tiers import TierScorer
+
+        scorer = TierScorer(device=settings.device, weights=str(run_dir / "best.safetensors"))
+        metrics = evaluate_tiers(scorer, val_sources, draws=args.eval_draws)
+        (run_dir / "evaluation.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        print(json.dumps(metrics, indent=2), flush=True)
+    if args.export and not best.get("stopped_early"):
+        shutil.copyfile(run_dir / "best.safetensors", args.export)
+        print(f"weights exported to {args.export}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,227 @@
+"""Thresholds: shipped defaults, user overrides, comparison rules and verdicts with reasons."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from conftest import write_json
+
+from bids_qa.scoring import ScanScores
+from bids_qa.thresholds import (
+    Threshold,
+    ThresholdError,
+    default_thresholds_path,
+    judge,
+    load_thresholds,
+    parse_threshold,
+    worst_flag,
+)
+
+
+def test_shipped_defaults_match_the_papers():
+    table = load_thresholds()
+    sev = table.lookup("T1w", "severity.score")
+    assert (sev.review, sev.fail, sev.direction, sev.inclusive) == (
+        1.0,
+        None,
+        "higher_is_worse",
+        False,
+    )
+    ssim = table.lookup("FLAIR", "ssim.ssim_mean")
+    assert (ssim.review, ssim.fail, ssim.direction) == (0.85, 0.6, "lower_is_worse")
+    tier = table.lookup("T2w", "tiers.tier")
+    assert (tier.review, tier.fail, tier.inclusive) == (2, 3, True)
+    flow = table.lookup("PDw", "flow.flag_5pct")
+    assert (flow.review, flow.inclusive) == (1, True)
+    assert table.lookup("T1w", "header.anisotropy").review == 2.0
+    assert table.lookup("T1w", "iqm.efc") is None
+    raw = json.loads(default_thresholds_path().read_text(encoding="utf-8"))
+    for contrast, entries in raw.items():
+        if contrast.startswith("_"):
+            continue
+        for key, spec in entries.items():
+            assert len(spec.get("description", "")) > 40, f"{contrast}/{key} needs a description"
+    assert len(table.sha256) == 64 and table.sources == (str(default_thresholds_path()),)
+
+
+@pytest.mark.parametrize(
+    ("spec", "value", "expected"),
+    [
+        ({"review": 1.0}, 1.0, ("pass", 1.0)),  # paper 000: <= 1 usable
+        ({"review": 1.0}, 1.0001, ("review", 1.0)),
+        ({"review": 2, "fail": 3, "inclusive": True}, 2, ("review", 2)),  # tiers: >= 2
+        ({"review": 2, "fail": 3, "inclusive": True}, 3, ("fail", 3)),
+        ({"review": 2, "fail": 3, "inclusive": True}, 1, ("pass", 2)),
+        (
+            {"review": 0.85, "fail": 0.6, "direction": "lower_is_worse"},
+            0.85,
+            ("pass", 0.85),
+        ),  # >= 0.85 good
+        ({"review": 0.85, "fail": 0.6, "direction": "lower_is_worse"}, 0.7, ("review", 0.85)),
+        ({"review": 0.85, "fail": 0.6, "direction": "lower_is_worse"}, 0.59, ("fail", 0.6)),
+        ({"fail": 5.0}, 4.0, ("pass", 5.0)),
+        ({"review": 1.0}, float("nan"), ("n/a", None)),
+        ({"review": 1.0}, "2D", ("n/a", None)),
+        ({"review": 1.0}, np.float32(3.0), ("review", 1.0)),
+        (
+            {
+                "direction": "categorical",
+                "review_values": ["sufficient"],
+                "fail_values": ["rescan"],
+            },
+            "rescan",
+            ("fail", None),
+        ),
+        ({"direction": "categorical", "review_values": ["sufficient"]}, "good", ("pass", None)),
+    ],
+)
+def test_threshold_comparisons(spec, value, expected):
+    assert parse_threshold(spec, "test").apply(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"reveiw": 1}, "unknown field"),
+        ({"review": 1, "direction": "up"}, "direction 'up'"),
+        ({"review": 2, "fail": 1}, "must not be below review"),
+        ({"review": 0.6, "fail": 0.85, "direction": "lower_is_worse"}, "must not be above review"),
+        ({"review": "1"}, "finite number"),
+        ({"review": float("inf")}, "finite number"),
+        ({"review": True}, "finite number"),
+        ({"review": 1, "inclusive": "yes"}, "true or false"),
+        ({"direction": "categorical", "review": 1}, "categorical"),
+        ({"review_values": "x"}, "list of labels"),
+    ],
+)
+def test_invalid_thresholds_are_refused_with_the_key(spec, message):
+    with pytest.raises(ThresholdError, match=message):
+        parse_threshold(spec, "file: T1w/iqm.x")
+
+
+def test_user_file_is_merged_field_by_field(tmp_path):
+    user = write_json(
+        tmp_path / "mine.json",
+        {
+            "_comment": "ignored",
+            "default": {
+                "ssim.ssim_mean": {"review": 0.9},
+                "severity.score": None,
+                "iqm.cjv": {"review": 0.8},
+            },
+            "T2w": {"tiers.tier": {"fail": 2.5}, "header.anisotropy": None},
+        },
+    )
+    table = load_thresholds(user)
+    ssim = table.lookup("T1w", "ssim.ssim_mean")
+    assert (ssim.review, ssim.fail, ssim.direction) == (
+        0.9,
+        0.6,
+        "lower_is_worse",
+    )  # fail/direction kept
+    assert table.lookup("T1w", "severity.score") is None  # switched off
+    assert (
+        table.lookup("T1w", "iqm.cjv").review == 0.8
+        and table.lookup("T1w", "iqm.cjv").direction == "higher_is_worse"
+    )
+    t2_tier = table.lookup("T2w", "tiers.tier")
+    assert (t2_tier.review, t2_tier.fail, t2_tier.inclusive) == (
+        2,
+        2.5,
+        True,
+    )  # based on the default entry
+    assert table.lookup("T1w", "tiers.tier").fail == 3
+    assert (
+        table.lookup("T2w", "header.anisotropy") is None
+        and table.lookup("T1w", "header.anisotropy") is not None
+    )
+    assert table.sources[-1] == str(user) and table.sha256 != load_thresholds().sha256
+    assert set(table.for_contrast("T2w")) >= {"tiers.tier", "ssim.ssim_mean"}
+    assert "header.anisotropy" not in table.for_contrast("T2w")
+
+
+def test_user_file_errors_name_the_file(tmp_path):
+    broken = tmp_path / "b.json"
+    broken.write_text("{", encoding="utf-8")
+    with pytest.raises(ThresholdError, match="not valid JSON"):
+        load_thresholds(broken)
+    with pytest.raises(ThresholdError, match="cannot read"):
+        load_thresholds(tmp_path / "absent.json")
+    with pytest.raises(ThresholdError, match="'<model>.<metric>'"):
+        load_thresholds(write_json(tmp_path / "k.json", {"default": {"cjv": {"review": 1}}}))
+    with pytest.raises(ThresholdError, match="m.json: T1w/iqm.cjv"):
+        load_thresholds(
+            write_json(tmp_path / "m.json", {"T1w": {"iqm.cjv": {"review": 2, "fail": 1}}})
+        )
+
+
+def test_judge_verdict_reasons_and_rows():
+    table = load_thresholds()
+    scores = [
+        ScanScores("header", {"anisotropy": 5.5, "acquisition": "2D", "vox_x": 0.7}),
+        ScanScores("ssim", {"ssim_mean": 0.55, "ssim_min": 0.3}),
+        ScanScores("severity", {"score": 0.4, "worst_slice": 12}),
+        ScanScores("iqm", {"fber": math.nan}),
+    ]
+    verdict, reasons, rows = judge(scores, "T1w", table)
+    assert verdict == "fail"
+    assert [(r["model"], r["metric"], r["flag"]) for r in reasons] == [
+        ("ssim", "ssim_mean", "fail"),
+        ("header", "anisotropy", "review"),
+    ]
+    assert (
+        reasons[0]["message"]
+        == "ssim.ssim_mean = 0.55 is below the fail threshold 0.6 (lower is worse)"
+    )
+    assert (
+        reasons[1]["message"]
+        == "header.anisotropy = 5.5 is above the review threshold 2 (higher is worse)"
+    )
+    assert reasons[0]["threshold"] == 0.6 and reasons[0]["value"] == 0.55
+    by_key = {(r["model"], r["metric"]): r for r in rows}
+    assert len(rows) == 8
+    assert by_key[("severity", "score")] == {
+        "model": "severity",
+        "metric": "score",
+        "value": 0.4,
+        "threshold": 1.0,
+        "flag": "pass",
+        "direction": "higher_is_worse",
+    }
+    assert (
+        by_key[("header", "acquisition")]["flag"] == "n/a"
+        and by_key[("header", "acquisition")]["threshold"] == ""
+    )
+    assert by_key[("iqm", "fber")]["flag"] == "n/a"  # not computable is not judged
+    verdict, reasons, _ = judge([ScanScores("header", {"anisotropy": 1.0})], "T1w", table)
+    assert (verdict, reasons) == ("pass", [])
+    assert judge([], "T1w", table)[0] == "pass"
+
+
+def test_per_contrast_override_applies_only_to_that_contrast(tmp_path):
+    table = load_thresholds(
+        write_json(tmp_path / "t.json", {"FLAIR": {"header.anisotropy": {"review": 6}}})
+    )
+    scores = [ScanScores("header", {"anisotropy": 5.0})]
+    assert judge(scores, "FLAIR", table)[0] == "pass"
+    assert judge(scores, "T1w", table)[0] == "review"
+
+
+def test_inclusive_message_and_worst_flag():
+    thr = Threshold(review=2, fail=3, inclusive=True)
+    verdict, reasons, _ = judge([ScanScores("tiers", {"tier": 2})], "T1w", load_thresholds())
+    assert (
+        verdict == "review"
+        and reasons[0]["message"]
+        == "tiers.tier = 2 is at or above the review threshold 2 (higher is worse)"
+    )
+    assert thr.as_dict() == {
+        "direction": "higher_is_worse",
+        "review": 2,
+        "fail": 3,
+        "inclusive": True,
+    }
+    assert worst_flag(["n/a", "pass", "review"]) == "review" and worst_flag(["n/a"]) == "pass"
