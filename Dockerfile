@@ -3,7 +3,7 @@
 # Variants (docs/containers.md has the full story):
 #   GPU (default): the official PyTorch CUDA runtime image; torch comes from the base.
 #       docker build -t bids_qa:0.1.0 .
-#   CPU only: a slim Python base plus the CPU wheel of torch (a ~200 MB image instead of ~8 GB).
+#   CPU only: a slim Python base plus the CPU wheel of torch (about 2 GB; the CUDA base is several GB).
 #       docker build -t bids_qa:0.1.0-cpu --build-arg BASE=python:3.11-slim \
 #           --build-arg TORCH_SPEC=torch==2.13.0 \
 #           --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu .
@@ -21,21 +21,6 @@ FROM ${BASE}
 # on a base without torch; TORCH_INDEX_URL then picks the wheel index (empty: pip's configured one).
 ARG TORCH_SPEC=""
 ARG TORCH_INDEX_URL=""
-ARG VERSION=0.1.0
-ARG VCS_REF=""
-ARG BUILD_DATE=""
-ARG SOURCE_URL=""
-ARG BASE
-
-LABEL org.opencontainers.image.title="bids_qa" \
-      org.opencontainers.image.description="Label-free artifact QA of structural MRI (T1w, T2w, FLAIR, PDw): a BIDS-App with pretrained models and HTML reports" \
-      org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.revision="${VCS_REF}" \
-      org.opencontainers.image.created="${BUILD_DATE}" \
-      org.opencontainers.image.source="${SOURCE_URL}" \
-      org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.base.name="${BASE}" \
-      org.opencontainers.image.documentation="docs/containers.md"
 
 # A virtual environment that also sees the base's site-packages (the CUDA torch of the default
 # base), so pip never replaces that torch and Debian's externally-managed Python is left alone.
@@ -87,3 +72,20 @@ ENV HOME=/tmp \
 WORKDIR /tmp
 ENTRYPOINT ["bids_qa"]
 CMD ["--help"]
+
+# Labels last: these arguments change with every build and would otherwise invalidate the cached
+# layers above them.
+ARG VERSION=0.1.0
+ARG VCS_REF=""
+ARG BUILD_DATE=""
+ARG SOURCE_URL=""
+ARG BASE
+LABEL org.opencontainers.image.title="bids_qa" \
+      org.opencontainers.image.description="Label-free artifact QA of structural MRI (T1w, T2w, FLAIR, PDw): a BIDS-App with pretrained models and HTML reports" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${VCS_REF}" \
+      org.opencontainers.image.created="${BUILD_DATE}" \
+      org.opencontainers.image.source="${SOURCE_URL}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.base.name="${BASE}" \
+      org.opencontainers.image.documentation="docs/containers.md"

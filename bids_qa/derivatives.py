@@ -313,6 +313,29 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     atomic_write_text(path, dumps_json(obj))
 
 
+def write_ruler_images(paths: ScanPaths, model: str, images: np.ndarray) -> list[str]:
+    """Write a ruler's versions (paper 004) as 8-bit PNGs in the scan's figures folder, atomically.
+
+    Returns the paths relative to the scan's output folder, in ruler order, for the JSON sidecar.
+    Grey levels map the normalised intensity range [0, 1.2] to [0, 255], the same window for every
+    version so that the eye compares like with like.
+    """
+    import io
+
+    from PIL import Image
+
+    paths.figures.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i, img in enumerate(images):
+        grey = (np.clip(np.asarray(img, dtype=np.float32) / 1.2, 0.0, 1.0) * 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(grey.T[::-1])).save(buf, format="PNG")
+        name = f"ruler_{model}_{i}.png"
+        atomic_write_bytes(paths.figures / name, buf.getvalue())
+        out.append(f"{paths.figures.name}/{name}")
+    return out
+
+
 def format_value(value: Any) -> str:
     """One TSV cell: numbers with 6 significant digits, non-finite or None as ``n/a``, text with
     tabs and line breaks replaced by spaces."""

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 SEVERITY_LEVELS = (0.1, 0.3, 0.5, 0.7, 0.9)
-IQM_COLUMNS = ("cjv", "cnr", "efc", "fber", "snr")
+IQM_COLUMNS = ("cjv", "cnr", "efc", "fber", "snr_total")
 FAMILIES = ("severity", "tiers", "ssim", "flow")
 
 #: Paper 000, Table 2 ("Ours" column) and paper-reported reference figures for the other families.

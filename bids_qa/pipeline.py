@@ -469,11 +469,18 @@ def _score(scorer: Scorer, volume: Any, scan: Scan, wants_suffix: bool) -> ScanS
     return result
 
 
-def _ruler_json(ruler: Any) -> Any:
-    """A scorer's optional ruler (paper 004) as JSON: ``to_json()`` when the object has one (a
-    :class:`bids_qa.rulers.Ruler`; its images are not written), else the mapping itself."""
-    to_json = getattr(ruler, "to_json", None)
-    return deriv.json_ready(to_json() if callable(to_json) else ruler)
+def _ruler_json(result: ScanScores, paths: deriv.ScanPaths, used: dict[str, Any]) -> dict[str, Any]:
+    """A scorer's ruler (paper 004) as JSON, with its images written next to the report and the
+    threshold in force (defaults or the user's file) placed on it."""
+    ruler = result.ruler
+    key = f"{result.scorer}.{ruler.metric}"
+    if key in used:
+        t = used[key]
+        cut = t.review if t.review is not None else t.fail
+        if cut is not None:
+            ruler.threshold = float(cut)
+    images = deriv.write_ruler_images(paths, result.scorer, ruler.images)
+    return deriv.json_ready(ruler.to_json(images))
 
 
 def _software_versions(device: str) -> dict[str, str]:
@@ -573,7 +580,13 @@ def assess_scan(
             slice_axis=None,
             anisotropy=None,
         )
-    rulers = {r.scorer: _ruler_json(r.rulers) for r in results if getattr(r, "rulers", None)}  # type: ignore[attr-defined]
+    rulers: dict[str, Any] = {}
+    for r in results:
+        if r.ruler is not None:
+            try:
+                rulers[r.scorer] = _ruler_json(r, paths, used)
+            except OSError as err:
+                warnings.append(f"ruler images of {r.scorer} not written: {err}")
     per_slice = [(r.scorer, r.slice_axis, r.per_slice) for r in results if r.per_slice]
     slices = deriv.slice_rows(per_slice) if per_slice else None
 
@@ -924,8 +937,21 @@ def _group(ctx: RunContext, thresholds: ThresholdTable | None) -> int:
         "log": ctx.log_file.relative_to(out_dir).as_posix(),
     }
     for suffix, table in tables.items():
-        descriptions = thresholds.descriptions(suffix)
-        paths = deriv.write_group_table(out_dir, table, descriptions, provenance)
+        descriptions = dict(thresholds.descriptions(suffix))
+        group_provenance = dict(provenance)
+        try:
+            from bids_qa.group_flow import DATASET_COLUMNS, apply_dataset_refit
+
+            note = apply_dataset_refit(table, deriv.group_paths(out_dir, suffix).tsv.with_name(
+                f"group_{suffix}_flow_density.png"))
+            if note:
+                group_provenance["flow_density"] = note
+                descriptions.update(DATASET_COLUMNS)
+                LOGGER.info("%s: flow density: %s", suffix, note["message"])
+        except Exception as err:  # the refit is an extra: never lose the group table over it
+            LOGGER.debug("flow refit failed:\n%s", traceback.format_exc())
+            LOGGER.error("%s: flow density refit failed: %s: %s", suffix, type(err).__name__, err)
+        paths = deriv.write_group_table(out_dir, table, descriptions, group_provenance)
         counts: dict[str, int] = {}
         for row in table.rows:
             counts[row["verdict"]] = counts.get(row["verdict"], 0) + 1

@@ -31,12 +31,16 @@ class ScanScores:
         along ``slice_axis``.
     slice_axis
         Axis the per-slice values run along.
+    ruler
+        Optional :class:`bids_qa.rulers.Ruler` (paper 004) for the scorer's headline metric; the
+        pipeline writes its images and records its levels in the scan's JSON sidecar.
     """
 
     scorer: str
     values: dict[str, float | int | str]
     per_slice: dict[str, np.ndarray] = field(default_factory=dict)
     slice_axis: int | None = None
+    ruler: Any = None
 
 
 @runtime_checkable

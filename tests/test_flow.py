@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -44,7 +45,7 @@ def test_logdet_matches_numerical_jacobian():
         assert sign > 0  # affine couplings with exp(s) keep orientation
         assert abs(numeric - float(logdet[i].detach())) < 1e-4
     # the logdet is not trivially zero: the flow really stretches space
-    assert float(logdet.abs().max()) > 0.1
+    assert float(logdet.detach().abs().max()) > 0.1
 
 
 def test_inverse_undoes_forward():
@@ -60,7 +61,7 @@ def test_fitted_flow_recovers_gaussian_density():
 
     rng = np.random.default_rng(0)
     mu, cov = np.array([2.0, -1.0]), np.array([[1.0, 0.6], [0.6, 0.8]])
-    fitted = F.fit_flow(rng.multivariate_normal(mu, cov, 1500))
+    fitted = F.fit_flow(rng.multivariate_normal(mu, cov, 1000))
     test = rng.multivariate_normal(mu, cov, 400)
     truth = multivariate_normal(mu, cov).logpdf(test)
     central = truth > np.percentile(truth, 10)  # tails are estimated from few points
@@ -84,10 +85,10 @@ def test_group_refit_is_deterministic_and_flags_outliers():
     assert np.array_equal(a.log_density(grid), b.log_density(grid))
     assert np.array_equal(a.population_log_density, b.population_log_density)
     out1 = F.dataset_outliers(m, seed=0)
-    out2 = F.dataset_outliers(m, seed=0)
     assert list(out1.columns) == ["log_density", "percentile", "flag_5pct", "flag_3pct"]
     assert len(out1) == len(m)
-    assert np.array_equal(out1["log_density"].to_numpy(), out2["log_density"].to_numpy())
+    # the group helper is the same deterministic refit
+    assert np.array_equal(out1["log_density"].to_numpy(), a.log_density(m))
     # the three far points are the least dense and flagged at both levels
     assert set(np.argsort(out1["log_density"].to_numpy())[:3]) == {57, 58, 59}
     assert out1["flag_5pct"].iloc[57:].tolist() == [1, 1, 1]
@@ -167,6 +168,7 @@ needs_weights = pytest.mark.skipif(not _shipped_path().is_file(),
                                    reason="bids_qa/weights/flow.safetensors is not shipped in this checkout")
 
 
+@functools.lru_cache(maxsize=1)
 def _phantom():
     from nilearn.datasets import load_mni152_template
 

@@ -100,7 +100,7 @@ def test_array_index_past_the_list_is_a_usage_error(three_subjects: Path, tmp_pa
 
 def test_array_participants_file_and_exit_status(tmp_path: Path) -> None:
     labels = tmp_path / "participants.txt"
-    labels.write_text("sub-pilot\n\n  sub-b7 \n", encoding="utf-8")
+    labels.write_text("sub-pilot\n\n  sub-b7 \n", encoding="utf-8")  # blank lines do not count
     fake = tmp_path / "fake_bids_qa.sh"  # prints the label it was given, then fails as bids_qa would
     fake.write_text('#!/bin/sh\necho "$5"\nexit 65\n', encoding="utf-8")
     result = _run_array_script({"BIDS_DIR": str(tmp_path), "OUT_DIR": str(tmp_path / "out"), "SLURM_ARRAY_TASK_ID": "2",
@@ -109,6 +109,16 @@ def test_array_participants_file_and_exit_status(tmp_path: Path) -> None:
     assert result.returncode == 65, result.stderr
     assert result.stdout.splitlines()[1] == "b7"
     assert "participant b7, exit status 65" in result.stdout
+
+
+def test_array_several_participants_on_one_line(tmp_path: Path) -> None:
+    labels = tmp_path / "participants.txt"
+    labels.write_text("sub-01 sub-02\n03\t04 sub-05\n", encoding="utf-8")
+    result = _run_array_script({"BIDS_DIR": str(tmp_path), "OUT_DIR": str(tmp_path / "out"), "SLURM_ARRAY_TASK_ID": "2",
+                                "PARTICIPANTS_FILE": str(labels), "BIDS_QA_EXEC": "echo RUN"}, tmp_path)
+    assert result.returncode == 0, result.stderr
+    argv = shlex.split(next(line for line in result.stdout.splitlines() if line.startswith("RUN ")))
+    assert argv[4:8] == ["--participant-label", "03", "04", "05"], argv
 
 
 def test_array_needs_an_image_or_a_command(three_subjects: Path, tmp_path: Path) -> None:
@@ -370,4 +380,6 @@ def test_array_then_group_on_slurm(slurm: Cluster, tmp_path: Path, bids_factory:
     assert [r["scan_id"] for r in t2] == ["sub-02_T2w"]
     assert (out / "group_T1w.html").is_file()
     assert not list((tmp_path / "scratch").glob("bids_qa_*")), "scratch folders must be removed"
-    print(f"SLURM array of {len(SUBJECTS)} participants + group job finished in {elapsed:.0f} s")
+    runtimes = ", ".join(f"task {t['ArrayTaskId']} {t['RunTime']}" for t in sorted(tasks, key=lambda t: t["ArrayTaskId"]))
+    print(f"SLURM array of {len(SUBJECTS)} participants + group job finished in {elapsed:.0f} s "
+          f"({runtimes}, group {group['RunTime']})")

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from bids_qa.rulers import build_ruler
 from bids_qa.scoring import ScanScores
 from bids_qa.volume import Volume
 
@@ -29,6 +30,8 @@ WEIGHTS_FILE = "severity.safetensors"
 DEFAULT_THRESHOLD = 1.0
 #: Fraction of the (anatomy-bearing) slices, centred, averaged into the volume score.
 MIDDLE_FRACTION = 0.6
+#: Artifact graded along the severity ruler (paper 004's rulers are noise rulers).
+RULER_ARTIFACT = "noise"
 
 
 @dataclass(frozen=True)
@@ -127,10 +130,13 @@ class SeverityScorer:
         middle = np.isin(anatomy, middle_slices(anatomy))
         value = float(per_slice[middle].mean())
         worst = int(anatomy[int(np.argmax(per_slice))])
+        ruler = build_ruler(volume, self.score_slices, model=NAME, metric="score", artifact=RULER_ARTIFACT,
+                            scan_value=value, threshold=DEFAULT_THRESHOLD, input_size=self.config.input_size)
         return ScanScores(
             scorer=NAME,
             values={"score": value, "slice_max": float(per_slice.max()), "worst_slice": worst,
                     "n_slices_scored": int(middle.sum())},
             per_slice={"slice_index": anatomy.astype(np.int32), "severity": per_slice},
             slice_axis=volume.slice_axis,
+            ruler=ruler,
         )

@@ -133,7 +133,6 @@ class ContrastiveMaker:
         return img2, mask2, (extent / work, extent / work)
 
     def __call__(self, rng: np.random.Generator):
-        from bids_qa import artifacts
 
         k = int(rng.integers(len(self.sources)))
         src = self.sources[k]

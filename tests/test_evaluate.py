@@ -1,0 +1,65 @@
+"""The accuracy benchmark's arithmetic, and simulate -> participant on the built-in example."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bids_qa.evaluate import corrupt_volume, severity_markdown, summarise_severity
+
+
+def _rows(perfect: bool) -> list[dict]:
+    rows = [{"artifact": "none", "ss": 0.0, "score": 0.1 + 0.01 * v} for v in range(4)]
+    for a in ("noise", "ghosting", "bias", "anisotropy", "motion"):
+        for s in (0.1, 0.5, 0.9):
+            for v in range(4):
+                score = 3 * s + 0.01 * v if perfect else 0.5 - 0.3 * s + 0.01 * v
+                rows.append({"artifact": a, "ss": s, "score": score, "cjv": 0.5 + s})
+    return rows
+
+
+def test_severity_summary_values():
+    good = summarise_severity(_rows(True), (0.1, 0.5, 0.9))
+    assert good["clean_mean"] == pytest.approx(0.115)
+    assert good["clean_fraction_le_1"] == 1.0
+    assert good["ss_ge_0.5_fraction_gt_1"] == 1.0  # 3*0.5 and 3*0.9 are above 1
+    assert all(rho > 0.9 for rho in good["spearman"].values())
+    assert good["table"]["noise@0.5"]["mean"] == pytest.approx(1.515)
+    assert good["table"]["noise@0.5"]["cjv"]["mean"] == pytest.approx(1.0)
+    bad = summarise_severity(_rows(False), (0.1, 0.5, 0.9))
+    assert all(rho < 0.5 for rho in bad["spearman"].values())  # clean lowest, then decreasing
+    assert bad["ss_ge_0.5_fraction_gt_1"] == 0.0
+    md = severity_markdown(good)
+    assert "| noise | 0.5 |" in md and "Spearman" in md
+
+
+def test_direction_dependent_artifacts_act_in_the_reading_plane():
+    rng = np.random.default_rng(0)
+    vol = np.zeros((16, 16, 8), np.float32)
+    vol[4:12, 4:12, 2:6] = 1.0
+    for _ in range(5):
+        _, params = corrupt_volume(vol, (1.0, 1.0, 4.0), 2, "anisotropy", 0.8, rng)
+        assert params["axis"] in (0, 1)
+        _, params = corrupt_volume(vol, (1.0, 1.0, 4.0), 2, "ghosting", 0.8, rng)
+        assert params["axis"] in (0, 1)
+
+
+def test_simulated_example_dataset_runs_through_the_pipeline(tmp_path):
+    from bids_qa.cli import main
+    from bids_qa.demo import make_demo_dataset
+    from bids_qa.derivatives import read_group_table
+
+    clean = tmp_path / "clean"
+    make_demo_dataset(clean, n_subjects=2, voxel_size=4.0)
+    sim = tmp_path / "sim"
+    assert main(["simulate", str(clean), str(sim), "--artifacts", "noise", "--levels", "0.8",
+                 "--participant-label", "01", "--seed", "3"]) == 0
+    corrupted = sorted(p.name for p in sim.rglob("*acq-noise*.nii.gz"))
+    assert corrupted, "simulate wrote no corrupted scan"
+    out = tmp_path / "qa"
+    assert main([str(sim), str(out), "participant", "--no-reports", "--scorers", "header", "iqm", "-q"]) == 0
+    assert main([str(sim), str(out), "group", "--no-reports", "-q"]) == 0
+    table = read_group_table(out, "T1w")
+    ids = set(table["scan_id"])
+    assert any("acq-noise" in i for i in ids)
+    assert all(v in {"pass", "review", "fail"} for v in table["verdict"])
