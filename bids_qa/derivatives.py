@@ -437,6 +437,9 @@ def container_info() -> dict[str, str] | None:
         return {"Type": "docker"}
     if Path("/run/.containerenv").exists():
         return {"Type": "podman"}
+    kind = os.environ.get("container")  # podman/systemd-nspawn set it, also under --read-only
+    if kind:
+        return {"Type": kind}
     return None
 
 

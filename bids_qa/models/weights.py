@@ -32,6 +32,7 @@ def save_weights(path: str | Path, state_dict: dict[str, Any], metadata: dict[st
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata={"bids_qa": json.dumps(metadata, sort_keys=True)})
+    os.chmod(tmp, 0o644)  # shipped inside images that run as any user
     os.replace(tmp, path)
 
 
