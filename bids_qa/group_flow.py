@@ -48,7 +48,7 @@ def apply_dataset_refit(table, figure_path: Path, seed: int = 0) -> dict[str, An
                            "reference population's density (participant-level flow.* columns) is used"}
         density = flow.load_reference()
     else:
-        for row, (_, rec) in zip(table.rows, judged.iterrows()):
+        for row, (_, rec) in zip(table.rows, judged.iterrows(), strict=False):
             row["flow.dataset_log_density"] = None if math.isnan(rec["log_density"]) else float(rec["log_density"])
             row["flow.dataset_percentile"] = None if math.isnan(rec["percentile"]) else float(rec["percentile"])
             for k in ("flag_5pct", "flag_3pct"):
@@ -61,7 +61,7 @@ def apply_dataset_refit(table, figure_path: Path, seed: int = 0) -> dict[str, An
                 "message": f"density refit on this dataset's {int(finite.sum())} scans (paper 001)"}
         density = flow.refit_flow(m[finite], seed=seed)
     if finite.any():
-        labels = [str(r.get("verdict", "")) for r, ok in zip(table.rows, finite) if ok]
+        labels = [str(r.get("verdict", "")) for r, ok in zip(table.rows, finite, strict=False) if ok]
         flow.plot_m_plane(m[finite], labels, density, figure_path,
                           title=f"{table.suffix}: m-plane ({note['density']} density)")
         note["figure"] = figure_path.name

@@ -55,7 +55,7 @@ class Ruler:
 
     def to_json(self, image_paths: list[str] | None = None) -> dict:
         levels = []
-        for i, (sev, sc) in enumerate(zip(self.severities, self.scores)):
+        for i, (sev, sc) in enumerate(zip(self.severities, self.scores, strict=False)):
             level = {"index": i, "severity": round(float(sev), 4), "score": float(sc)}
             if image_paths:
                 level["image"] = image_paths[i]

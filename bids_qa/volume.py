@@ -279,11 +279,11 @@ def volume_to_cube(data: np.ndarray, zooms: tuple[float, ...], size: int) -> np.
     import torch.nn.functional as F
 
     dims = data.shape
-    extent = max(d * z for d, z in zip(dims, zooms))
-    padded = [max(d, int(round(extent / z))) for d, z in zip(dims, zooms)]
+    extent = max(d * z for d, z in zip(dims, zooms, strict=False))
+    padded = [max(d, int(round(extent / z))) for d, z in zip(dims, zooms, strict=False)]
     t = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))[None, None]
     pads: list[int] = []
-    for d, p in reversed(list(zip(dims, padded))):
+    for d, p in reversed(list(zip(dims, padded, strict=False))):
         before = (p - d) // 2
         pads += [before, p - d - before]
     t = F.pad(t, pads)

@@ -25,7 +25,10 @@ from bids_qa.volume import volume_from_array
 
 FIXTURE = Path(__file__).parent / "data" / "tiers_fixture.json"
 SHIPPED = Path(tiers.__file__).parent.parent / "weights" / tiers.WEIGHTS_FILE
-VALUE_KEYS = {f"{a}_{k}" for a in ARTIFACTS for k in ("grade", "p_moderate", "p_severe")} | {"tier", "tier_reason"}
+VALUE_KEYS = {f"{a}_{k}" for a in ARTIFACTS for k in ("grade", "p_moderate", "p_severe")} | {
+    "tier",
+    "tier_reason",
+}
 
 
 def head_phantom(n: int = 48, voxel: float = 4.0, seed: int = 0) -> np.ndarray:
@@ -62,24 +65,33 @@ def expected_tier(grades: tuple[int, ...]) -> int:
 
 @pytest.mark.parametrize("grades", list(itertools.product((0, 1, 2), repeat=3)))
 def test_rules_table_maps_every_grade_combination(grades):
-    tier, reasons = tier_from_grades(dict(zip(ARTIFACTS, grades)))
+    tier, reasons = tier_from_grades(dict(zip(ARTIFACTS, grades, strict=True)))
     assert tier == expected_tier(grades)
     # every graded artifact is named, worst first, with its level
     assert len(reasons) == sum(g > 0 for g in grades)
     levels = [r.split(": ")[1] for r in reasons]
     assert levels == sorted(levels, key=lambda s: {"severe": 0, "moderate": 1}[s])
-    for artifact, g in zip(ARTIFACTS, grades):
+    for artifact, g in zip(ARTIFACTS, grades, strict=True):
         if g:
             assert f"{artifact}: {tiers.GRADE_NAMES[g]}" in reasons
     assert verdict_of_tier(tier) == {1: "pass", 2: "review", 3: "fail"}[tier]
 
 
 def test_rules_table_is_the_papers_table_2():
-    assert [(r.tier, r.worst_grade, r.verdict) for r in TIER_RULES] == [(1, 0, "pass"), (2, 1, "review"), (3, 2, "fail")]
-    assert tier_from_grades({"noise": 2, "motion": 1, "contrast": 0}) == (3, ["noise: severe", "motion: moderate"])
+    assert [(r.tier, r.worst_grade, r.verdict) for r in TIER_RULES] == [
+        (1, 0, "pass"),
+        (2, 1, "review"),
+        (3, 2, "fail"),
+    ]
+    assert tier_from_grades({"noise": 2, "motion": 1, "contrast": 0}) == (
+        3,
+        ["noise: severe", "motion: moderate"],
+    )
 
 
-@pytest.mark.parametrize("bad", [{}, {"motion": 3}, {"motion": -1}, {"noise": 1.5}, {"noise": True}])
+@pytest.mark.parametrize(
+    "bad", [{}, {"motion": 3}, {"motion": -1}, {"noise": 1.5}, {"noise": True}]
+)
 def test_tier_from_grades_rejects_invalid_grades(bad):
     with pytest.raises(ValueError):
         tier_from_grades(bad)
@@ -93,7 +105,9 @@ def test_grade_from_two_heads():
     assert grade_from_probabilities(0.2, 0.5) == 2  # severe wins even if moderate is low
     assert grade_from_probabilities(0.99, 0.49) == 1
     values = scores_from_probabilities(np.array([[0.9, 0.2], [0.1, 0.05], [0.95, 0.7]]))
-    assert values["motion_grade"] == 1 and values["noise_grade"] == 0 and values["contrast_grade"] == 2
+    assert (
+        values["motion_grade"] == 1 and values["noise_grade"] == 0 and values["contrast_grade"] == 2
+    )
     assert values["tier"] == 3 and values["tier_reason"] == "contrast: severe; motion: moderate"
     clean = scores_from_probabilities(np.full((3, 2), 0.1))
     assert clean["tier"] == 1 and set(clean) == VALUE_KEYS
@@ -123,7 +137,9 @@ def test_network_shape_and_scorer_probabilities(tmp_path):
     for a in ARTIFACTS:
         for k in ("p_moderate", "p_severe"):
             assert 0.0 <= out.values[f"{a}_{k}"] <= 1.0
-        assert out.values[f"{a}_grade"] == grade_from_probabilities(out.values[f"{a}_p_moderate"], out.values[f"{a}_p_severe"])
+        assert out.values[f"{a}_grade"] == grade_from_probabilities(
+            out.values[f"{a}_p_moderate"], out.values[f"{a}_p_severe"]
+        )
     grades = {a: out.values[f"{a}_grade"] for a in ARTIFACTS}
     assert out.values["tier"] == tier_from_grades(grades)[0]
     # extreme logits still give probabilities inside [0, 1]
@@ -164,7 +180,9 @@ def test_renormalise_like_leaves_clean_cube_alone():
     from bids_qa.training.tiers import make_cube_source, renormalise_like
 
     src = make_cube_source(volume_from_array(head_phantom(), (4.0, 4.0, 4.0)), 32)
-    np.testing.assert_allclose(renormalise_like(src.cube, src.cube, src.mask), np.clip(src.cube, 0, 2), atol=1e-6)
+    np.testing.assert_allclose(
+        renormalise_like(src.cube, src.cube, src.mask), np.clip(src.cube, 0, 2), atol=1e-6
+    )
     doubled = renormalise_like(src.cube * 2 + 0.1, src.cube, src.mask)
     np.testing.assert_allclose(doubled, np.clip(src.cube, 0, 2), atol=1e-4)
 
@@ -172,8 +190,12 @@ def test_renormalise_like_leaves_clean_cube_alone():
 def phantom_sources(grid: int = 32, n: int = 2):
     from bids_qa.training.tiers import make_cube_source
 
-    return [make_cube_source(volume_from_array(head_phantom(seed=s), (4.0, 4.0, 4.0)), grid, name=f"p{s}")
-            for s in range(n)]
+    return [
+        make_cube_source(
+            volume_from_array(head_phantom(seed=s), (4.0, 4.0, 4.0)), grid, name=f"p{s}"
+        )
+        for s in range(n)
+    ]
 
 
 def test_tiny_training_reduces_loss():
@@ -205,6 +227,8 @@ def test_tiny_training_reduces_loss():
 
 def test_train_is_seeded_and_resumable(tmp_path):
     """An interrupted and resumed run ends with exactly the weights of an uninterrupted one."""
+    import torch
+
     from bids_qa.models.weights import load_weights
     from bids_qa.training import loop
     from bids_qa.training.tiers import evaluate_tiers, train
@@ -212,24 +236,39 @@ def test_train_is_seeded_and_resumable(tmp_path):
     sources = phantom_sources()
 
     def settings(run: str) -> loop.TrainSettings:
-        return loop.TrainSettings(data_dir=str(tmp_path), run_dir=str(tmp_path / run), steps=6, batch_size=2,
-                                  lr=1e-3, seed=0, device="cpu", workers=0, threads=1, checkpoint_every=3,
-                                  validate_every=3)
+        return loop.TrainSettings(
+            data_dir=str(tmp_path),
+            run_dir=str(tmp_path / run),
+            steps=6,
+            batch_size=2,
+            lr=1e-3,
+            seed=0,
+            device="cpu",
+            workers=0,
+            threads=1,
+            checkpoint_every=3,
+            validate_every=3,
+        )
 
     straight = train(settings("a"), sources, sources[:1], TINY, val_draws=1, log_every=1)
-    first = train(settings("b"), sources, sources[:1], TINY, val_draws=1, log_every=1, max_minutes=1e-9)
+    first = train(
+        settings("b"), sources, sources[:1], TINY, val_draws=1, log_every=1, max_minutes=1e-9
+    )
     assert first["stopped_early"] and not straight["stopped_early"]
-    resumed = train(settings("b"), sources, sources[:1], TINY, val_draws=1, log_every=1)
-    assert resumed["step"] == straight["step"]
-    wa, meta = load_weights(tmp_path / "a" / "best.safetensors")
-    wb, _ = load_weights(tmp_path / "b" / "best.safetensors")
-    for k in wa:
-        assert np.array_equal(wa[k].numpy(), wb[k].numpy()), k
-    assert meta["config"] == TINY.to_dict()
+    train(settings("b"), sources, sources[:1], TINY, val_draws=1, log_every=1)
+    ca = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
+    cb = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
+    assert ca["step"] == cb["step"] == 6
+    for k, v in ca["model"].items():
+        assert torch.equal(v, cb["model"][k]), k
+    _, meta = load_weights(tmp_path / "a" / "best.safetensors")
+    assert meta["config"] == TINY.to_dict() and meta["training"]["step"] == straight["step"]
     log = loop.RunLog(tmp_path / "a").read()
     assert [r["step"] for r in log if "validation" in r] == [0, 3, 6]
     assert len([r for r in log if "loss" in r]) == 6
-    metrics = evaluate_tiers(TierScorer(weights=str(tmp_path / "a" / "best.safetensors")), sources[:1], draws=1)
+    metrics = evaluate_tiers(
+        TierScorer(weights=str(tmp_path / "a" / "best.safetensors")), sources[:1], draws=1
+    )
     assert metrics["n_samples"] == 8 and metrics["n_single"] == 7
     for key in ("motion_severe_bacc", "noise_moderate_bacc", "tier12_vs_3_bacc", "tier1_vs_2_bacc"):
         assert np.isnan(metrics[key]) or 0.0 <= metrics[key] <= 100.0
@@ -238,7 +277,9 @@ def test_train_is_seeded_and_resumable(tmp_path):
 # ----------------------------------------------------------------------------- shipped weights
 
 
-needs_weights = pytest.mark.skipif(not SHIPPED.is_file(), reason=f"shipped weights {SHIPPED} not installed")
+needs_weights = pytest.mark.skipif(
+    not SHIPPED.is_file(), reason=f"shipped weights {SHIPPED} not installed"
+)
 
 
 def fixture_volume():
@@ -267,7 +308,9 @@ def test_severe_noise_phantom_is_tier_3():
     from bids_qa.training.tiers import apply_tier_artifact, make_cube_source
 
     img = load_mni152_template(resolution=2)
-    clean = volume_from_array(np.asarray(img.get_fdata(), np.float32), tuple(float(z) for z in img.header.get_zooms()[:3]))
+    clean = volume_from_array(
+        np.asarray(img.get_fdata(), np.float32), tuple(float(z) for z in img.header.get_zooms()[:3])
+    )
     scorer = TierScorer()
     src = make_cube_source(clean, scorer.config.grid)
     params = artifacts.sample_tier_params("noise", "severe", np.random.default_rng(3), ndim=3)

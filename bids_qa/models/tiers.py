@@ -115,7 +115,9 @@ def verdict_of_tier(tier: int) -> str:
     raise ValueError(f"tier must be 1, 2 or 3, got {tier!r}")
 
 
-def grade_from_probabilities(p_moderate: float, p_severe: float, threshold: float = DECISION_THRESHOLD) -> int:
+def grade_from_probabilities(
+    p_moderate: float, p_severe: float, threshold: float = DECISION_THRESHOLD
+) -> int:
     """Grade 2 if ``p_severe >= threshold``, else 1 if ``p_moderate >= threshold``, else 0."""
     if p_severe >= threshold:
         return 2
@@ -136,13 +138,22 @@ class TierConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TierConfig:
-        return cls(grid=int(d["grid"]), channels=tuple(int(c) for c in d["channels"]),
-                   fc=tuple(int(c) for c in d["fc"]),  # type: ignore[arg-type]
-                   first_stride=int(d["first_stride"]), dropout=float(d["dropout"]))
+        return cls(
+            grid=int(d["grid"]),
+            channels=tuple(int(c) for c in d["channels"]),
+            fc=tuple(int(c) for c in d["fc"]),  # type: ignore[arg-type]
+            first_stride=int(d["first_stride"]),
+            dropout=float(d["dropout"]),
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"grid": self.grid, "channels": list(self.channels), "fc": list(self.fc),
-                "first_stride": self.first_stride, "dropout": self.dropout}
+        return {
+            "grid": self.grid,
+            "channels": list(self.channels),
+            "fc": list(self.fc),
+            "first_stride": self.first_stride,
+            "dropout": self.dropout,
+        }
 
     def trunk_output_size(self) -> int:
         """Spatial size after the five blocks (each block halves, ceil; block 1 also strides)."""
@@ -169,19 +180,27 @@ def build_network(config: TierConfig):
             cin = 1
             for i, cout in enumerate(config.channels):
                 stride = config.first_stride if i == 0 else 1
-                blocks += [nn.Conv3d(cin, cout, kernel_size=3, stride=stride, padding=1, bias=False),
-                           nn.BatchNorm3d(cout), nn.ReLU(inplace=True),
-                           nn.MaxPool3d(2, ceil_mode=True)]
+                blocks += [
+                    nn.Conv3d(cin, cout, kernel_size=3, stride=stride, padding=1, bias=False),
+                    nn.BatchNorm3d(cout),
+                    nn.ReLU(inplace=True),
+                    nn.MaxPool3d(2, ceil_mode=True),
+                ]
                 cin = cout
             self.trunk = nn.Sequential(*blocks)
             flat = cin * config.trunk_output_size() ** 3
             h1, h2 = config.fc
             # FC 1 is shared; FC 2 and FC 3 belong to each artifact (three FC layers per path).
-            self.shared = nn.Sequential(nn.Flatten(), nn.Dropout(config.dropout), nn.Linear(flat, h1),
-                                        nn.ReLU(inplace=True))
+            self.shared = nn.Sequential(
+                nn.Flatten(), nn.Dropout(config.dropout), nn.Linear(flat, h1), nn.ReLU(inplace=True)
+            )
             self.heads = nn.ModuleList(
-                nn.Sequential(nn.Dropout(config.dropout), nn.Linear(h1, h2), nn.ReLU(inplace=True),
-                              nn.Linear(h2, len(TASKS)))
+                nn.Sequential(
+                    nn.Dropout(config.dropout),
+                    nn.Linear(h1, h2),
+                    nn.ReLU(inplace=True),
+                    nn.Linear(h2, len(TASKS)),
+                )
                 for _ in ARTIFACTS
             )
 
@@ -217,14 +236,18 @@ class TierScorer:
 
     name = NAME
 
-    def __init__(self, device: str = "cpu", batch_size: int = 64, weights: str | None = None) -> None:
+    def __init__(
+        self, device: str = "cpu", batch_size: int = 64, weights: str | None = None
+    ) -> None:
         import torch
 
         from bids_qa.models.weights import load_weights, packaged_weights, resolve_device
 
         state, meta = load_weights(weights or packaged_weights(WEIGHTS_FILE))
         if "config" not in meta:
-            raise ValueError(f"weights {weights or WEIGHTS_FILE} carry no 'config' metadata; not a tiers weight file")
+            raise ValueError(
+                f"weights {weights or WEIGHTS_FILE} carry no 'config' metadata; not a tiers weight file"
+            )
         self.config = TierConfig.from_dict(meta["config"])
         self.version = str(meta.get("version", "unknown"))
         self.metadata = meta
@@ -242,7 +265,9 @@ class TierScorer:
         use_amp = self.device.startswith("cuda")
         with torch.inference_mode():
             for start in range(0, len(grids), self.batch_size):
-                batch = torch.from_numpy(np.ascontiguousarray(grids[start : start + self.batch_size], dtype=np.float32))
+                batch = torch.from_numpy(
+                    np.ascontiguousarray(grids[start : start + self.batch_size], dtype=np.float32)
+                )
                 batch = batch[:, None].to(self.device, non_blocking=True)
                 with torch.autocast("cuda", enabled=use_amp):
                     logits = self.net(batch)

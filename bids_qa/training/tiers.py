@@ -35,13 +35,22 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bids_qa.models.tiers import ARTIFACTS, NAME, TASKS, TierConfig, build_network, grade_from_probabilities, tier_from_grades
+from bids_qa.models.tiers import (
+    ARTIFACTS,
+    NAME,
+    TASKS,
+    TierConfig,
+    build_network,
+    grade_from_probabilities,
+    tier_from_grades,
+)
 from bids_qa.training import loop
 
 #: Probability that a sample carries 0, 1, 2 or 3 simulated artifacts.
@@ -77,9 +86,11 @@ def make_cube_source(volume, grid: int, name: str = "") -> CubeSource:
 
     cube = np.ascontiguousarray(volume.grid(grid), dtype=np.float32)
     mask = volume_to_cube(volume.mask.astype(np.float32), volume.zooms, grid) > 0.5
-    extent = max(d * z for d, z in zip(volume.shape, volume.zooms))
+    extent = max(d * z for d, z in zip(volume.shape, volume.zooms, strict=True))
     if mask.sum() < 50:
-        raise ValueError(f"volume {name!r}: head mask nearly empty on the {grid}^3 grid; cannot train on it")
+        raise ValueError(
+            f"volume {name!r}: head mask nearly empty on the {grid}^3 grid; cannot train on it"
+        )
     return CubeSource(cube=cube, mask=mask, voxel_mm=float(extent / grid), name=name)
 
 
@@ -107,7 +118,9 @@ def renormalise_like(corrupted: np.ndarray, reference: np.ndarray, mask: np.ndar
     return np.clip(out, 0.0, 2.0).astype(np.float32)
 
 
-def augment_cube(cube: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def augment_cube(
+    cube: np.ndarray, mask: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Geometry and smooth-intensity augmentation of a clean cube (never a gamma).
 
     Flips (each axis, p=0.5), an axis permutation (p=0.5), with p=0.5 a random affine (rotation
@@ -142,13 +155,18 @@ def augment_cube(cube: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -
         warp = F.interpolate(coarse, size=(n, n, n), mode="trilinear", align_corners=True)
         grid = grid + warp.permute(0, 2, 3, 4, 1)
         both = torch.from_numpy(np.stack([cube, mask.astype(np.float32)]))[None]
-        out = F.grid_sample(both, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0].numpy()
+        out = F.grid_sample(both, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[
+            0
+        ].numpy()
         cube, mask = np.ascontiguousarray(out[0]), out[1] > 0.5
     if rng.random() < 0.5:
         axis = np.linspace(-1, 1, n, dtype=np.float32)
         b = rng.uniform(-0.12, 0.12, size=6).astype(np.float32)
-        field = (b[0] * axis + b[3] * axis**2)[:, None, None] + (b[1] * axis + b[4] * axis**2)[None, :, None] \
+        field = (
+            (b[0] * axis + b[3] * axis**2)[:, None, None]
+            + (b[1] * axis + b[4] * axis**2)[None, :, None]
             + (b[2] * axis + b[5] * axis**2)[None, None, :]
+        )
         cube = cube * np.exp(field)
     return cube.astype(np.float32, copy=False), mask
 
@@ -157,7 +175,10 @@ def draw_grades(rng: np.random.Generator) -> dict[str, int]:
     """Grades for one sample: how many artifacts (:data:`N_ARTIFACT_PROBS`), which, how severe."""
     n = int(rng.choice(len(N_ARTIFACT_PROBS), p=N_ARTIFACT_PROBS))
     chosen = set(rng.choice(len(ARTIFACTS), size=n, replace=False).tolist()) if n else set()
-    return {a: (2 if rng.random() < SEVERE_PROBABILITY else 1) if i in chosen else 0 for i, a in enumerate(ARTIFACTS)}
+    return {
+        a: (2 if rng.random() < SEVERE_PROBABILITY else 1) if i in chosen else 0
+        for i, a in enumerate(ARTIFACTS)
+    }
 
 
 def positive_weights() -> np.ndarray:
@@ -172,8 +193,13 @@ def positive_weights() -> np.ndarray:
     return np.array([row for _ in ARTIFACTS], dtype=np.float32)
 
 
-def corrupt_cube(cube: np.ndarray, mask: np.ndarray, grades: dict[str, int], voxel_mm: float,
-                 rng: np.random.Generator) -> tuple[np.ndarray, dict[str, dict]]:
+def corrupt_cube(
+    cube: np.ndarray,
+    mask: np.ndarray,
+    grades: dict[str, int],
+    voxel_mm: float,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, dict[str, dict]]:
     """Apply the paper's simulated artifacts at the given grades; returns (cube, params used).
 
     Parameters come from :func:`bids_qa.artifacts.sample_tier_params` (paper 003 Table 3 ranges,
@@ -196,11 +222,15 @@ def corrupt_cube(cube: np.ndarray, mask: np.ndarray, grades: dict[str, int], vox
     return out.astype(np.float32, copy=False), used
 
 
-def apply_tier_artifact(cube: np.ndarray, artifact: str, params: dict, zooms: tuple[float, float, float]) -> np.ndarray:
+def apply_tier_artifact(
+    cube: np.ndarray, artifact: str, params: dict, zooms: tuple[float, float, float]
+) -> np.ndarray:
     """Apply one paper-003 artifact with fixed parameters (:func:`bids_qa.artifacts.apply_artifact`)."""
     from bids_qa import artifacts
 
-    return np.asarray(artifacts.apply_artifact(cube, artifact, params, zooms=zooms), dtype=np.float32)
+    return np.asarray(
+        artifacts.apply_artifact(cube, artifact, params, zooms=zooms), dtype=np.float32
+    )
 
 
 def limit_threads(n: int) -> None:
@@ -267,8 +297,14 @@ def tier_loss(logits, labels, pos_weight):
     """Weighted binary cross-entropy averaged over the six outputs; also per-task parts."""
     import torch.nn.functional as F
 
-    per = F.binary_cross_entropy_with_logits(logits, labels, pos_weight=pos_weight, reduction="none")
-    parts = {f"{a}_{t}": float(per[:, i, j].mean().detach()) for i, a in enumerate(ARTIFACTS) for j, t in enumerate(TASKS)}
+    per = F.binary_cross_entropy_with_logits(
+        logits, labels, pos_weight=pos_weight, reduction="none"
+    )
+    parts = {
+        f"{a}_{t}": float(per[:, i, j].mean().detach())
+        for i, a in enumerate(ARTIFACTS)
+        for j, t in enumerate(TASKS)
+    }
     return per.mean(), parts
 
 
@@ -281,7 +317,9 @@ def balanced_accuracy(truth: np.ndarray, pred: np.ndarray) -> float:
     return float(0.5 * (pred[truth].mean() + (~pred[~truth]).mean()))
 
 
-def metrics_from_predictions(true_grades: np.ndarray, probs: np.ndarray, single: np.ndarray) -> dict[str, Any]:
+def metrics_from_predictions(
+    true_grades: np.ndarray, probs: np.ndarray, single: np.ndarray
+) -> dict[str, Any]:
     """The paper's balanced accuracies from true grades ``(n, 3)`` and probabilities ``(n, 3, 2)``.
 
     Per artifact, on ``single`` samples (clean or exactly one artifact, as in the paper's synthetic
@@ -290,7 +328,9 @@ def metrics_from_predictions(true_grades: np.ndarray, probs: np.ndarray, single:
     whose grade for that artifact is 0 or 1. Tier tasks on every sample (mixtures included):
     tier 1-2 vs 3, and tier 1 vs 2 over samples whose true tier is 1 or 2.
     """
-    pred_grades = np.array([[grade_from_probabilities(p[a, 0], p[a, 1]) for a in range(len(ARTIFACTS))] for p in probs])
+    pred_grades = np.array(
+        [[grade_from_probabilities(p[a, 0], p[a, 1]) for a in range(len(ARTIFACTS))] for p in probs]
+    )
     out: dict[str, Any] = {}
     for a, artifact in enumerate(ARTIFACTS):
         others_mild = (np.delete(true_grades, a, axis=1) <= 1).all(axis=1)
@@ -299,15 +339,35 @@ def metrics_from_predictions(true_grades: np.ndarray, probs: np.ndarray, single:
         out[f"{artifact}_severe_bacc"] = 100 * balanced_accuracy(g == 2, pg == 2)
         keep = g <= 1
         out[f"{artifact}_moderate_bacc"] = 100 * balanced_accuracy(g[keep] == 1, pg[keep] >= 1)
-    true_tier = np.array([tier_from_grades(dict(zip(ARTIFACTS, map(int, row))))[0] for row in true_grades])
-    pred_tier = np.array([tier_from_grades(dict(zip(ARTIFACTS, map(int, row))))[0] for row in pred_grades])
+    true_tier = np.array(
+        [
+            tier_from_grades(dict(zip(ARTIFACTS, map(int, row), strict=True)))[0]
+            for row in true_grades
+        ]
+    )
+    pred_tier = np.array(
+        [
+            tier_from_grades(dict(zip(ARTIFACTS, map(int, row), strict=True)))[0]
+            for row in pred_grades
+        ]
+    )
     out["tier12_vs_3_bacc"] = 100 * balanced_accuracy(true_tier == 3, pred_tier == 3)
     low = true_tier <= 2
     out["tier1_vs_2_bacc"] = 100 * balanced_accuracy(true_tier[low] == 2, pred_tier[low] >= 2)
     out["tier_accuracy"] = 100 * float((true_tier == pred_tier).mean())
-    out["grade_accuracy"] = {a: 100 * float((true_grades[:, i] == pred_grades[:, i]).mean()) for i, a in enumerate(ARTIFACTS)}
+    out["grade_accuracy"] = {
+        a: 100 * float((true_grades[:, i] == pred_grades[:, i]).mean())
+        for i, a in enumerate(ARTIFACTS)
+    }
+    out["grade_confusion"] = {
+        a: [
+            [int(((true_grades[:, i] == t) & (pred_grades[:, i] == q)).sum()) for q in range(3)]
+            for t in range(3)
+        ]
+        for i, a in enumerate(ARTIFACTS)
+    }
     confusion = np.zeros((3, 3), dtype=int)
-    for t, p in zip(true_tier, pred_tier):
+    for t, p in zip(true_tier, pred_tier, strict=True):
         confusion[t - 1, p - 1] += 1
     out["tier_confusion"] = confusion.tolist()
     out["n_samples"] = int(len(true_grades))
@@ -360,14 +420,21 @@ def predict_probabilities(model, cubes: np.ndarray, batch_size: int = 8) -> np.n
     out = []
     with torch.inference_mode():
         for s in range(0, len(cubes), batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(cubes[s : s + batch_size], dtype=np.float32))[:, None].to(device)
+            x = torch.from_numpy(np.ascontiguousarray(cubes[s : s + batch_size], dtype=np.float32))[
+                :, None
+            ].to(device)
             out.append(torch.sigmoid(model(x).float()).cpu().numpy())
     model.train(was_training)
     return np.concatenate(out) if out else np.zeros((0, len(ARTIFACTS), len(TASKS)), np.float32)
 
 
-def evaluate_tiers(model, volumes: list, seed: int | np.random.Generator = 20260, draws: int = 4,
-                   batch_size: int = 8) -> dict[str, Any]:
+def evaluate_tiers(
+    model,
+    volumes: list,
+    seed: int | np.random.Generator = 20260,
+    draws: int = 4,
+    batch_size: int = 8,
+) -> dict[str, Any]:
     """The paper's balanced accuracies on fixed-seed corrupted copies of clean volumes.
 
     Parameters
@@ -388,7 +455,7 @@ def evaluate_tiers(model, volumes: list, seed: int | np.random.Generator = 20260
     dict
         ``<artifact>_severe_bacc``, ``<artifact>_moderate_bacc``, ``tier12_vs_3_bacc``,
         ``tier1_vs_2_bacc`` (percent), tier accuracy and confusion (rows: true tier 1-3,
-        columns: predicted), sample counts and the network time per volume
+        columns: predicted), per-artifact grade confusion (rows: true grade), sample counts and the network time per volume
         (``net_s_per_volume``, excluding simulation).
     """
     if isinstance(seed, np.random.Generator):
@@ -398,7 +465,11 @@ def evaluate_tiers(model, volumes: list, seed: int | np.random.Generator = 20260
     for k, item in enumerate(volumes):
         if isinstance(item, tuple):
             item = item[1]
-        sources.append(item if isinstance(item, CubeSource) else make_cube_source(item, grid, name=f"volume{k}"))
+        sources.append(
+            item
+            if isinstance(item, CubeSource)
+            else make_cube_source(item, grid, name=f"volume{k}")
+        )
     if any(src.cube.shape != (grid,) * 3 for src in sources):
         raise ValueError(f"cube sources must be on the model's {grid}^3 grid")
     cubes, grades = [], []
@@ -427,8 +498,14 @@ def evaluate_tiers(model, volumes: list, seed: int | np.random.Generator = 20260
     return out
 
 
-def evaluate_weights(weights: str | Path, data_dir: str | Path, split: str = "validation", draws: int = 4,
-                     seed: int = 20260, device: str = "cpu") -> dict[str, Any]:
+def evaluate_weights(
+    weights: str | Path,
+    data_dir: str | Path,
+    split: str = "validation",
+    draws: int = 4,
+    seed: int = 20260,
+    device: str = "cpu",
+) -> dict[str, Any]:
     """:func:`evaluate_tiers` of a weights file on one split of the clean-data manifest (what
     ``docs/models/tiers.md`` reports, for ``bids_qa evaluate``)."""
     from bids_qa.models.tiers import TierScorer
@@ -446,22 +523,55 @@ def evaluate_weights(weights: str | Path, data_dir: str | Path, split: str = "va
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bids_qa train tiers", description=__doc__.splitlines()[0])
-    loop.add_common_arguments(p, steps=3000, batch_size=8, lr=1e-3)
+    loop.add_common_arguments(p, steps=2600, batch_size=8, lr=1e-3)
     p.add_argument("--grid", type=int, default=64, help="model input grid (cube side, voxels)")
-    p.add_argument("--channels", type=int, nargs=5, default=[16, 32, 48, 64, 96], help="conv block widths")
-    p.add_argument("--fc", type=int, nargs=2, default=[128, 32], help="hidden sizes of FC 1 and FC 2")
-    p.add_argument("--synthetic", type=int, default=6, help="synthetic MNI-derived volumes added to training")
-    p.add_argument("--val-draws", type=int, default=2, help="validation copies per volume and class during training")
-    p.add_argument("--eval-draws", type=int, default=4, help="copies per volume and class for the final evaluation")
-    p.add_argument("--views", type=int, default=2, help="training inputs made from each simulated cube (flips/permutations)")
-    p.add_argument("--max-minutes", type=float, default=0.0,
-                   help="stop (checkpointed, resumable) after this many minutes of training; 0: no limit")
+    p.add_argument(
+        "--channels", type=int, nargs=5, default=[16, 32, 48, 64, 96], help="conv block widths"
+    )
+    p.add_argument(
+        "--fc", type=int, nargs=2, default=[128, 32], help="hidden sizes of FC 1 and FC 2"
+    )
+    p.add_argument(
+        "--synthetic", type=int, default=6, help="synthetic MNI-derived volumes added to training"
+    )
+    p.add_argument(
+        "--val-draws",
+        type=int,
+        default=2,
+        help="validation copies per volume and class during training",
+    )
+    p.add_argument(
+        "--eval-draws",
+        type=int,
+        default=4,
+        help="copies per volume and class for the final evaluation",
+    )
+    p.add_argument(
+        "--views",
+        type=int,
+        default=2,
+        help="training inputs made from each simulated cube (flips/permutations)",
+    )
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        default=0.0,
+        help="stop (checkpointed, resumable) after this many minutes of training; 0: no limit",
+    )
     return p
 
 
-def train(settings: loop.TrainSettings, train_sources: list[CubeSource], val_sources: list[CubeSource],
-          config: TierConfig, argv: list[str] | None = None, val_draws: int = 2, log_every: int = 25,
-          max_minutes: float = 0.0, views: int = 2) -> dict[str, Any]:
+def train(
+    settings: loop.TrainSettings,
+    train_sources: list[CubeSource],
+    val_sources: list[CubeSource],
+    config: TierConfig,
+    argv: list[str] | None = None,
+    val_draws: int = 2,
+    log_every: int = 25,
+    max_minutes: float = 0.0,
+    views: int = 2,
+) -> dict[str, Any]:
     """Run (or resume) training; returns the best validation record. Writes only into run_dir."""
     import torch
 
@@ -481,11 +591,15 @@ def train(settings: loop.TrainSettings, train_sources: list[CubeSource], val_sou
         if step < warmup:
             return (step + 1) / warmup
         frac = (step - warmup) / max(1, settings.steps - warmup)
-        return 0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * min(1.0, frac)))
+        # a plain float, so that the optimizer state stays loadable with weights_only=True
+        return float(0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * min(1.0, frac))))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
-    for _ in range(start):
-        sched.step()
+    # fast-forward the schedule on resume (before any optimizer step, which torch warns about)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(start):
+            sched.step()
     best = extra.get("best", {"val_loss": 1e9})
     log = loop.RunLog(run_dir)
     pos_weight = torch.from_numpy(positive_weights()).to(settings.device)
@@ -494,7 +608,11 @@ def train(settings: loop.TrainSettings, train_sources: list[CubeSource], val_sou
     for cube, g in build_evaluation_set(val_sources, settings.seed + 7919, val_draws):
         val_x.append(cube.astype(np.float16))
         val_g.append(g)
-    val_cubes = np.stack(val_x) if val_x else np.zeros((0, config.grid, config.grid, config.grid), np.float16)
+    val_cubes = (
+        np.stack(val_x)
+        if val_x
+        else np.zeros((0, config.grid, config.grid, config.grid), np.float16)
+    )
     val_grades = np.stack(val_g) if val_g else np.zeros((0, len(ARTIFACTS)), np.int64)
     val_labels = np.stack([(val_grades >= 1), (val_grades >= 2)], axis=2).astype(np.float32)
 
@@ -513,8 +631,13 @@ def train(settings: loop.TrainSettings, train_sources: list[CubeSource], val_sou
     net.train()
     step = start
     stopped_early = False
+    saved_rng = extra.get("torch_rng")
     for step, (x, labels, _g) in loop.batches(maker, settings, start):
-        x = x.flatten(0, 1).to(settings.device)  # (batch, views, 1, G, G, G) -> (batch * views, ...)
+        if saved_rng is not None:  # resume dropout's random stream where the checkpoint left it
+            torch.set_rng_state(torch.tensor(saved_rng, dtype=torch.uint8))
+            saved_rng = None
+        # (batch, views, 1, G, G, G) -> (batch * views, 1, G, G, G)
+        x = x.flatten(0, 1).to(settings.device)
         labels = labels.flatten(0, 1).to(settings.device)
         logits = net(x)
         loss, parts = tier_loss(logits, labels, pos_weight)
@@ -523,8 +646,15 @@ def train(settings: loop.TrainSettings, train_sources: list[CubeSource], val_sou
         opt.step()
         sched.step()
         if step % log_every == 0:
-            log.write({"step": step, "loss": loss.item(), **parts, "lr": sched.get_last_lr()[0],
-                       "elapsed_s": round(time.time() - t0, 1)})
+            log.write(
+                {
+                    "step": step,
+                    "loss": loss.item(),
+                    **parts,
+                    "lr": sched.get_last_lr()[0],
+                    "elapsed_s": round(time.time() - t0, 1),
+                }
+            )
         last = step + 1 == settings.steps
         out_of_time = max_minutes > 0 and (time.time() - t0) > 60 * max_minutes
         if ((step + 1) % settings.validate_every == 0 or last or out_of_time) and len(val_cubes):
@@ -532,16 +662,35 @@ def train(settings: loop.TrainSettings, train_sources: list[CubeSource], val_sou
             log.write({"step": step + 1, "validation": metrics})
             if metrics["val_loss"] < best["val_loss"]:
                 best = {"val_loss": metrics["val_loss"], "step": step + 1, "metrics": metrics}
-                meta = {"family": NAME, "version": f"{__version__}+s{step + 1}", "config": config.to_dict(),
-                        "artifacts": list(ARTIFACTS), "tasks": list(TASKS), "training": {
-                            "settings": json.loads((run_dir / "settings.json").read_text()), "step": step + 1,
-                            "validation": metrics}}
+                meta = {
+                    "family": NAME,
+                    "version": f"{__version__}+s{step + 1}",
+                    "config": config.to_dict(),
+                    "artifacts": list(ARTIFACTS),
+                    "tasks": list(TASKS),
+                    "training": {
+                        "settings": json.loads((run_dir / "settings.json").read_text()),
+                        "step": step + 1,
+                        "validation": metrics,
+                    },
+                }
                 save_weights(run_dir / "best.safetensors", net.state_dict(), meta)
         if (step + 1) % settings.checkpoint_every == 0 or last or out_of_time:
-            loop.save_checkpoint(run_dir, step + 1, net, opt, {"best": best})
+            loop.save_checkpoint(
+                run_dir,
+                step + 1,
+                net,
+                opt,
+                {"best": best, "torch_rng": torch.get_rng_state().tolist()},
+            )
         if out_of_time and not last:
             stopped_early = True
-            log.write({"step": step + 1, "stopped": f"time limit of {max_minutes} min reached; resume to continue"})
+            log.write(
+                {
+                    "step": step + 1,
+                    "stopped": f"time limit of {max_minutes} min reached; resume to continue",
+                }
+            )
             break
     best = dict(best)
     best["stopped_early"] = stopped_early
@@ -549,16 +698,24 @@ def train(settings: loop.TrainSettings, train_sources: list[CubeSource], val_sou
     return best
 
 
-def sources_from_data(data_dir: str, split: str, n_synthetic: int, seed: int, grid: int) -> list[CubeSource]:
+def sources_from_data(
+    data_dir: str, split: str, n_synthetic: int, seed: int, grid: int
+) -> list[CubeSource]:
     """Clean volumes of ``split`` (out-of-scope entries skipped) plus ``n_synthetic`` synthetic ones,
     each resampled once to the model grid."""
     from bids_qa.training.data import clean_volumes, synthetic_volumes
 
-    sources = [make_cube_source(vol, grid, name=str(entry.get("path", entry)))
-               for entry, vol in clean_volumes(data_dir, split) if not entry.get("out_of_scope")]
+    sources = [
+        make_cube_source(vol, grid, name=str(entry.get("path", entry)))
+        for entry, vol in clean_volumes(data_dir, split)
+        if not entry.get("out_of_scope")
+    ]
     if n_synthetic:
         rng = np.random.default_rng([seed, 104729 if split == "train" else 130363])
-        sources += [make_cube_source(vol, grid, name=str(entry["path"])) for entry, vol in synthetic_volumes(n_synthetic, rng)]
+        sources += [
+            make_cube_source(vol, grid, name=str(entry["path"]))
+            for entry, vol in synthetic_volumes(n_synthetic, rng)
+        ]
     return sources
 
 
@@ -572,15 +729,32 @@ def main(argv: list[str] | None = None) -> int:
     limit_threads(settings.threads)
     config = TierConfig(grid=args.grid, channels=tuple(args.channels), fc=tuple(args.fc))  # type: ignore[arg-type]
     t0 = time.time()
-    train_sources = sources_from_data(settings.data_dir, "train", args.synthetic, settings.seed, config.grid)
+    train_sources = sources_from_data(
+        settings.data_dir, "train", args.synthetic, settings.seed, config.grid
+    )
     val_sources = sources_from_data(settings.data_dir, "validation", 0, settings.seed, config.grid)
-    print(f"training on {len(train_sources)} volumes, validating on {len(val_sources)} "
-          f"(resampled in {time.time() - t0:.0f} s)", flush=True)
-    best = train(settings, train_sources, val_sources, config, argv, val_draws=args.val_draws,
-                 max_minutes=args.max_minutes, views=args.views)
+    print(
+        f"training on {len(train_sources)} volumes, validating on {len(val_sources)} "
+        f"(resampled in {time.time() - t0:.0f} s)",
+        flush=True,
+    )
+    best = train(
+        settings,
+        train_sources,
+        val_sources,
+        config,
+        argv,
+        val_draws=args.val_draws,
+        max_minutes=args.max_minutes,
+        views=args.views,
+    )
     print(json.dumps(best, indent=2, default=str), flush=True)
     run_dir = Path(settings.run_dir)
-    if not best.get("stopped_early") and (run_dir / "best.safetensors").exists() and args.eval_draws > 0:
+    if (
+        not best.get("stopped_early")
+        and (run_dir / "best.safetensors").exists()
+        and args.eval_draws > 0
+    ):
         from bids_qa.models.tiers import TierScorer
 
         scorer = TierScorer(device=settings.device, weights=str(run_dir / "best.safetensors"))
