@@ -13,12 +13,28 @@ import numpy as np
 import pytest
 
 from bids_qa.models import ssim as ssim_model
-from bids_qa.models.ssim import SSIMConfig, SSIMScorer, build_resnet, class_bins, class_clinical, summarise
+from bids_qa.models.ssim import (
+    SSIMConfig,
+    SSIMScorer,
+    build_resnet,
+    class_bins,
+    class_clinical,
+    summarise,
+)
 from bids_qa.volume import volume_from_array
 
 FIXTURE = Path(__file__).parent / "data" / "ssim_fixture.json"
-VALUE_KEYS = {"ssim_mean", "ssim_p05", "ssim_min", "worst_slice", "n_slices_scored", "class_clinical",
-              "class_bins3", "class_bins5", "class_bins10"}
+VALUE_KEYS = {
+    "ssim_mean",
+    "ssim_p05",
+    "ssim_min",
+    "worst_slice",
+    "n_slices_scored",
+    "class_clinical",
+    "class_bins3",
+    "class_bins5",
+    "class_bins10",
+}
 
 
 @pytest.fixture(scope="module")
@@ -34,15 +50,20 @@ def scorer() -> SSIMScorer:
 
 
 def strong_motion(vol: np.ndarray) -> np.ndarray:
-    """Every axial slice corrupted by large in-plane k-space motion (4 events, up to 8 deg / 6 mm)."""
+    """Every axial slice corrupted by large in-plane k-space motion (5 events, up to 10 deg / 10 mm,
+    two of them next to the k-space centre); on the 128 grid its true SSIM is about 0.58."""
     from bids_qa.kspace_motion import kspace_motion_2d
 
     out = np.empty_like(vol)
     for z in range(vol.shape[2]):
-        out[:, :, z] = kspace_motion_2d(vol[:, :, z], pe_axis=1, times=[0.15, 0.3, 0.7, 0.85],
-                                        rotations_deg=[8.0, -6.0, 7.0, -8.0],
-                                        translations_mm=[[6.0, -4.0], [-5.0, 3.0], [4.0, 5.0], [-6.0, -5.0]],
-                                        zooms=(2.0, 2.0))
+        out[:, :, z] = kspace_motion_2d(
+            vol[:, :, z],
+            pe_axis=1,
+            times=[0.2, 0.4, 0.45, 0.6, 0.8],
+            rotations_deg=[10.0, -10.0, 8.0, -9.0, 10.0],
+            translations_mm=[[8.0, -6.0], [-8.0, 6.0], [6.0, 8.0], [-8.0, -6.0], [6.0, -8.0]],
+            zooms=(2.0, 2.0),
+        )
     return out
 
 
@@ -59,12 +80,33 @@ def test_clinical_class_edges():
     assert class_clinical(0.0) == "rescan"
 
 
-@pytest.mark.parametrize(("value", "n", "expected"), [
-    (0.0, 3, 1), (0.33, 3, 1), (1 / 3, 3, 2), (0.5, 3, 2), (0.66, 3, 2), (2 / 3, 3, 3), (1.0, 3, 3),
-    (0.19, 5, 1), (0.2, 5, 2), (0.6, 5, 4), (0.8, 5, 5), (1.0, 5, 5),
-    (0.05, 10, 1), (0.3, 10, 4), (0.6, 10, 7), (0.7, 10, 8), (0.85, 10, 9), (0.9, 10, 10), (0.999, 10, 10),
-    (1.0, 10, 10), (-0.2, 10, 1), (1.3, 10, 10),
-])
+@pytest.mark.parametrize(
+    ("value", "n", "expected"),
+    [
+        (0.0, 3, 1),
+        (0.33, 3, 1),
+        (1 / 3, 3, 2),
+        (0.5, 3, 2),
+        (0.66, 3, 2),
+        (2 / 3, 3, 3),
+        (1.0, 3, 3),
+        (0.19, 5, 1),
+        (0.2, 5, 2),
+        (0.6, 5, 4),
+        (0.8, 5, 5),
+        (1.0, 5, 5),
+        (0.05, 10, 1),
+        (0.3, 10, 4),
+        (0.6, 10, 7),
+        (0.7, 10, 8),
+        (0.85, 10, 9),
+        (0.9, 10, 10),
+        (0.999, 10, 10),
+        (1.0, 10, 10),
+        (-0.2, 10, 1),
+        (1.3, 10, 10),
+    ],
+)
 def test_equal_bins_follow_paper_numbering(value, n, expected):
     assert class_bins(value, n) == expected
 
@@ -103,7 +145,9 @@ def test_untrained_network_outputs_in_unit_interval():
 def test_config_validation():
     with pytest.raises(ValueError):
         SSIMConfig(input_size=16)
-    assert SSIMConfig.from_dict(SSIMConfig(input_size=96, width=8).to_dict()) == SSIMConfig(input_size=96, width=8)
+    assert SSIMConfig.from_dict(SSIMConfig(input_size=96, width=8).to_dict()) == SSIMConfig(
+        input_size=96, width=8
+    )
 
 
 def test_scorer_outputs(scorer, template):
@@ -116,17 +160,33 @@ def test_scorer_outputs(scorer, template):
     assert set(scores.per_slice) == {"ssim", "slice_index"}
     assert len(per) == len(idx) == scores.values["n_slices_scored"] == len(vol.anatomy_slices())
     assert np.all((per >= 0) & (per <= 1))
-    assert 0 <= scores.values["ssim_min"] <= scores.values["ssim_p05"] <= scores.values["ssim_mean"] <= 1
+    assert (
+        0
+        <= scores.values["ssim_min"]
+        <= scores.values["ssim_p05"]
+        <= scores.values["ssim_mean"]
+        <= 1
+    )
     assert scores.values["worst_slice"] in set(idx.tolist())
     assert scores.values["class_clinical"] == class_clinical(scores.values["ssim_mean"])
 
 
 def test_clean_phantom_scores_higher_than_moved_phantom(scorer, template):
-    clean = scorer.score(volume_from_array(template, (2.0, 2.0, 2.0))).values
-    moved = scorer.score(volume_from_array(strong_motion(template), (2.0, 2.0, 2.0))).values
-    assert clean["ssim_mean"] > 0.85
-    assert moved["ssim_mean"] < clean["ssim_mean"] - 0.15
-    assert moved["class_clinical"] != "good"
+    from bids_qa import artifacts
+
+    clean_vol = volume_from_array(template, (2.0, 2.0, 2.0))
+    moved_vol = volume_from_array(strong_motion(template), (2.0, 2.0, 2.0))
+    clean = scorer.score(clean_vol).values
+    moved = scorer.score(moved_vol)
+    assert clean["ssim_mean"] > 0.85 and clean["class_clinical"] == "good"
+    assert moved.values["ssim_mean"] < clean["ssim_mean"] - 0.25
+    assert moved.values["class_clinical"] != "good"
+    # the prediction tracks the SSIM actually measured on the model's grid
+    size = scorer.config.input_size
+    a, b = clean_vol.slice_stack(size), moved_vol.slice_stack(size)
+    idx = moved.per_slice["slice_index"]
+    true = np.mean([artifacts.ssim(a[i], b[i], float(a[i].max() - a[i].min()) or 1.0) for i in idx])
+    assert abs(moved.values["ssim_mean"] - true) < 0.12
 
 
 def test_shipped_weights_reproduce_fixture(scorer, template):
@@ -185,14 +245,28 @@ def test_tiny_training_run_reduces_loss(tmp_path, template):
     from bids_qa.training.slices import make_source
     from bids_qa.training.ssim import SampleConfig, make_eval_set, regression_metrics, train
 
-    vols = [volume_from_array(template, (2.0, 2.0, 2.0)),
-            volume_from_array(np.clip(template.max() - template, 0, None) * (template > 0.1 * template.max()),
-                              (2.0, 2.0, 2.0))]
+    vols = [
+        volume_from_array(template, (2.0, 2.0, 2.0)),
+        volume_from_array(
+            np.clip(template.max() - template, 0, None) * (template > 0.1 * template.max()),
+            (2.0, 2.0, 2.0),
+        ),
+    ]
     sources = [make_source(v, f"v{i}") for i, v in enumerate(vols)]
     cfg = SampleConfig(p_contrast=0.0)
-    settings = loop.TrainSettings(data_dir=str(tmp_path), run_dir=str(tmp_path / "run"), steps=40, batch_size=8,
-                                  lr=3e-3, seed=0, device="cpu", workers=0, threads=1, checkpoint_every=20,
-                                  validate_every=40)
+    settings = loop.TrainSettings(
+        data_dir=str(tmp_path),
+        run_dir=str(tmp_path / "run"),
+        steps=50,
+        batch_size=12,
+        lr=3e-3,
+        seed=0,
+        device="cpu",
+        workers=0,
+        threads=1,
+        checkpoint_every=25,
+        validate_every=50,
+    )
     config = SSIMConfig(input_size=48, width=8)
     (vx,), vy = make_eval_set(sources, (48,), np.random.default_rng(11), 48, cfg)
     torch.manual_seed(0)
@@ -204,10 +278,12 @@ def test_tiny_training_run_reduces_loss(tmp_path, template):
     assert (tmp_path / "run" / "checkpoint.pt").is_file()
     scorer = SSIMScorer(weights=str(tmp_path / "run" / "best.safetensors"))
     mse1 = regression_metrics(scorer.predict_slices(vx), vy)["rmse"] ** 2
-    assert result["best"][0]["step"] == 40
-    assert mse1 < 0.85 * mse0
+    assert result["best"][0]["step"] == 50
+    assert mse1 < 0.8 * mse0, (mse1, mse0)
     log = loop.RunLog(tmp_path / "run").read()
-    assert [r["step"] for r in log if "loss" in r] == [25]
+    assert [r["step"] for r in log if "loss" in r] == [25, 50]
     validations = [r for r in log if "validation" in r]
-    assert validations[-1]["step"] == 40
-    assert validations[-1]["validation"][0]["val_mse"] == pytest.approx(result["best"][0]["val_mse"])
+    assert validations[-1]["step"] == 50
+    assert validations[-1]["validation"][0]["val_mse"] == pytest.approx(
+        result["best"][0]["val_mse"]
+    )

@@ -33,7 +33,7 @@ def test_shipped_defaults_match_the_papers():
     ssim = table.lookup("FLAIR", "ssim.ssim_mean")
     assert (ssim.review, ssim.fail, ssim.direction) == (0.85, 0.6, "lower_is_worse")
     tier = table.lookup("T2w", "tiers.tier")
-    assert (tier.review, tier.fail, tier.inclusive) == (2, 3, True)
+    assert (tier.review, tier.fail, tier.inclusive) == (2, None, True)  # advisory until validated
     flow = table.lookup("PDw", "flow.flag_5pct")
     assert (flow.review, flow.inclusive) == (1, True)
     assert table.lookup("T1w", "header.anisotropy").review == 2.0
@@ -133,7 +133,7 @@ def test_user_file_is_merged_field_by_field(tmp_path):
         2.5,
         True,
     )  # based on the default entry
-    assert table.lookup("T1w", "tiers.tier").fail == 3
+    assert table.lookup("T1w", "tiers.tier").fail is None  # the default has no fail level
     assert (
         table.lookup("T2w", "header.anisotropy") is None
         and table.lookup("T1w", "header.anisotropy") is not None

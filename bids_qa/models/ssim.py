@@ -9,9 +9,9 @@ percentile and the minimum of the per-slice predictions, and the slice with the 
 Architecture (paper Sec. II): ResNet-18, i.e. a 7x7/2 stem convolution, 3x3/2 max-pooling, four
 stages of two BasicBlocks (two 3x3 conv-BatchNorm pairs with an identity or 1x1/2 projection
 shortcut), global average pooling and one linear output squashed to [0, 1] by a sigmoid. One input
-channel. Our sizes: base width 16 (stages 16-32-64-128 instead of 64-128-256-512) and a 96x96 input
-instead of the paper's 256x256, so that a 1 mm volume (~200 slices) scores in well under a second on
-two CPU cores and the weights are ~2.8 MB. ``docs/models/ssim.md`` records what this costs.
+channel. Our sizes: base width 16 (stages 16-32-64-128 instead of 64-128-256-512) and a 128x128
+input instead of the paper's 256x256, so that a 1 mm volume (~240 slices) scores in about 0.25 s on
+two idle CPU cores and the weights are 2.8 MB. ``docs/models/ssim.md`` records what this costs.
 
 Classes (paper Sec. II):
 
@@ -59,7 +59,7 @@ class SSIMConfig:
         BasicBlocks per stage (ResNet-18: 2-2-2-2).
     """
 
-    input_size: int = 96
+    input_size: int = 128
     width: int = 16
     blocks: tuple[int, int, int, int] = (2, 2, 2, 2)
 
@@ -71,8 +71,11 @@ class SSIMConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SSIMConfig:
-        return cls(input_size=int(d["input_size"]), width=int(d["width"]),
-                   blocks=tuple(int(b) for b in d["blocks"]))  # type: ignore[arg-type]
+        return cls(
+            input_size=int(d["input_size"]),
+            width=int(d["width"]),
+            blocks=tuple(int(b) for b in d["blocks"]),
+        )  # type: ignore[arg-type]
 
     def to_dict(self) -> dict[str, Any]:
         return {"input_size": self.input_size, "width": self.width, "blocks": list(self.blocks)}
@@ -95,7 +98,9 @@ def build_resnet(config: SSIMConfig):
             self.relu = nn.ReLU(inplace=True)
             self.shortcut: nn.Module = nn.Identity()
             if stride != 1 or cin != cout:
-                self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+                self.shortcut = nn.Sequential(
+                    nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout)
+                )
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             out = self.relu(self.bn1(self.conv1(x)))
@@ -107,7 +112,9 @@ def build_resnet(config: SSIMConfig):
             super().__init__()
             w = config.width
             self.stem = nn.Sequential(
-                nn.Conv2d(1, w, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
+                nn.Conv2d(1, w, 7, stride=2, padding=3, bias=False),
+                nn.BatchNorm2d(w),
+                nn.ReLU(inplace=True),
                 nn.MaxPool2d(3, stride=2, padding=1),
             )
             stages: list[nn.Module] = []
@@ -194,14 +201,18 @@ class SSIMScorer:
 
     name = NAME
 
-    def __init__(self, device: str = "cpu", batch_size: int = 64, weights: str | None = None) -> None:
+    def __init__(
+        self, device: str = "cpu", batch_size: int = 64, weights: str | None = None
+    ) -> None:
         import torch
 
         from bids_qa.models.weights import load_weights, packaged_weights, resolve_device
 
         state, meta = load_weights(weights or packaged_weights(WEIGHTS_FILE))
         if "config" not in meta:
-            raise ValueError(f"weights {weights or WEIGHTS_FILE} carry no architecture config; not an ssim weight file")
+            raise ValueError(
+                f"weights {weights or WEIGHTS_FILE} carry no architecture config; not an ssim weight file"
+            )
         self.config = SSIMConfig.from_dict(meta["config"])
         self.version = str(meta.get("version", "unknown"))
         self.metadata = meta
@@ -216,13 +227,17 @@ class SSIMScorer:
         """Predicted SSIM for an array (n, S, S) of slices already at the model's input size."""
         torch = self._torch
         if slices.ndim != 3 or slices.shape[1:] != (self.config.input_size,) * 2:
-            raise ValueError(f"expected slices of shape (n, {self.config.input_size}, {self.config.input_size}), "
-                             f"got {slices.shape}")
+            raise ValueError(
+                f"expected slices of shape (n, {self.config.input_size}, {self.config.input_size}), "
+                f"got {slices.shape}"
+            )
         out = np.empty(len(slices), dtype=np.float32)
         use_amp = self.device.startswith("cuda")
         with torch.inference_mode():
             for start in range(0, len(slices), self.batch_size):
-                batch = torch.from_numpy(np.ascontiguousarray(slices[start : start + self.batch_size], dtype=np.float32))
+                batch = torch.from_numpy(
+                    np.ascontiguousarray(slices[start : start + self.batch_size], dtype=np.float32)
+                )
                 batch = batch[:, None].to(self.device, non_blocking=True)
                 with torch.autocast("cuda", enabled=use_amp):
                     out[start : start + len(batch)] = self.net(batch).float().cpu().numpy()

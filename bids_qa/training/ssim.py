@@ -32,15 +32,30 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bids_qa.models.ssim import BIN_COUNTS, NAME, SSIMConfig, build_resnet, class_bins, class_clinical
+from bids_qa.models.ssim import (
+    BIN_COUNTS,
+    NAME,
+    SSIMConfig,
+    build_resnet,
+    class_bins,
+    class_clinical,
+)
 from bids_qa.training import loop
-from bids_qa.training.slices import SliceSource, augment_geometry, draw_slice, make_source, renormalise, to_model_input
+from bids_qa.training.slices import (
+    SliceSource,
+    augment_geometry,
+    draw_slice,
+    make_source,
+    renormalise,
+    to_model_input,
+)
 from bids_qa.volume import slices_to_square
 
 #: Probability of an uncorrupted sample (label 1).
@@ -69,18 +84,37 @@ class SampleConfig:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bids_qa train ssim", description=__doc__.splitlines()[0])
     loop.add_common_arguments(p, steps=3000, batch_size=32, lr=1e-3)
-    p.add_argument("--input-size", type=int, default=128, help="side of the square slice the network reads")
-    p.add_argument("--width", type=int, default=16, help="channels of the first ResNet stage (paper: 64)")
-    p.add_argument("--synthetic", type=int, default=6, help="synthetic MNI-derived volumes added to training")
+    p.add_argument(
+        "--input-size", type=int, default=128, help="side of the square slice the network reads"
+    )
+    p.add_argument(
+        "--width", type=int, default=16, help="channels of the first ResNet stage (paper: 64)"
+    )
+    p.add_argument(
+        "--synthetic", type=int, default=6, help="synthetic MNI-derived volumes added to training"
+    )
     p.add_argument("--val-size", type=int, default=400, help="fixed simulated validation slices")
-    p.add_argument("--evaluate", type=int, default=0, metavar="N",
-                   help="after training, evaluate the best weights on N simulated validation slices "
-                        "(writes evaluation.json in the run folder)")
-    p.add_argument("--batch-augment", type=int, default=2,
-                   help="train on each batch in this many orientations (1-4; rotations by 90 degrees)")
-    p.add_argument("--shadow-size", type=int, default=0,
-                   help="also train a second network at this input size on the very same samples "
-                        "(input-size ablation at almost no extra cost; exported as shadow.safetensors)")
+    p.add_argument(
+        "--evaluate",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after training, evaluate the best weights on N simulated validation slices "
+        "(writes evaluation.json in the run folder)",
+    )
+    p.add_argument(
+        "--batch-augment",
+        type=int,
+        default=2,
+        help="train on each batch in this many orientations (1-4; rotations by 90 degrees)",
+    )
+    p.add_argument(
+        "--shadow-size",
+        type=int,
+        default=0,
+        help="also train a second network at this input size on the very same samples "
+        "(input-size ablation at almost no extra cost; exported as shadow.safetensors)",
+    )
     return p
 
 
@@ -89,8 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------------------------------
 
 
-def strong_motion(img: np.ndarray, zooms: tuple[float, float], rng: np.random.Generator,
-                  max_factor: float = STRONG_MAX_FACTOR) -> tuple[np.ndarray, float, dict]:
+def strong_motion(
+    img: np.ndarray,
+    zooms: tuple[float, float],
+    rng: np.random.Generator,
+    max_factor: float = STRONG_MAX_FACTOR,
+) -> tuple[np.ndarray, float, dict]:
     """Motion beyond the simulator's calibrated full amplitude, for labels down to ~0.3.
 
     Draws :func:`bids_qa.artifacts.sample_params` at severity 1 (8 degrees / 8 mm reached by one
@@ -103,8 +141,12 @@ def strong_motion(img: np.ndarray, zooms: tuple[float, float], rng: np.random.Ge
     params = artifacts.sample_params("motion", rng, 1.0, ndim=2)
     factor = float(rng.uniform(1.0, max_factor))
     params["rotations_deg"] = [float(r) * factor for r in params["rotations_deg"]]
-    params["translations_mm"] = [[float(t) * factor for t in tr] for tr in params["translations_mm"]]
-    params["model"] = artifacts.SLICE_MOTION_MODELS[int(rng.integers(len(artifacts.SLICE_MOTION_MODELS)))]
+    params["translations_mm"] = [
+        [float(t) * factor for t in tr] for tr in params["translations_mm"]
+    ]
+    params["model"] = artifacts.SLICE_MOTION_MODELS[
+        int(rng.integers(len(artifacts.SLICE_MOTION_MODELS)))
+    ]
     params["amplitude_factor"] = factor
     out = artifacts.apply_artifact(img, "motion", params, zooms)
     data_range = float(img.max() - img.min()) or 1.0
@@ -127,7 +169,9 @@ class SSIMSampleMaker:
     With ``sizes`` holding more than one size the input is a tuple, one array per size (same sample).
     """
 
-    def __init__(self, sources: list[SliceSource], sizes: tuple[int, ...], cfg: SampleConfig = SampleConfig()) -> None:
+    def __init__(
+        self, sources: list[SliceSource], sizes: tuple[int, ...], cfg: SampleConfig = SampleConfig()
+    ) -> None:
         if not sources:
             raise ValueError("no slice source to draw samples from")
         self.sources = sources
@@ -154,8 +198,16 @@ class SSIMSampleMaker:
         else:
             corrupted, label, info = artifacts.motion_slice_pair(img, rng, zooms=zooms)
             kind = str(info.params.get("model"))
-        return {"source": k, "clean": img, "corrupted": corrupted, "mask": mask, "zooms": zooms,
-                "label": label, "kind": kind, "contrast": bool(contrast)}
+        return {
+            "source": k,
+            "clean": img,
+            "corrupted": corrupted,
+            "mask": mask,
+            "zooms": zooms,
+            "label": label,
+            "kind": kind,
+            "contrast": bool(contrast),
+        }
 
     def __call__(self, rng: np.random.Generator):
         if not self._itk_set:
@@ -163,7 +215,9 @@ class SSIMSampleMaker:
             self._itk_set = True
         s = self.simulate(rng)
         x = renormalise(s["corrupted"], s["clean"], s["mask"])
-        inputs = tuple(to_model_input(x, s["zooms"], size).astype(np.float32) for size in self.sizes)
+        inputs = tuple(
+            to_model_input(x, s["zooms"], size).astype(np.float32) for size in self.sizes
+        )
         label = np.float32(s["label"])
         return (inputs[0] if len(inputs) == 1 else inputs), label
 
@@ -178,7 +232,9 @@ def to_sim_grid(img: np.ndarray, mask: np.ndarray, zooms: tuple[float, float], s
     SSIM), makes it a function of the pixels the network sees, and bounds the simulation cost.
     """
     grid = slices_to_square(np.asarray(img, dtype=np.float32)[None], (1.0, *zooms), 0, size)[0]
-    grid_mask = slices_to_square(np.asarray(mask, dtype=np.float32)[None], (1.0, *zooms), 0, size)[0] > 0.5
+    grid_mask = (
+        slices_to_square(np.asarray(mask, dtype=np.float32)[None], (1.0, *zooms), 0, size)[0] > 0.5
+    )
     extent = max(img.shape[0] * zooms[0], img.shape[1] * zooms[1])
     return np.clip(grid, 0.0, None).astype(np.float32), grid_mask, (extent / size, extent / size)
 
@@ -186,7 +242,9 @@ def to_sim_grid(img: np.ndarray, mask: np.ndarray, zooms: tuple[float, float], s
 def rescale_head(img: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Rescale so the head 99th percentile is 1 and clip to [0, 2] (the loader's normalisation)."""
     img = np.asarray(img, dtype=np.float32)
-    ref = float(np.percentile(img[mask], 99)) if mask.sum() >= 20 else float(np.percentile(img, 99.5))
+    ref = (
+        float(np.percentile(img[mask], 99)) if mask.sum() >= 20 else float(np.percentile(img, 99.5))
+    )
     if ref > 0:
         img = img / ref
     return np.clip(img, 0.0, 2.0).astype(np.float32)
@@ -213,15 +271,27 @@ def _predictor(model, size: int | None):
         out = []
         with torch.inference_mode():
             for s in range(0, len(x), 128):
-                out.append(model(torch.from_numpy(np.ascontiguousarray(x[s : s + 128]))[:, None].to(device)).float().cpu().numpy())
+                out.append(
+                    model(
+                        torch.from_numpy(np.ascontiguousarray(x[s : s + 128]))[:, None].to(device)
+                    )
+                    .float()
+                    .cpu()
+                    .numpy()
+                )
         model.train(was_training)
         return np.concatenate(out)
 
     return predict, int(size)
 
 
-def make_eval_set(sources: list[SliceSource], sizes: tuple[int, ...], rng: np.random.Generator, n: int,
-                  cfg: SampleConfig = SampleConfig()) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+def make_eval_set(
+    sources: list[SliceSource],
+    sizes: tuple[int, ...],
+    rng: np.random.Generator,
+    n: int,
+    cfg: SampleConfig = SampleConfig(),
+) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
     """``n`` simulated slices (inputs per size, labels); sample ``i`` uses its own seed drawn from ``rng``."""
     maker = SSIMSampleMaker(sources, sizes, cfg)
     seeds = rng.integers(0, 2**63 - 1, size=n)
@@ -239,9 +309,10 @@ def make_eval_set(sources: list[SliceSource], sizes: tuple[int, ...], rng: np.ra
 def regression_metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
     """Residual statistics and class accuracies for predicted vs true SSIM.
 
-    Residual = predicted - true (paper Sec. II); its mean and standard deviation are those of a normal
-    fit by maximum likelihood (``scipy.stats.norm.fit``, as the paper did). Accuracies compare the
-    classes of prediction and truth: equal bins (3, 5, 10) and the clinical scheme.
+    Residual = predicted - true (paper Sec. II). Its mean and population standard deviation are the
+    parameters of the maximum-likelihood normal fit the paper reported (``scipy.stats.norm.fit``).
+    Accuracies compare the classes of prediction and truth: equal bins (3, 5, 10) and the clinical
+    scheme.
     """
     pred = np.asarray(pred, dtype=np.float64)
     truth = np.asarray(truth, dtype=np.float64)
@@ -253,8 +324,11 @@ def regression_metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
         "mae": float(np.abs(res).mean()),
         "rmse": float(np.sqrt((res**2).mean())),
         "residual_abs_p95": float(np.percentile(np.abs(res), 95)),
-        "pearson_r": (float(np.corrcoef(pred, truth)[0, 1]) if len(res) > 1 and truth.std() > 0 and pred.std() > 0
-                      else float("nan")),
+        "pearson_r": (
+            float(np.corrcoef(pred, truth)[0, 1])
+            if len(res) > 1 and truth.std() > 0 and pred.std() > 0
+            else float("nan")
+        ),
     }
     for n in BIN_COUNTS:
         tc = np.array([class_bins(v, n) for v in truth])
@@ -271,13 +345,23 @@ def regression_metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
         sel = (truth >= lo) & (truth < hi)
         if sel.any():
             bands[f"[{lo:.2f},{min(hi, 1.0):.2f})" if hi < 1.01 else "1.0"] = {
-                "n": int(sel.sum()), "mean": float(res[sel].mean()), "sd": float(res[sel].std())}
+                "n": int(sel.sum()),
+                "mean": float(res[sel].mean()),
+                "sd": float(res[sel].std()),
+            }
     out["by_true_ssim"] = bands
     return out
 
 
-def evaluate_ssim(model, volumes, rng: np.random.Generator, n: int = 2000, size: int | None = None,
-                  label_size: int | None = None, cfg: SampleConfig = SampleConfig()) -> dict[str, Any]:
+def evaluate_ssim(
+    model,
+    volumes,
+    rng: np.random.Generator,
+    n: int = 2000,
+    size: int | None = None,
+    label_size: int | None = None,
+    cfg: SampleConfig = SampleConfig(),
+) -> dict[str, Any]:
     """Accuracy of a network or scorer on ``n`` fixed-seed simulated slices from ``volumes``.
 
     Parameters
@@ -304,8 +388,10 @@ def evaluate_ssim(model, volumes, rng: np.random.Generator, n: int = 2000, size:
     predict, size = _predictor(model, size)
     label_size = int(label_size or size)
     sizes = (label_size,) if label_size == size else (label_size, size)
-    sources = [v if isinstance(v, SliceSource) else make_source(v, name=f"volume{i}", central_fraction=1.0)
-               for i, v in enumerate(volumes)]
+    sources = [
+        v if isinstance(v, SliceSource) else make_source(v, name=f"volume{i}", central_fraction=1.0)
+        for i, v in enumerate(volumes)
+    ]
     xs, y = make_eval_set(sources, sizes, rng, n, cfg)
     pred = predict(xs[-1])
     out = regression_metrics(pred, y)
@@ -334,17 +420,41 @@ def dihedral_batch(x, k: int):
     return torch.cat([torch.rot90(x, r, dims=(-2, -1)) for r in range(k)], 0)
 
 
-def _meta(config: SSIMConfig, run_dir: Path, step: int, metrics: dict, cfg: SampleConfig, batch_augment: int) -> dict:
+def _meta(
+    config: SSIMConfig,
+    run_dir: Path,
+    step: int,
+    metrics: dict,
+    cfg: SampleConfig,
+    batch_augment: int,
+) -> dict:
     from bids_qa import __version__
 
-    return {"family": NAME, "version": f"{__version__}+s{step}", "config": config.to_dict(),
-            "training": {"settings": json.loads((run_dir / "settings.json").read_text()), "step": step,
-                         "validation": metrics, "sampling": cfg.to_dict(), "batch_augment": batch_augment}}
+    return {
+        "family": NAME,
+        "version": f"{__version__}+s{step}",
+        "config": config.to_dict(),
+        "training": {
+            "settings": json.loads((run_dir / "settings.json").read_text()),
+            "step": step,
+            "validation": metrics,
+            "sampling": cfg.to_dict(),
+            "batch_augment": batch_augment,
+        },
+    }
 
 
-def train(settings: loop.TrainSettings, train_sources: list[SliceSource], val_sources: list[SliceSource],
-          config: SSIMConfig, argv: list[str] | None = None, val_size: int = 400, shadow_size: int = 0,
-          cfg: SampleConfig = SampleConfig(), batch_augment: int = 1) -> dict:
+def train(
+    settings: loop.TrainSettings,
+    train_sources: list[SliceSource],
+    val_sources: list[SliceSource],
+    config: SSIMConfig,
+    argv: list[str] | None = None,
+    val_size: int = 400,
+    shadow_size: int = 0,
+    cfg: SampleConfig = SampleConfig(),
+    batch_augment: int = 1,
+) -> dict:
     """Run (or resume) training; returns the best validation record. Writes only into run_dir.
 
     The best network (lowest validation MSE) is saved as ``best.safetensors``; with ``shadow_size`` a
@@ -361,8 +471,11 @@ def train(settings: loop.TrainSettings, train_sources: list[SliceSource], val_so
     if settings.threads:
         torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
-    configs = [config] + ([SSIMConfig(input_size=shadow_size, width=config.width, blocks=config.blocks)]
-                          if shadow_size else [])
+    configs = [config] + (
+        [SSIMConfig(input_size=shadow_size, width=config.width, blocks=config.blocks)]
+        if shadow_size
+        else []
+    )
     nets = [build_resnet(c).to(settings.device) for c in configs]
     params = [p for net in nets for p in net.parameters()]
     opt = torch.optim.Adam(params, lr=settings.lr)
@@ -374,18 +487,30 @@ def train(settings: loop.TrainSettings, train_sources: list[SliceSource], val_so
 
     holder = _Both()
     start, extra = loop.load_checkpoint(run_dir, holder, opt)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, settings.steps), eta_min=settings.lr * 0.05)
-    for _ in range(start):
-        sched.step()
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+        opt, T_max=max(1, settings.steps), eta_min=settings.lr * 0.05
+    )
+    with warnings.catch_warnings():  # replaying the schedule on resume, before any optimiser step
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(start):
+            sched.step()
     best = extra.get("best", [{"val_mse": 1e9} for _ in nets])
     log = loop.RunLog(run_dir)
 
     sizes = tuple(c.input_size for c in configs)
     maker = SSIMSampleMaker(train_sources, sizes, cfg)
     t_val = time.time()
-    val_x, val_y = make_eval_set(val_sources, sizes, np.random.default_rng([settings.seed, 7919]), val_size, cfg)
-    log.write({"event": "validation_set", "n": int(val_size), "seconds": round(time.time() - t_val, 1),
-               "label_histogram": np.histogram(val_y, bins=10, range=(0, 1))[0].tolist()})
+    val_x, val_y = make_eval_set(
+        val_sources, sizes, np.random.default_rng([settings.seed, 7919]), val_size, cfg
+    )
+    log.write(
+        {
+            "event": "validation_set",
+            "n": int(val_size),
+            "seconds": round(time.time() - t_val, 1),
+            "label_histogram": np.histogram(val_y, bins=10, range=(0, 1))[0].tolist(),
+        }
+    )
 
     t0 = time.time()
     for net in nets:
@@ -396,32 +521,60 @@ def train(settings: loop.TrainSettings, train_sources: list[SliceSource], val_so
         y = y.to(settings.device).float()
         xs = [dihedral_batch(xi.to(settings.device), batch_augment) for xi in xs]
         y = y.repeat(batch_augment)
-        losses = [torch.nn.functional.mse_loss(net(xi[:, None]), y) for net, xi in zip(nets, xs)]
+        losses = [
+            torch.nn.functional.mse_loss(net(xi[:, None]), y)
+            for net, xi in zip(nets, xs, strict=True)
+        ]
         opt.zero_grad(set_to_none=True)
         sum(losses).backward()
         opt.step()
         sched.step()
-        for r, loss in zip(running, losses):
+        for r, loss in zip(running, losses, strict=True):
             r.append(float(loss.detach()))
         if (step + 1) % 25 == 0:
-            log.write({"step": step + 1, "loss": [float(np.mean(r)) for r in running], "lr": sched.get_last_lr()[0],
-                       "elapsed_s": round(time.time() - t0, 1)})
+            log.write(
+                {
+                    "step": step + 1,
+                    "loss": [float(np.mean(r)) for r in running],
+                    "lr": sched.get_last_lr()[0],
+                    "elapsed_s": round(time.time() - t0, 1),
+                }
+            )
             running = [[] for _ in nets]
         last = step + 1 == settings.steps
         if (step + 1) % settings.validate_every == 0 or last:
             record: dict[str, Any] = {"step": step + 1, "validation": []}
-            for j, (net, c) in enumerate(zip(nets, configs)):
+            for j, (net, c) in enumerate(zip(nets, configs, strict=True)):
                 pred, _ = _predictor(net, c.input_size)
                 metrics = regression_metrics(pred(val_x[j]), val_y)
                 metrics["val_mse"] = metrics["rmse"] ** 2
-                record["validation"].append({k: metrics[k] for k in (
-                    "val_mse", "residual_mean", "residual_sd", "accuracy_bins3", "accuracy_bins5", "accuracy_bins10",
-                    "accuracy_clinical")})
+                record["validation"].append(
+                    {
+                        k: metrics[k]
+                        for k in (
+                            "val_mse",
+                            "residual_mean",
+                            "residual_sd",
+                            "accuracy_bins3",
+                            "accuracy_bins5",
+                            "accuracy_bins10",
+                            "accuracy_clinical",
+                        )
+                    }
+                )
                 if metrics["val_mse"] < best[j]["val_mse"]:
-                    best[j] = {"val_mse": metrics["val_mse"], "step": step + 1,
-                               "residual_mean": metrics["residual_mean"], "residual_sd": metrics["residual_sd"]}
+                    best[j] = {
+                        "val_mse": metrics["val_mse"],
+                        "step": step + 1,
+                        "residual_mean": metrics["residual_mean"],
+                        "residual_sd": metrics["residual_sd"],
+                    }
                     name = "best.safetensors" if j == 0 else "shadow.safetensors"
-                    save_weights(run_dir / name, net.state_dict(), _meta(c, run_dir, step + 1, best[j], cfg, batch_augment))
+                    save_weights(
+                        run_dir / name,
+                        net.state_dict(),
+                        _meta(c, run_dir, step + 1, best[j], cfg, batch_augment),
+                    )
             log.write(record)
         if (step + 1) % settings.checkpoint_every == 0 or last:
             loop.save_checkpoint(run_dir, step + 1, holder, opt, {"best": best})
@@ -432,17 +585,28 @@ def sources_from_data(data_dir: str, split: str, n_synthetic: int, seed: int) ->
     """Slice sources from the clean volumes of ``split`` (out-of-scope scans skipped) + synthetic ones."""
     from bids_qa.training.data import clean_volumes, synthetic_volumes
 
-    sources = [make_source(vol, name=str(entry.get("path", entry)), central_fraction=1.0)
-               for entry, vol in clean_volumes(data_dir, split) if not entry.get("out_of_scope")]
+    sources = [
+        make_source(vol, name=str(entry.get("path", entry)), central_fraction=1.0)
+        for entry, vol in clean_volumes(data_dir, split)
+        if not entry.get("out_of_scope")
+    ]
     if n_synthetic:
         rng = np.random.default_rng([seed, 104729 if split == "train" else 130363])
-        sources += [make_source(vol, name=str(entry["path"]), central_fraction=1.0)
-                    for entry, vol in synthetic_volumes(n_synthetic, rng)]
+        sources += [
+            make_source(vol, name=str(entry["path"]), central_fraction=1.0)
+            for entry, vol in synthetic_volumes(n_synthetic, rng)
+        ]
     return sources
 
 
-def evaluate_run(run_dir: Path, sources: list[SliceSource], n: int, seed: int, label_size: int,
-                 device: str = "cpu") -> dict[str, Any]:
+def evaluate_run(
+    run_dir: Path,
+    sources: list[SliceSource],
+    n: int,
+    seed: int,
+    label_size: int,
+    device: str = "cpu",
+) -> dict[str, Any]:
     """Evaluate ``best.safetensors`` (and ``shadow.safetensors``) of a run on ``n`` simulated slices of
     ``sources``, labels on the ``label_size`` grid; writes and returns ``evaluation.json``."""
     from bids_qa.models.ssim import SSIMScorer
@@ -452,8 +616,9 @@ def evaluate_run(run_dir: Path, sources: list[SliceSource], n: int, seed: int, l
         path = run_dir / f"{name}.safetensors"
         if path.is_file():
             scorer = SSIMScorer(device=device, weights=str(path))
-            report[name] = evaluate_ssim(scorer, sources, np.random.default_rng([seed, 424242]), n=n,
-                                         label_size=label_size)
+            report[name] = evaluate_ssim(
+                scorer, sources, np.random.default_rng([seed, 424242]), n=n, label_size=label_size
+            )
             report[name]["weights"] = path.name
             report[name]["version"] = scorer.version
     (run_dir / "evaluation.json").write_text(json.dumps(report, indent=2, sort_keys=True))
@@ -473,15 +638,45 @@ def main(argv: list[str] | None = None) -> int:
     if not val_sources:
         raise SystemExit("no validation volume found (split 'validation'); check --data")
     print(f"training on {len(train_sources)} volumes, validating on {len(val_sources)}", flush=True)
-    result = train(settings, train_sources, val_sources, config, argv, val_size=args.val_size,
-                   shadow_size=args.shadow_size, batch_augment=args.batch_augment)
+    result = train(
+        settings,
+        train_sources,
+        val_sources,
+        config,
+        argv,
+        val_size=args.val_size,
+        shadow_size=args.shadow_size,
+        batch_augment=args.batch_augment,
+    )
     print(json.dumps(result, indent=2))
     if args.evaluate:
-        report = evaluate_run(Path(settings.run_dir), val_sources, args.evaluate, settings.seed, config.input_size,
-                              settings.device)
-        print(json.dumps({k: {m: v[m] for m in ("residual_mean", "residual_sd", "accuracy_bins3", "accuracy_bins5",
-                                                 "accuracy_bins10", "accuracy_clinical")} for k, v in report.items()},
-                         indent=2))
+        report = evaluate_run(
+            Path(settings.run_dir),
+            val_sources,
+            args.evaluate,
+            settings.seed,
+            config.input_size,
+            settings.device,
+        )
+        print(
+            json.dumps(
+                {
+                    k: {
+                        m: v[m]
+                        for m in (
+                            "residual_mean",
+                            "residual_sd",
+                            "accuracy_bins3",
+                            "accuracy_bins5",
+                            "accuracy_bins10",
+                            "accuracy_clinical",
+                        )
+                    }
+                    for k, v in report.items()
+                },
+                indent=2,
+            )
+        )
     if args.export:
         shutil.copyfile(Path(settings.run_dir) / "best.safetensors", args.export)
         print(f"weights exported to {args.export}")
