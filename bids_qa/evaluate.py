@@ -31,26 +31,44 @@ IQM_COLUMNS = ("cjv", "cnr", "efc", "fber", "snr_total")
 FAMILIES = ("severity", "tiers", "ssim", "flow")
 
 #: Paper 000, Table 2 ("Ours" column) and paper-reported reference figures for the other families.
-PAPER_000_TABLE2 = {"none": (0.0, "0.17 ± 0.47"), "bias": (0.1, "0.01 ± 0.03"), "motion": (0.3, "1.74 ± 0.49"),
-                    "anisotropy": (0.6, "2.32 ± 0.48"), "ghosting": (0.8, "2.34 ± 0.60"), "noise": (0.9, "3.54 ± 0.06")}
+PAPER_000_TABLE2 = {
+    "none": (0.0, "0.17 ± 0.47"),
+    "bias": (0.1, "0.01 ± 0.03"),
+    "motion": (0.3, "1.74 ± 0.49"),
+    "anisotropy": (0.6, "2.32 ± 0.48"),
+    "ghosting": (0.8, "2.34 ± 0.60"),
+    "noise": (0.9, "3.54 ± 0.06"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bids_qa evaluate", description=__doc__.splitlines()[0])
-    p.add_argument("--data", required=True, help="clean-data folder (laid out like the project's shared/data)")
-    p.add_argument("--split", default="validation", help="manifest split to corrupt (default: validation)")
+    p.add_argument(
+        "--data", required=True, help="clean-data folder (laid out like the project's shared/data)"
+    )
+    p.add_argument(
+        "--split", default="validation", help="manifest split to corrupt (default: validation)"
+    )
     p.add_argument("--out", default="benchmark", help="folder for benchmark.json and benchmark.md")
     p.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
     p.add_argument("--levels", nargs="+", type=float, default=list(SEVERITY_LEVELS))
     p.add_argument("--no-iqms", action="store_true", help="skip the classical IQMs column (faster)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--max-volumes", type=int, default=0, help="use only the first N volumes (0: all)")
+    p.add_argument(
+        "--max-volumes", type=int, default=0, help="use only the first N volumes (0: all)"
+    )
     return p
 
 
-def corrupt_volume(data: np.ndarray, zooms: tuple[float, ...], slice_axis: int, artifact: str, severity: float,
-                   rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
+def corrupt_volume(
+    data: np.ndarray,
+    zooms: tuple[float, ...],
+    slice_axis: int,
+    artifact: str,
+    severity: float,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, dict[str, Any]]:
     """Corrupt a normalised 3D volume at an exact SS; direction-dependent artifacts act in-plane."""
     from bids_qa import artifacts
 
@@ -67,8 +85,13 @@ def _spearman(x: list[float], y: list[float]) -> float:
     return float(spearmanr(x, y).statistic)
 
 
-def evaluate_severity(volumes: list[tuple[dict, Any]], levels: tuple[float, ...], seed: int, device: str,
-                      with_iqms: bool = True) -> dict[str, Any]:
+def evaluate_severity(
+    volumes: list[tuple[dict, Any]],
+    levels: tuple[float, ...],
+    seed: int,
+    device: str,
+    with_iqms: bool = True,
+) -> dict[str, Any]:
     """Score clean and corrupted copies of every volume; return rows and the summary figures."""
     from bids_qa import artifacts
     from bids_qa.iqms import IQMScorer
@@ -79,21 +102,36 @@ def evaluate_severity(volumes: list[tuple[dict, Any]], levels: tuple[float, ...]
     iqm = IQMScorer() if with_iqms else None
     rows: list[dict[str, Any]] = []
     for v_index, (entry, vol) in enumerate(volumes):
-        cases: list[tuple[str, float]] = [("none", 0.0)] + [(a, s) for a in artifacts.ARTIFACTS_000 for s in levels]
+        cases: list[tuple[str, float]] = [("none", 0.0)] + [
+            (a, s) for a in artifacts.ARTIFACTS_000 for s in levels
+        ]
         for c_index, (artifact, ss) in enumerate(cases):
             rng = np.random.default_rng([seed, v_index, c_index])
             if artifact == "none":
                 data, params = vol.data, {}
             else:
-                data, params = corrupt_volume(vol.data, vol.zooms, vol.slice_axis, artifact, ss, rng)
+                data, params = corrupt_volume(
+                    vol.data, vol.zooms, vol.slice_axis, artifact, ss, rng
+                )
             corrupted = volume_from_array(data, vol.zooms) if artifact != "none" else vol
             t0 = time.perf_counter()
             value = scorer.score(corrupted).values["score"]
-            row = {"volume": entry["path"], "suffix": entry.get("suffix", ""), "artifact": artifact, "ss": ss,
-                   "score": float(value), "seconds": time.perf_counter() - t0}
+            row = {
+                "volume": entry["path"],
+                "suffix": entry.get("suffix", ""),
+                "artifact": artifact,
+                "ss": ss,
+                "score": float(value),
+                "seconds": time.perf_counter() - t0,
+            }
             if iqm is not None:
                 iq = iqm.score(corrupted).values
-                row.update({k: float(iq[k]) if isinstance(iq.get(k), (int, float)) else float("nan") for k in IQM_COLUMNS})
+                row.update(
+                    {
+                        k: float(iq[k]) if isinstance(iq.get(k), (int, float)) else float("nan")
+                        for k in IQM_COLUMNS
+                    }
+                )
             rows.append(row)
         print(f"  severity: {entry['path']} done ({len(cases)} cases)", file=sys.stderr, flush=True)
     return {"rows": rows, "summary": summarise_severity(rows, levels)}
@@ -104,8 +142,10 @@ def summarise_severity(rows: list[dict[str, Any]], levels: tuple[float, ...]) ->
 
     clean = np.array([r["score"] for r in rows if r["artifact"] == "none"])
     out: dict[str, Any] = {
-        "clean_mean": float(clean.mean()), "clean_sd": float(clean.std()),
-        "clean_fraction_le_1": float((clean <= 1.0).mean()), "n_volumes": int(len(clean)),
+        "clean_mean": float(clean.mean()),
+        "clean_sd": float(clean.std()),
+        "clean_fraction_le_1": float((clean <= 1.0).mean()),
+        "n_volumes": int(len(clean)),
     }
     high = np.array([r["score"] for r in rows if r["artifact"] != "none" and r["ss"] >= 0.5])
     out["ss_ge_0.5_fraction_gt_1"] = float((high > 1.0).mean()) if high.size else float("nan")
@@ -118,7 +158,10 @@ def summarise_severity(rows: list[dict[str, Any]], levels: tuple[float, ...]) ->
             vals = np.array([r["score"] for r in rows if r["artifact"] == a and r["ss"] == s])
             cell = {"mean": float(vals.mean()), "sd": float(vals.std()), "n": int(len(vals))}
             for k in IQM_COLUMNS:
-                iq = np.array([r.get(k, np.nan) for r in rows if r["artifact"] == a and r["ss"] == s], dtype=float)
+                iq = np.array(
+                    [r.get(k, np.nan) for r in rows if r["artifact"] == a and r["ss"] == s],
+                    dtype=float,
+                )
                 if np.isfinite(iq).any():
                     cell[k] = {"mean": float(np.nanmean(iq)), "sd": float(np.nanstd(iq))}
             out["table"][f"{a}@{s:g}"] = cell
@@ -135,20 +178,31 @@ def severity_markdown(summary: dict[str, Any]) -> str:
     def fmt(c: dict | None) -> str:
         return "—" if not c else f"{c['mean']:.3g} ± {c['sd']:.2g}"
 
-    lines = ["### Severity (paper 000, Table 2 layout)", "",
-             "| artifact | SS | CJV | CNR | EFC | FBER | SNR | ours (score) | n |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "### Severity (paper 000, Table 2 layout)",
+        "",
+        "| artifact | SS | CJV | CNR | EFC | FBER | SNR | ours (score) | n |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for key, cell in summary["table"].items():
         a, s = key.split("@")
-        lines.append(f"| {a} | {s} | " + " | ".join(fmt(cell.get(k)) for k in IQM_COLUMNS)
-                     + f" | {cell['mean']:.2f} ± {cell['sd']:.2f} | {cell['n']} |")
+        lines.append(
+            f"| {a} | {s} | "
+            + " | ".join(fmt(cell.get(k)) for k in IQM_COLUMNS)
+            + f" | {cell['mean']:.2f} ± {cell['sd']:.2f} | {cell['n']} |"
+        )
     lines += ["", "| artifact | Spearman(score, SS) |", "|---|---|"]
     lines += [f"| {a} | {rho:.3f} |" for a, rho in summary["spearman"].items()]
-    lines += ["", f"Clean volumes: mean score {summary['clean_mean']:.3f} ± {summary['clean_sd']:.3f}, "
-              f"{100 * summary['clean_fraction_le_1']:.1f}% <= 1.0 (n = {summary['n_volumes']}); "
-              f"SS >= 0.5: {100 * summary['ss_ge_0.5_fraction_gt_1']:.1f}% of volumes > 1.0.", "",
-              "Paper 000, Table 2 (OASIS, N = 20 per row, 'Ours'): " +
-              "; ".join(f"{a} SS {s}: {v}" for a, (s, v) in PAPER_000_TABLE2.items()), ""]
+    lines += [
+        "",
+        f"Clean volumes: mean score {summary['clean_mean']:.3f} ± {summary['clean_sd']:.3f}, "
+        f"{100 * summary['clean_fraction_le_1']:.1f}% <= 1.0 (n = {summary['n_volumes']}); "
+        f"SS >= 0.5: {100 * summary['ss_ge_0.5_fraction_gt_1']:.1f}% of volumes > 1.0.",
+        "",
+        "Paper 000, Table 2 (OASIS, N = 20 per row, 'Ours'): "
+        + "; ".join(f"{a} SS {s}: {v}" for a, (s, v) in PAPER_000_TABLE2.items()),
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -160,15 +214,24 @@ def benchmark_flow(data_dir: str, split: str, seed: int, device: str) -> dict[st
 
     volumes = clean_volumes(data_dir, split, include_out_of_scope=True)
     res = evaluate_flow(FlowScorer(device=device), volumes, np.random.default_rng(seed))
-    lines = ["### Flow density (paper 001)", "", "| level | sensitivity | specificity | paper (real data) |",
-             "|---|---|---|---|"]
+    lines = [
+        "### Flow density (paper 001)",
+        "",
+        "| level | sensitivity | specificity | paper (real data) |",
+        "|---|---|---|---|",
+    ]
     paper = {"5": "91.0% / 97.8%", "3": "80.0% / 99.4%"}
     for p in ("5", "3"):
         r = res[f"at_{p}pct"]
-        lines.append(f"| {p}% | {100 * r['sensitivity']:.1f}% ({r['tp']}/{r['tp'] + r['fn']}) | "
-                     f"{100 * r['specificity']:.1f}% ({r['tn']}/{r['tn'] + r['fp']}) | {paper[p]} |")
+        lines.append(
+            f"| {p}% | {100 * r['sensitivity']:.1f}% ({r['tp']}/{r['tp'] + r['fn']}) | "
+            f"{100 * r['specificity']:.1f}% ({r['tn']}/{r['tn'] + r['fp']}) | {paper[p]} |"
+        )
     lines += ["", "| category | n | flagged at 5% |", "|---|---|---|"]
-    lines += [f"| {c} | {v['n']} | {100 * v['flagged_5pct']:.0f}% |" for c, v in res["per_category"].items()]
+    lines += [
+        f"| {c} | {v['n']} | {100 * v['flagged_5pct']:.0f}% |"
+        for c, v in res["per_category"].items()
+    ]
     res["markdown"] = "\n".join(lines) + "\n"
     return res
 
@@ -178,10 +241,16 @@ def benchmark_tiers(data_dir: str, split: str, seed: int, device: str) -> dict[s
     from bids_qa.models.weights import packaged_weights
     from bids_qa.training.tiers import evaluate_weights
 
-    res = evaluate_weights(packaged_weights("tiers.safetensors"), data_dir, split, seed=20260 + seed, device=device)
+    res = evaluate_weights(
+        packaged_weights("tiers.safetensors"), data_dir, split, seed=20260 + seed, device=device
+    )
     paper = {"motion": (99.54, 100.0), "noise": (87.35, 97.78), "contrast": (90.17, 97.57)}
-    lines = ["### Tiers (paper 003, synthetic test set)", "",
-             "| task | ours (balanced accuracy, %) | paper |", "|---|---|---|"]
+    lines = [
+        "### Tiers (paper 003, synthetic test set)",
+        "",
+        "| task | ours (balanced accuracy, %) | paper |",
+        "|---|---|---|",
+    ]
     for a, (mod, sev) in paper.items():
         lines.append(f"| {a} moderate (0 vs 1) | {res[f'{a}_moderate_bacc']:.2f} | {mod} |")
         lines.append(f"| {a} severe (0-1 vs 2) | {res[f'{a}_severe_bacc']:.2f} | {sev} |")
@@ -191,20 +260,29 @@ def benchmark_tiers(data_dir: str, split: str, seed: int, device: str) -> dict[s
     return res
 
 
-def benchmark_ssim(data_dir: str, split: str, seed: int, device: str, n: int = 2000) -> dict[str, Any]:
+def benchmark_ssim(
+    data_dir: str, split: str, seed: int, device: str, n: int = 2000
+) -> dict[str, Any]:
     """Paper 002's figures: residual mean and sd, accuracy for 3, 5 and 10 SSIM classes."""
     from bids_qa.models.ssim import SSIMScorer
     from bids_qa.training.data import clean_volumes
     from bids_qa.training.ssim import evaluate_ssim
 
     volumes = [v for _, v in clean_volumes(data_dir, split)]
-    res = evaluate_ssim(SSIMScorer(device=device), volumes, np.random.default_rng([seed, 2002]), n=n)
-    lines = ["### SSIM (paper 002)", "", "| figure | ours | paper (best) |", "|---|---|---|",
-             f"| residual mean ± sd | {res['residual_mean']:.4f} ± {res['residual_sd']:.4f} | -0.0009 ± 0.0139 |",
-             f"| accuracy, 3 classes | {100 * res['accuracy_bins3']:.1f}% | 97% |",
-             f"| accuracy, 5 classes | {100 * res['accuracy_bins5']:.1f}% | 95% |",
-             f"| accuracy, 10 classes | {100 * res['accuracy_bins10']:.1f}% | 89% |",
-             f"| n slices | {res['n']} | 10000 |"]
+    res = evaluate_ssim(
+        SSIMScorer(device=device), volumes, np.random.default_rng([seed, 2002]), n=n
+    )
+    lines = [
+        "### SSIM (paper 002)",
+        "",
+        "| figure | ours | paper (best) |",
+        "|---|---|---|",
+        f"| residual mean ± sd | {res['residual_mean']:.4f} ± {res['residual_sd']:.4f} | -0.0009 ± 0.0139 |",
+        f"| accuracy, 3 classes | {100 * res['accuracy_bins3']:.1f}% | 97% |",
+        f"| accuracy, 5 classes | {100 * res['accuracy_bins5']:.1f}% | 95% |",
+        f"| accuracy, 10 classes | {100 * res['accuracy_bins10']:.1f}% | 89% |",
+        f"| n slices | {res['n']} | 10000 |",
+    ]
     res["markdown"] = "\n".join(lines) + "\n"
     return res
 
@@ -226,8 +304,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_volumes:
         volumes = volumes[: args.max_volumes]
     available = {e.name for e in REGISTRY if e.available()}
-    result: dict[str, Any] = {"split": args.split, "volumes": [e["path"] for e, _ in volumes], "seed": args.seed,
-                              "families": {}}
+    result: dict[str, Any] = {
+        "split": args.split,
+        "volumes": [e["path"] for e, _ in volumes],
+        "seed": args.seed,
+        "families": {},
+    }
     md = [f"# bids_qa benchmark ({args.split} split, {len(volumes)} volumes, seed {args.seed})", ""]
     for family in args.families:
         if family not in available:
@@ -236,12 +318,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"evaluating {family} ...", file=sys.stderr, flush=True)
         tf = time.time()
         if family == "severity":
-            res = evaluate_severity(volumes, tuple(args.levels), args.seed, args.device, not args.no_iqms)
+            res = evaluate_severity(
+                volumes, tuple(args.levels), args.seed, args.device, not args.no_iqms
+            )
             md.append(severity_markdown(res["summary"]))
         else:
             fn = _family_evaluator(family)
             if fn is None:
-                md += [f"### {family}", "", "no benchmark function in bids_qa.training." + family, ""]
+                md += [
+                    f"### {family}",
+                    "",
+                    "no benchmark function in bids_qa.training." + family,
+                    "",
+                ]
                 continue
             res = fn(args.data, args.split, seed=args.seed, device=args.device)
             md.append(res.get("markdown", ""))
@@ -249,7 +338,9 @@ def main(argv: list[str] | None = None) -> int:
         result["families"][family] = res
     result["seconds"] = round(time.time() - t0, 1)
     md.append(f"Total benchmark time: {result['seconds']:.0f} s.")
-    (out_dir / "benchmark.json").write_text(json.dumps(result, indent=1, sort_keys=True, default=float))
+    (out_dir / "benchmark.json").write_text(
+        json.dumps(result, indent=1, sort_keys=True, default=float)
+    )
     (out_dir / "benchmark.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     return 0

@@ -39,30 +39,55 @@ def apply_dataset_refit(table, figure_path: Path, seed: int = 0) -> dict[str, An
         return {}
     from bids_qa.models import flow
 
-    m = np.array([[_float(r.get("flow.m1")), _float(r.get("flow.m2"))] for r in table.rows], dtype=np.float64)
+    m = np.array(
+        [[_float(r.get("flow.m1")), _float(r.get("flow.m2"))] for r in table.rows], dtype=np.float64
+    )
     finite = np.isfinite(m).all(axis=1)
     judged = flow.dataset_outliers(m, seed=seed)
     if judged is None:
-        note = {"density": "reference", "n_scans": int(finite.sum()), "min_scans_for_refit": flow.MIN_GROUP_SCANS,
-                "message": f"{int(finite.sum())} scan(s) with an m value: fewer than {flow.MIN_GROUP_SCANS}, so the "
-                           "reference population's density (participant-level flow.* columns) is used"}
+        note = {
+            "density": "reference",
+            "n_scans": int(finite.sum()),
+            "min_scans_for_refit": flow.MIN_GROUP_SCANS,
+            "message": f"{int(finite.sum())} scan(s) with an m value: fewer than {flow.MIN_GROUP_SCANS}, so the "
+            "reference population's density (participant-level flow.* columns) is used",
+        }
         density = flow.load_reference()
     else:
         for row, (_, rec) in zip(table.rows, judged.iterrows(), strict=False):
-            row["flow.dataset_log_density"] = None if math.isnan(rec["log_density"]) else float(rec["log_density"])
-            row["flow.dataset_percentile"] = None if math.isnan(rec["percentile"]) else float(rec["percentile"])
+            row["flow.dataset_log_density"] = (
+                None if math.isnan(rec["log_density"]) else float(rec["log_density"])
+            )
+            row["flow.dataset_percentile"] = (
+                None if math.isnan(rec["percentile"]) else float(rec["percentile"])
+            )
             for k in ("flag_5pct", "flag_3pct"):
                 v = rec[k]
-                row[f"flow.dataset_{k}"] = None if v is None or (isinstance(v, float) and math.isnan(v)) or str(v) == "<NA>" else int(v)
+                row[f"flow.dataset_{k}"] = (
+                    None
+                    if v is None or (isinstance(v, float) and math.isnan(v)) or str(v) == "<NA>"
+                    else int(v)
+                )
         for key in DATASET_COLUMNS:
             if key not in table.metric_columns:
                 table.metric_columns.append(key)
-        note = {"density": "dataset", "n_scans": int(finite.sum()), "seed": seed,
-                "message": f"density refit on this dataset's {int(finite.sum())} scans (paper 001)"}
+        note = {
+            "density": "dataset",
+            "n_scans": int(finite.sum()),
+            "seed": seed,
+            "message": f"density refit on this dataset's {int(finite.sum())} scans (paper 001)",
+        }
         density = flow.refit_flow(m[finite], seed=seed)
     if finite.any():
-        labels = [str(r.get("verdict", "")) for r, ok in zip(table.rows, finite, strict=False) if ok]
-        flow.plot_m_plane(m[finite], labels, density, figure_path,
-                          title=f"{table.suffix}: m-plane ({note['density']} density)")
+        labels = [
+            str(r.get("verdict", "")) for r, ok in zip(table.rows, finite, strict=False) if ok
+        ]
+        flow.plot_m_plane(
+            m[finite],
+            labels,
+            density,
+            figure_path,
+            title=f"{table.suffix}: m-plane ({note['density']} density)",
+        )
         note["figure"] = figure_path.name
     return note

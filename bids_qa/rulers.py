@@ -60,10 +60,16 @@ class Ruler:
             if image_paths:
                 level["image"] = image_paths[i]
             levels.append(level)
-        return {"metric": self.metric, "artifact": self.artifact, "levels": levels,
-                "threshold": self.threshold, "threshold_position": self.threshold_position,
-                "scan_value": self.scan_value, "ruler_score": self.ruler_score,
-                "higher_is_worse": self.higher_is_worse}
+        return {
+            "metric": self.metric,
+            "artifact": self.artifact,
+            "levels": levels,
+            "threshold": self.threshold,
+            "threshold_position": self.threshold_position,
+            "scan_value": self.scan_value,
+            "ruler_score": self.ruler_score,
+            "higher_is_worse": self.higher_is_worse,
+        }
 
 
 def central_slice(volume: Volume) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
@@ -77,9 +83,20 @@ def central_slice(volume: Volume) -> tuple[np.ndarray, np.ndarray, tuple[float, 
     return np.ascontiguousarray(img), np.ascontiguousarray(mask), zooms  # type: ignore[return-value]
 
 
-def build_ruler(volume: Volume, score_slices, *, model: str, metric: str, artifact: str, scan_value: float,
-                threshold: float | None, input_size: int, higher_is_worse: bool = True,
-                levels: int = RULER_LEVELS, seed: int = 0) -> Ruler:
+def build_ruler(
+    volume: Volume,
+    score_slices,
+    *,
+    model: str,
+    metric: str,
+    artifact: str,
+    scan_value: float,
+    threshold: float | None,
+    input_size: int,
+    higher_is_worse: bool = True,
+    levels: int = RULER_LEVELS,
+    seed: int = 0,
+) -> Ruler:
     """Corrupt the central slice at ``levels`` evenly spaced severities in [0, 1] and score each.
 
     ``score_slices`` maps an (m, S, S) array of model inputs to m outputs (the scorer's own batch
@@ -98,5 +115,14 @@ def build_ruler(volume: Volume, score_slices, *, model: str, metric: str, artifa
         images.append(to_model_input(renormalise(out, img, mask), zooms, input_size))
     stack = np.stack(images).astype(np.float32)
     scores = np.asarray(score_slices(stack), dtype=np.float32)
-    return Ruler(model=model, metric=metric, artifact=artifact, severities=severities, scores=scores,
-                 images=stack, scan_value=float(scan_value), threshold=threshold, higher_is_worse=higher_is_worse)
+    return Ruler(
+        model=model,
+        metric=metric,
+        artifact=artifact,
+        severities=severities,
+        scores=scores,
+        images=stack,
+        scan_value=float(scan_value),
+        threshold=threshold,
+        higher_is_worse=higher_is_worse,
+    )

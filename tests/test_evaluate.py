@@ -52,12 +52,33 @@ def test_simulated_example_dataset_runs_through_the_pipeline(tmp_path):
     clean = tmp_path / "clean"
     make_demo_dataset(clean, n_subjects=2, voxel_size=4.0)
     sim = tmp_path / "sim"
-    assert main(["simulate", str(clean), str(sim), "--artifacts", "noise", "--levels", "0.8",
-                 "--participant-label", "01", "--seed", "3"]) == 0
+    assert (
+        main(
+            [
+                "simulate",
+                str(clean),
+                str(sim),
+                "--artifacts",
+                "noise",
+                "--levels",
+                "0.8",
+                "--participant-label",
+                "01",
+                "--seed",
+                "3",
+            ]
+        )
+        == 0
+    )
     corrupted = sorted(p.name for p in sim.rglob("*acq-noise*.nii.gz"))
     assert corrupted, "simulate wrote no corrupted scan"
     out = tmp_path / "qa"
-    assert main([str(sim), str(out), "participant", "--no-reports", "--scorers", "header", "iqm", "-q"]) == 0
+    assert (
+        main(
+            [str(sim), str(out), "participant", "--no-reports", "--scorers", "header", "iqm", "-q"]
+        )
+        == 0
+    )
     assert main([str(sim), str(out), "group", "--no-reports", "-q"]) == 0
     table = read_group_table(out, "T1w")
     ids = set(table["scan_id"])

@@ -62,7 +62,9 @@ def test_a_few_training_steps_reduce_the_loss(tmp_path):
     from bids_qa.training.severity import QuadrupletMaker, train
     from bids_qa.training.slices import make_source
 
-    sources = [make_source(volume_from_array(_phantom(s), (2.0, 2.0, 2.0)), name=f"p{s}") for s in range(3)]
+    sources = [
+        make_source(volume_from_array(_phantom(s), (2.0, 2.0, 2.0)), name=f"p{s}") for s in range(3)
+    ]
     config = SeverityConfig(input_size=48, channels=(4, 8))
     maker = QuadrupletMaker(sources, config.input_size)
     items = [maker(np.random.default_rng([99, i])) for i in range(32)]
@@ -75,8 +77,19 @@ def test_a_few_training_steps_reduce_the_loss(tmp_path):
 
     torch.manual_seed(0)
     before = fixed_loss(build_encoder(config))
-    settings = TrainSettings(data_dir="", run_dir=str(tmp_path / "run"), steps=40, batch_size=8, lr=3e-3, seed=0,
-                             device="cpu", workers=0, threads=0, checkpoint_every=20, validate_every=40)
+    settings = TrainSettings(
+        data_dir="",
+        run_dir=str(tmp_path / "run"),
+        steps=40,
+        batch_size=8,
+        lr=3e-3,
+        seed=0,
+        device="cpu",
+        workers=0,
+        threads=0,
+        checkpoint_every=20,
+        validate_every=40,
+    )
     train(settings, sources, sources, config, val_size=8)
     from bids_qa.models.severity import SeverityScorer
 
@@ -100,15 +113,27 @@ def test_resume_continues_from_checkpoint(tmp_path):
 
     sources = [make_source(volume_from_array(_phantom(s), (2.0, 2.0, 2.0))) for s in range(2)]
     config = SeverityConfig(input_size=32, channels=(2, 4))
-    common = dict(data_dir="", run_dir=str(tmp_path / "r"), batch_size=4, lr=1e-3, seed=1, device="cpu",
-                  workers=0, threads=0, checkpoint_every=5, validate_every=100)
+    common = dict(
+        data_dir="",
+        run_dir=str(tmp_path / "r"),
+        batch_size=4,
+        lr=1e-3,
+        seed=1,
+        device="cpu",
+        workers=0,
+        threads=0,
+        checkpoint_every=5,
+        validate_every=100,
+    )
     train(TrainSettings(steps=10, **common), sources, sources, config, val_size=4)
     train(TrainSettings(steps=15, **common), sources, sources, config, val_size=4)
     net = build_encoder(config)
     step, _ = load_checkpoint(tmp_path / "r", net, torch.optim.Adam(net.parameters()))
     assert step == 15
     records = RunLog(tmp_path / "r").read()
-    assert [r["step"] for r in records if "loss" in r] == [0]  # every 50 steps: step 0 only, not repeated
+    assert [r["step"] for r in records if "loss" in r] == [
+        0
+    ]  # every 50 steps: step 0 only, not repeated
     assert [r["step"] for r in records if "validation" in r] == [10, 15]
 
 

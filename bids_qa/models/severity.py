@@ -44,8 +44,11 @@ class SeverityConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SeverityConfig:
-        return cls(input_size=int(d["input_size"]), channels=tuple(d["channels"]),  # type: ignore[arg-type]
-                   negative_slope=float(d["negative_slope"]))
+        return cls(
+            input_size=int(d["input_size"]),
+            channels=tuple(d["channels"]),  # type: ignore[arg-type]
+            negative_slope=float(d["negative_slope"]),
+        )
 
 
 def build_encoder(config: SeverityConfig):
@@ -92,7 +95,9 @@ class SeverityScorer:
 
     name = NAME
 
-    def __init__(self, device: str = "cpu", batch_size: int = 64, weights: str | None = None) -> None:
+    def __init__(
+        self, device: str = "cpu", batch_size: int = 64, weights: str | None = None
+    ) -> None:
         import torch
 
         from bids_qa.models.weights import load_weights, packaged_weights, resolve_device
@@ -115,7 +120,9 @@ class SeverityScorer:
         use_amp = self.device.startswith("cuda")
         with torch.inference_mode():
             for start in range(0, len(slices), self.batch_size):
-                batch = torch.from_numpy(np.ascontiguousarray(slices[start : start + self.batch_size]))
+                batch = torch.from_numpy(
+                    np.ascontiguousarray(slices[start : start + self.batch_size])
+                )
                 batch = batch[:, None].to(self.device, non_blocking=True)
                 with torch.autocast("cuda", enabled=use_amp):
                     out[start : start + len(batch)] = self.net(batch).float().cpu().numpy()
@@ -130,12 +137,24 @@ class SeverityScorer:
         middle = np.isin(anatomy, middle_slices(anatomy))
         value = float(per_slice[middle].mean())
         worst = int(anatomy[int(np.argmax(per_slice))])
-        ruler = build_ruler(volume, self.score_slices, model=NAME, metric="score", artifact=RULER_ARTIFACT,
-                            scan_value=value, threshold=DEFAULT_THRESHOLD, input_size=self.config.input_size)
+        ruler = build_ruler(
+            volume,
+            self.score_slices,
+            model=NAME,
+            metric="score",
+            artifact=RULER_ARTIFACT,
+            scan_value=value,
+            threshold=DEFAULT_THRESHOLD,
+            input_size=self.config.input_size,
+        )
         return ScanScores(
             scorer=NAME,
-            values={"score": value, "slice_max": float(per_slice.max()), "worst_slice": worst,
-                    "n_slices_scored": int(middle.sum())},
+            values={
+                "score": value,
+                "slice_max": float(per_slice.max()),
+                "worst_slice": worst,
+                "n_slices_scored": int(middle.sum()),
+            },
             per_slice={"slice_index": anatomy.astype(np.int32), "severity": per_slice},
             slice_axis=volume.slice_axis,
             ruler=ruler,

@@ -43,7 +43,9 @@ def load_weights(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} not found; this model family is not installed")
+        raise FileNotFoundError(
+            f"weights file {path} not found; this model family is not installed"
+        )
     with safe_open(str(path), framework="pt") as fh:
         meta = json.loads((fh.metadata() or {}).get("bids_qa", "{}"))
     return load_file(str(path)), meta
@@ -56,5 +58,7 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was requested but no CUDA GPU is visible; use --device cpu or auto")
+        raise RuntimeError(
+            "--device cuda was requested but no CUDA GPU is visible; use --device cpu or auto"
+        )
     return device

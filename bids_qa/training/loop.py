@@ -35,27 +35,55 @@ class TrainSettings:
 
 def add_common_arguments(parser, *, steps: int, batch_size: int, lr: float) -> None:
     """Arguments every ``bids_qa train FAMILY`` command takes."""
-    parser.add_argument("--data", required=True, help="folder holding the clean training volumes (../shared/data layout)")
-    parser.add_argument("--run-dir", required=True, help="folder for checkpoints, logs and the final weights")
-    parser.add_argument("--steps", type=int, default=steps, help=f"optimisation steps (default {steps})")
-    parser.add_argument("--batch-size", type=int, default=batch_size, help=f"samples per step (default {batch_size})")
+    parser.add_argument(
+        "--data",
+        required=True,
+        help="folder holding the clean training volumes (../shared/data layout)",
+    )
+    parser.add_argument(
+        "--run-dir", required=True, help="folder for checkpoints, logs and the final weights"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=steps, help=f"optimisation steps (default {steps})"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=batch_size,
+        help=f"samples per step (default {batch_size})",
+    )
     parser.add_argument("--lr", type=float, default=lr, help=f"Adam learning rate (default {lr})")
-    parser.add_argument("--seed", type=int, default=0, help="seed for weights init and every drawn sample")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed for weights init and every drawn sample"
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--workers", type=int, default=1, help="data-generation worker processes")
-    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: leave torch's default)")
-    parser.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch intra-op threads (0: leave torch's default)"
+    )
+    parser.add_argument(
+        "--checkpoint-every", type=int, default=200, help="steps between checkpoints"
+    )
     parser.add_argument("--validate-every", type=int, default=500, help="steps between validations")
-    parser.add_argument("--export", default=None, help="write the best weights to this .safetensors path at the end")
+    parser.add_argument(
+        "--export", default=None, help="write the best weights to this .safetensors path at the end"
+    )
 
 
 def settings_from_args(args) -> TrainSettings:
     from bids_qa.models.weights import resolve_device
 
     return TrainSettings(
-        data_dir=str(Path(args.data).resolve()), run_dir=str(Path(args.run_dir).resolve()), steps=args.steps,
-        batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=resolve_device(args.device),
-        workers=args.workers, threads=args.threads, checkpoint_every=args.checkpoint_every,
+        data_dir=str(Path(args.data).resolve()),
+        run_dir=str(Path(args.run_dir).resolve()),
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        device=resolve_device(args.device),
+        workers=args.workers,
+        threads=args.threads,
+        checkpoint_every=args.checkpoint_every,
         validate_every=args.validate_every,
     )
 
@@ -82,8 +110,15 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, extra: dict[str,
     import torch
 
     tmp = run_dir / "checkpoint.pt.tmp"
-    torch.save({"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "extra": json.dumps(extra)}, tmp)
+    torch.save(
+        {
+            "step": step,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "extra": json.dumps(extra),
+        },
+        tmp,
+    )
     os.replace(tmp, run_dir / "checkpoint.pt")
 
 
@@ -120,9 +155,17 @@ def batches(make: Callable[[Any], Any], settings: TrainSettings, start_step: int
     import torch
     from torch.utils.data import DataLoader
 
-    ds = StepDataset(make, settings.seed, start_step * settings.batch_size, settings.steps * settings.batch_size)
-    loader = DataLoader(ds, batch_size=settings.batch_size, shuffle=False, num_workers=settings.workers,
-                        persistent_workers=False, prefetch_factor=4 if settings.workers else None)
+    ds = StepDataset(
+        make, settings.seed, start_step * settings.batch_size, settings.steps * settings.batch_size
+    )
+    loader = DataLoader(
+        ds,
+        batch_size=settings.batch_size,
+        shuffle=False,
+        num_workers=settings.workers,
+        persistent_workers=False,
+        prefetch_factor=4 if settings.workers else None,
+    )
     torch.manual_seed(settings.seed)
     for k, batch in enumerate(loader):
         yield start_step + k, batch
@@ -132,5 +175,9 @@ def write_settings(run_dir: Path, settings: TrainSettings, family: str, argv: li
     import dataclasses
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    info = {"family": family, "settings": dataclasses.asdict(settings), "command": "bids_qa train " + " ".join([family, *argv])}
+    info = {
+        "family": family,
+        "settings": dataclasses.asdict(settings),
+        "command": "bids_qa train " + " ".join([family, *argv]),
+    }
     (run_dir / "settings.json").write_text(json.dumps(info, indent=2, sort_keys=True))

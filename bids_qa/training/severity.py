@@ -45,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     loop.add_common_arguments(p, steps=6000, batch_size=24, lr=1e-3)
     p.add_argument("--input-size", type=int, default=128)
     p.add_argument("--channels", type=int, nargs=2, default=[16, 32])
-    p.add_argument("--synthetic", type=int, default=6, help="synthetic MNI-derived volumes added to training")
+    p.add_argument(
+        "--synthetic", type=int, default=6, help="synthetic MNI-derived volumes added to training"
+    )
     return p
 
 
@@ -70,7 +72,10 @@ class QuadrupletMaker:
             negs = [artifacts.simulate_combination(img, arts, rng, zooms=zooms) for _ in range(2)]
         else:
             art = str(rng.choice(artifacts.ARTIFACTS_000))
-            negs = [artifacts.simulate(img, art, rng, severity=float(rng.uniform(0, 1)), zooms=zooms) for _ in range(2)]
+            negs = [
+                artifacts.simulate(img, art, rng, severity=float(rng.uniform(0, 1)), zooms=zooms)
+                for _ in range(2)
+            ]
         out = [to_model_input(img, zooms, self.size), to_model_input(pos, pzooms, self.size)]
         for neg, _label in negs:
             out.append(to_model_input(renormalise(neg, img, mask), zooms, self.size))
@@ -92,8 +97,13 @@ def severity_loss(scores, ss, margin_scale: float = MARGIN_SCALE):
     gap = (sn[:, 0] - sn[:, 1]) * (2 * hi - 1)
     rank = relu(margin_scale * (ss[:, 0] - ss[:, 1]).abs() - gap)
     ceiling = relu(sn - margin_scale * ss - 1.0).mean(1)
-    parts = {"l2": l2.mean(), "triplet": triplet.mean(), "pull": pull.mean(), "rank": rank.mean(),
-             "ceiling": ceiling.mean()}
+    parts = {
+        "l2": l2.mean(),
+        "triplet": triplet.mean(),
+        "pull": pull.mean(),
+        "rank": rank.mean(),
+        "ceiling": ceiling.mean(),
+    }
     return sum(parts.values()), {k: float(v.detach()) for k, v in parts.items()}
 
 
@@ -104,18 +114,33 @@ def validation_metrics(net, batch: tuple[np.ndarray, np.ndarray], device: str) -
 
     x, ss = batch
     with torch.inference_mode():
-        s = net(torch.from_numpy(x.reshape(-1, 1, *x.shape[-2:])).to(device)).cpu().numpy().reshape(len(x), 4)
+        s = (
+            net(torch.from_numpy(x.reshape(-1, 1, *x.shape[-2:])).to(device))
+            .cpu()
+            .numpy()
+            .reshape(len(x), 4)
+        )
     clean = s[:, :2].ravel()
     sev = np.concatenate([np.zeros(len(x)), ss.ravel()])
     val = np.concatenate([s[:, 0], s[:, 2:].ravel()])
     rho = float(spearmanr(sev, val).statistic)
     hi = s[:, 2:][ss >= 0.5]
-    return {"clean_mean": float(clean.mean()), "clean_le1": float((clean <= 1).mean()),
-            "ss05_gt1": float((hi > 1).mean()) if hi.size else float("nan"), "spearman": rho}
+    return {
+        "clean_mean": float(clean.mean()),
+        "clean_le1": float((clean <= 1).mean()),
+        "ss05_gt1": float((hi > 1).mean()) if hi.size else float("nan"),
+        "spearman": rho,
+    }
 
 
-def train(settings: loop.TrainSettings, train_sources: list[SliceSource], val_sources: list[SliceSource],
-          config: SeverityConfig, argv: list[str] | None = None, val_size: int = 96) -> dict:
+def train(
+    settings: loop.TrainSettings,
+    train_sources: list[SliceSource],
+    val_sources: list[SliceSource],
+    config: SeverityConfig,
+    argv: list[str] | None = None,
+    val_size: int = 96,
+) -> dict:
     """Run (or resume) training; returns the best validation record. Writes only into run_dir."""
     import torch
 
@@ -130,7 +155,9 @@ def train(settings: loop.TrainSettings, train_sources: list[SliceSource], val_so
     net = build_encoder(config).to(settings.device)
     opt = torch.optim.Adam(net.parameters(), lr=settings.lr)
     start, extra = loop.load_checkpoint(run_dir, net, opt)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, settings.steps), eta_min=settings.lr * 0.05)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+        opt, T_max=max(1, settings.steps), eta_min=settings.lr * 0.05
+    )
     for _ in range(start):
         sched.step()
     best = extra.get("best", {"objective": -1e9})
@@ -138,7 +165,9 @@ def train(settings: loop.TrainSettings, train_sources: list[SliceSource], val_so
 
     maker = QuadrupletMaker(train_sources, config.input_size)
     val_maker = QuadrupletMaker(val_sources, config.input_size)
-    val_items = [val_maker(np.random.default_rng([settings.seed + 7919, i])) for i in range(val_size)]
+    val_items = [
+        val_maker(np.random.default_rng([settings.seed + 7919, i])) for i in range(val_size)
+    ]
     val_batch = (np.stack([v[0] for v in val_items]), np.stack([v[1] for v in val_items]))
 
     t0 = time.time()
@@ -153,8 +182,15 @@ def train(settings: loop.TrainSettings, train_sources: list[SliceSource], val_so
         opt.step()
         sched.step()
         if step % 50 == 0:
-            log.write({"step": step, "loss": float(loss), **parts, "lr": sched.get_last_lr()[0],
-                       "elapsed_s": round(time.time() - t0, 1)})
+            log.write(
+                {
+                    "step": step,
+                    "loss": float(loss),
+                    **parts,
+                    "lr": sched.get_last_lr()[0],
+                    "elapsed_s": round(time.time() - t0, 1),
+                }
+            )
         last = step + 1 == settings.steps
         if (step + 1) % settings.validate_every == 0 or last:
             net.eval()
@@ -162,16 +198,30 @@ def train(settings: loop.TrainSettings, train_sources: list[SliceSource], val_so
             net.train()
             # rank agreement plus separation at the threshold, minus clean-scan penalties (the
             # rank term alone favoured early, under-trained steps in our first run)
-            objective = (metrics["spearman"] + metrics["ss05_gt1"] - max(0.0, metrics["clean_mean"] - 0.3)
-                         - (1 - metrics["clean_le1"]))
+            objective = (
+                metrics["spearman"]
+                + metrics["ss05_gt1"]
+                - max(0.0, metrics["clean_mean"] - 0.3)
+                - (1 - metrics["clean_le1"])
+            )
             log.write({"step": step + 1, "validation": metrics, "objective": objective})
             if objective > best["objective"]:
                 best = {"objective": objective, "step": step + 1, "metrics": metrics}
-                meta = {"family": NAME, "version": f"{__version__}+s{step + 1}", "config": {
-                    "input_size": config.input_size, "channels": list(config.channels),
-                    "negative_slope": config.negative_slope}, "training": {
-                    "settings": json.loads((run_dir / "settings.json").read_text()), "step": step + 1,
-                    "validation": metrics, "margin_scale": MARGIN_SCALE}}
+                meta = {
+                    "family": NAME,
+                    "version": f"{__version__}+s{step + 1}",
+                    "config": {
+                        "input_size": config.input_size,
+                        "channels": list(config.channels),
+                        "negative_slope": config.negative_slope,
+                    },
+                    "training": {
+                        "settings": json.loads((run_dir / "settings.json").read_text()),
+                        "step": step + 1,
+                        "validation": metrics,
+                        "margin_scale": MARGIN_SCALE,
+                    },
+                }
                 save_weights(run_dir / "best.safetensors", net.state_dict(), meta)
         if (step + 1) % settings.checkpoint_every == 0 or last:
             loop.save_checkpoint(run_dir, step + 1, net, opt, {"best": best})
@@ -181,8 +231,11 @@ def train(settings: loop.TrainSettings, train_sources: list[SliceSource], val_so
 def sources_from_data(data_dir: str, split: str, n_synthetic: int, seed: int) -> list[SliceSource]:
     from bids_qa.training.data import clean_volumes, synthetic_volumes
 
-    sources = [make_source(vol, name=str(entry.get("path", entry)))
-               for entry, vol in clean_volumes(data_dir, split) if not entry.get("out_of_scope")]
+    sources = [
+        make_source(vol, name=str(entry.get("path", entry)))
+        for entry, vol in clean_volumes(data_dir, split)
+        if not entry.get("out_of_scope")
+    ]
     if n_synthetic:
         rng = np.random.default_rng([seed, 104729 if split == "train" else 130363])
         sources += [make_source(v, name=e["path"]) for e, v in synthetic_volumes(n_synthetic, rng)]

@@ -39,7 +39,9 @@ def make_source(volume: Volume, name: str = "", central_fraction: float = 0.8) -
     return SliceSource(volume=volume, choices=choices, name=name)
 
 
-def native_slice(source: SliceSource, axis: int, index: int) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
+def native_slice(
+    source: SliceSource, axis: int, index: int
+) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
     """(normalised slice, head-mask slice, in-plane voxel sizes) at native resolution."""
     vol = source.volume
     img = np.take(vol.data, index, axis=axis)
@@ -59,7 +61,9 @@ def draw_slice(sources: list[SliceSource], rng: np.random.Generator, exclude: in
     return k, img, mask, zooms
 
 
-def augment_geometry(img: np.ndarray, mask: np.ndarray, zooms: tuple[float, float], rng: np.random.Generator):
+def augment_geometry(
+    img: np.ndarray, mask: np.ndarray, zooms: tuple[float, float], rng: np.random.Generator
+):
     """Random flips and 90-degree rotations (voxel sizes follow the axes)."""
     if rng.random() < 0.5:
         img, mask = img[::-1], mask[::-1]
