@@ -469,9 +469,11 @@ def _score(scorer: Scorer, volume: Any, scan: Scan, wants_suffix: bool) -> ScanS
     return result
 
 
-def _ruler_json(result: ScanScores, paths: deriv.ScanPaths, used: dict[str, Any]) -> dict[str, Any]:
-    """A scorer's ruler (paper 004) as JSON, with its images written next to the report and the
-    threshold in force (defaults or the user's file) placed on it."""
+def _ruler_json(
+    result: ScanScores, paths: deriv.ScanPaths, used: dict[str, Any], write_images: bool
+) -> dict[str, Any]:
+    """A scorer's ruler (paper 004) as JSON, with the threshold in force (defaults or the user's
+    file) placed on it and, when reports are made, its images written next to the report."""
     ruler = result.ruler
     key = f"{result.scorer}.{ruler.metric}"
     if key in used:
@@ -479,7 +481,7 @@ def _ruler_json(result: ScanScores, paths: deriv.ScanPaths, used: dict[str, Any]
         cut = t.review if t.review is not None else t.fail
         if cut is not None:
             ruler.threshold = float(cut)
-    images = deriv.write_ruler_images(paths, result.scorer, ruler.images)
+    images = deriv.write_ruler_images(paths, result.scorer, ruler.images) if write_images else None
     return deriv.json_ready(ruler.to_json(images))
 
 
@@ -584,7 +586,7 @@ def assess_scan(
     for r in results:
         if r.ruler is not None:
             try:
-                rulers[r.scorer] = _ruler_json(r, paths, used)
+                rulers[r.scorer] = _ruler_json(r, paths, used, config.reports)
             except OSError as err:
                 warnings.append(f"ruler images of {r.scorer} not written: {err}")
     per_slice = [(r.scorer, r.slice_axis, r.per_slice) for r in results if r.per_slice]
