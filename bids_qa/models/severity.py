@@ -100,17 +100,12 @@ class SeverityScorer:
     ) -> None:
         import torch
 
-        from bids_qa.models.weights import load_weights, packaged_weights, resolve_device
+        from bids_qa.models.weights import load_network
 
-        state, meta = load_weights(weights or packaged_weights(WEIGHTS_FILE))
-        self.config = SeverityConfig.from_dict(meta["config"])
-        self.version = str(meta.get("version", "unknown"))
-        self.metadata = meta
-        self.device = resolve_device(device)
+        loaded = load_network(NAME, WEIGHTS_FILE, weights, device, SeverityConfig.from_dict, build_encoder)
+        self.net, self.config, self.metadata = loaded.net, loaded.config, loaded.metadata
+        self.version, self.device = loaded.version, loaded.device
         self.batch_size = int(batch_size)
-        self.net = build_encoder(self.config)
-        self.net.load_state_dict(state)
-        self.net.eval().to(self.device)
         self._torch = torch
 
     def score_slices(self, slices: np.ndarray) -> np.ndarray:

@@ -206,21 +206,12 @@ class SSIMScorer:
     ) -> None:
         import torch
 
-        from bids_qa.models.weights import load_weights, packaged_weights, resolve_device
+        from bids_qa.models.weights import load_network
 
-        state, meta = load_weights(weights or packaged_weights(WEIGHTS_FILE))
-        if "config" not in meta:
-            raise ValueError(
-                f"weights {weights or WEIGHTS_FILE} carry no architecture config; not an ssim weight file"
-            )
-        self.config = SSIMConfig.from_dict(meta["config"])
-        self.version = str(meta.get("version", "unknown"))
-        self.metadata = meta
-        self.device = resolve_device(device)
+        loaded = load_network(NAME, WEIGHTS_FILE, weights, device, SSIMConfig.from_dict, build_resnet)
+        self.net, self.config, self.metadata = loaded.net, loaded.config, loaded.metadata
+        self.version, self.device = loaded.version, loaded.device
         self.batch_size = max(1, int(batch_size))
-        self.net = build_resnet(self.config)
-        self.net.load_state_dict(state)
-        self.net.eval().to(self.device)
         self._torch = torch
 
     def predict_slices(self, slices: np.ndarray) -> np.ndarray:

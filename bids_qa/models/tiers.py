@@ -241,21 +241,12 @@ class TierScorer:
     ) -> None:
         import torch
 
-        from bids_qa.models.weights import load_weights, packaged_weights, resolve_device
+        from bids_qa.models.weights import load_network
 
-        state, meta = load_weights(weights or packaged_weights(WEIGHTS_FILE))
-        if "config" not in meta:
-            raise ValueError(
-                f"weights {weights or WEIGHTS_FILE} carry no 'config' metadata; not a tiers weight file"
-            )
-        self.config = TierConfig.from_dict(meta["config"])
-        self.version = str(meta.get("version", "unknown"))
-        self.metadata = meta
-        self.device = resolve_device(device)
+        loaded = load_network(NAME, WEIGHTS_FILE, weights, device, TierConfig.from_dict, build_network)
+        self.net, self.config, self.metadata = loaded.net, loaded.config, loaded.metadata
+        self.version, self.device = loaded.version, loaded.device
         self.batch_size = int(batch_size)
-        self.net = build_network(self.config)
-        self.net.load_state_dict(state)
-        self.net.eval().to(self.device)
         self._torch = torch
 
     def probabilities(self, grids: np.ndarray) -> np.ndarray:

@@ -8,6 +8,8 @@ is self-describing and loading it never executes code.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -62,3 +64,43 @@ def resolve_device(device: str) -> str:
             "--device cuda was requested but no CUDA GPU is visible; use --device cpu or auto"
         )
     return device
+
+
+@dataclass
+class LoadedNetwork:
+    """A network rebuilt from a weights file, in eval mode on its device."""
+
+    net: Any
+    config: Any
+    metadata: dict[str, Any]
+    version: str
+    device: str
+
+
+def load_network(
+    family: str,
+    weights_file: str,
+    weights: str | None,
+    device: str,
+    config_from_dict: Callable[[dict[str, Any]], Any],
+    build: Callable[[Any], Any],
+) -> LoadedNetwork:
+    """Rebuild a family's network from its shipped weights (or ``weights``): read the file, rebuild
+    the architecture from the metadata's ``config``, load the tensors, move to ``device``."""
+    state, meta = load_weights(weights or packaged_weights(weights_file))
+    if "config" not in meta:
+        raise ValueError(
+            f"weights {weights or weights_file} carry no architecture config; not a {family} weight file"
+        )
+    config = config_from_dict(meta["config"])
+    dev = resolve_device(device)
+    net = build(config)
+    net.load_state_dict(state)
+    net.eval().to(dev)
+    return LoadedNetwork(
+        net=net,
+        config=config,
+        metadata=meta,
+        version=str(meta.get("version", "unknown")),
+        device=dev,
+    )
