@@ -519,17 +519,9 @@ def centre_slices(indices: np.ndarray, n: int = N_CENTRE_SLICES) -> np.ndarray:
 
 def encode_slices(net, slices: np.ndarray, batch_size: int = 64, device: str = "cpu") -> np.ndarray:
     """Per-slice ``m`` (k, 2) for slices (k, S, S) already at the encoder's input size."""
-    import torch
+    from bids_qa.models.weights import predict_batched
 
-    out = np.empty((len(slices), 2), dtype=np.float32)
-    use_amp = device.startswith("cuda")
-    with torch.inference_mode():
-        for start in range(0, len(slices), batch_size):
-            batch = torch.from_numpy(np.ascontiguousarray(slices[start : start + batch_size], dtype=np.float32))
-            batch = batch[:, None].to(device)
-            with torch.autocast("cuda", enabled=use_amp):
-                out[start : start + len(batch)] = net(batch).float().cpu().numpy()
-    return out
+    return predict_batched(net, slices, batch_size, device).reshape(len(slices), 2)
 
 
 def stack_m(net, stack: np.ndarray, anatomy: np.ndarray, batch_size: int = 64, device: str = "cpu"):

@@ -102,7 +102,9 @@ class SeverityScorer:
 
         from bids_qa.models.weights import load_network
 
-        loaded = load_network(NAME, WEIGHTS_FILE, weights, device, SeverityConfig.from_dict, build_encoder)
+        loaded = load_network(
+            NAME, WEIGHTS_FILE, weights, device, SeverityConfig.from_dict, build_encoder
+        )
         self.net, self.config, self.metadata = loaded.net, loaded.config, loaded.metadata
         self.version, self.device = loaded.version, loaded.device
         self.batch_size = int(batch_size)
@@ -110,18 +112,9 @@ class SeverityScorer:
 
     def score_slices(self, slices: np.ndarray) -> np.ndarray:
         """Per-slice scores for an array (n, S, S) already at the model's input size."""
-        torch = self._torch
-        out = np.empty(len(slices), dtype=np.float32)
-        use_amp = self.device.startswith("cuda")
-        with torch.inference_mode():
-            for start in range(0, len(slices), self.batch_size):
-                batch = torch.from_numpy(
-                    np.ascontiguousarray(slices[start : start + self.batch_size])
-                )
-                batch = batch[:, None].to(self.device, non_blocking=True)
-                with torch.autocast("cuda", enabled=use_amp):
-                    out[start : start + len(batch)] = self.net(batch).float().cpu().numpy()
-        return out
+        from bids_qa.models.weights import predict_batched
+
+        return predict_batched(self.net, slices, self.batch_size, self.device).reshape(len(slices))
 
     def score(self, volume: Volume) -> ScanScores:
         stack = volume.slice_stack(self.config.input_size)

@@ -216,23 +216,14 @@ class SSIMScorer:
 
     def predict_slices(self, slices: np.ndarray) -> np.ndarray:
         """Predicted SSIM for an array (n, S, S) of slices already at the model's input size."""
-        torch = self._torch
         if slices.ndim != 3 or slices.shape[1:] != (self.config.input_size,) * 2:
             raise ValueError(
                 f"expected slices of shape (n, {self.config.input_size}, {self.config.input_size}), "
                 f"got {slices.shape}"
             )
-        out = np.empty(len(slices), dtype=np.float32)
-        use_amp = self.device.startswith("cuda")
-        with torch.inference_mode():
-            for start in range(0, len(slices), self.batch_size):
-                batch = torch.from_numpy(
-                    np.ascontiguousarray(slices[start : start + self.batch_size], dtype=np.float32)
-                )
-                batch = batch[:, None].to(self.device, non_blocking=True)
-                with torch.autocast("cuda", enabled=use_amp):
-                    out[start : start + len(batch)] = self.net(batch).float().cpu().numpy()
-        return out
+        from bids_qa.models.weights import predict_batched
+
+        return predict_batched(self.net, slices, self.batch_size, self.device).reshape(len(slices))
 
     def score(self, volume: Volume) -> ScanScores:
         stack = volume.slice_stack(self.config.input_size)

@@ -251,19 +251,10 @@ class TierScorer:
 
     def probabilities(self, grids: np.ndarray) -> np.ndarray:
         """Sigmoid outputs ``(n, 3, 2)`` for a stack of model-grid cubes ``(n, G, G, G)``."""
-        torch = self._torch
-        out = np.empty((len(grids), len(ARTIFACTS), len(TASKS)), dtype=np.float32)
-        use_amp = self.device.startswith("cuda")
-        with torch.inference_mode():
-            for start in range(0, len(grids), self.batch_size):
-                batch = torch.from_numpy(
-                    np.ascontiguousarray(grids[start : start + self.batch_size], dtype=np.float32)
-                )
-                batch = batch[:, None].to(self.device, non_blocking=True)
-                with torch.autocast("cuda", enabled=use_amp):
-                    logits = self.net(batch)
-                out[start : start + len(batch)] = torch.sigmoid(logits.float()).cpu().numpy()
-        return out
+        from bids_qa.models.weights import predict_batched
+
+        probs = predict_batched(self.net, grids, self.batch_size, self.device, post=self._torch.sigmoid)
+        return probs.reshape(len(grids), len(ARTIFACTS), len(TASKS))
 
     def score(self, volume: Volume) -> ScanScores:
         probs = self.probabilities(volume.grid(self.config.grid)[None])[0]

@@ -104,3 +104,29 @@ def load_network(
         version=str(meta.get("version", "unknown")),
         device=dev,
     )
+
+
+def predict_batched(net, inputs, batch_size: int, device: str, post=None):
+    """Run ``net`` over ``inputs`` (n, ...) in batches, adding the channel axis; float32 numpy out.
+
+    On CUDA the forward pass runs under autocast (mixed precision); ``post`` (e.g. ``torch.sigmoid``)
+    is applied to each batch's float32 output. Every model family scores through this one loop.
+    """
+    import numpy as np
+    import torch
+
+    outs = []
+    use_amp = device.startswith("cuda")
+    with torch.inference_mode():
+        for start in range(0, len(inputs), max(1, int(batch_size))):
+            batch = torch.from_numpy(
+                np.ascontiguousarray(inputs[start : start + batch_size], dtype=np.float32)
+            )
+            batch = batch[:, None].to(device, non_blocking=True)
+            with torch.autocast("cuda", enabled=use_amp):
+                y = net(batch)
+            y = y.float()
+            outs.append((post(y) if post is not None else y).cpu().numpy())
+    return (
+        np.concatenate(outs).astype(np.float32, copy=False) if outs else np.empty((0,), np.float32)
+    )
