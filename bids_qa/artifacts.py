@@ -231,6 +231,20 @@ def _ghost_params(rng: np.random.Generator, s: float | None) -> tuple[int, float
     return n, float(min(max(total + ilo - n / 10, ilo), ihi))
 
 
+def _motion_record(times, rot: np.ndarray, trans: np.ndarray, ndim: int, rng: np.random.Generator) -> dict[str, Any]:
+    """Motion parameters as applied: our k-space model on slices (one in-plane angle, a random
+    phase-encode axis), TorchIO's Motion on volumes (three angles)."""
+    params: dict[str, Any] = {
+        "model": "kspace" if ndim == 2 else "torchio",
+        "times": times,
+        "rotations_deg": [float(r[0]) for r in rot] if ndim == 2 else rot.tolist(),
+        "translations_mm": trans.tolist(),
+    }
+    if ndim == 2:
+        params["pe_axis"] = int(rng.integers(2))
+    return params
+
+
 def _motion_params(rng: np.random.Generator, s: float | None, ndim: int) -> dict[str, Any]:
     if s is None:
         s = float(rng.uniform(0.0, 1.0))
@@ -248,15 +262,7 @@ def _motion_params(rng: np.random.Generator, s: float | None, ndim: int) -> dict
         rot[j, int(rng.integers(n_rot))] = max_deg * (1.0 if rng.uniform() < 0.5 else -1.0)
     else:
         trans[j] = direction[j] * max_mm
-    params: dict[str, Any] = {
-        "model": "kspace" if ndim == 2 else "torchio",
-        "times": times,
-        "rotations_deg": [float(r[0]) for r in rot] if ndim == 2 else rot.tolist(),
-        "translations_mm": trans.tolist(),
-    }
-    if ndim == 2:
-        params["pe_axis"] = int(rng.integers(2))
-    return params
+    return _motion_record(times, rot, trans, ndim, rng)
 
 
 def sample_params(
@@ -812,15 +818,7 @@ def sample_tier_params(
         trans = rng.uniform(*spec["translation_mm"], size=(m, ndim)) * rng.choice(
             [-1.0, 1.0], size=(m, ndim)
         )
-    params: dict[str, Any] = {
-        "model": "kspace" if ndim == 2 else "torchio",
-        "times": times,
-        "rotations_deg": [float(r[0]) for r in rot] if ndim == 2 else rot.tolist(),
-        "translations_mm": trans.tolist(),
-    }
-    if ndim == 2:
-        params["pe_axis"] = int(rng.integers(2))
-    return params
+    return _motion_record(times, rot, trans, ndim, rng)
 
 
 def simulate_tier(

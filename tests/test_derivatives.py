@@ -11,13 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from bids_qa.scoring import unavailable_scorers
 from conftest import PYTHON, REPO, read_tsv, snapshot, write_json
 
 from bids_qa import derivatives as deriv
 from bids_qa.cli import main
 from bids_qa.discover import Scan
+from bids_qa.scoring import unavailable_scorers
 
 
 def run(*args: str | Path) -> int:
