@@ -95,6 +95,15 @@ class Volume:
             self._cache[key] = volume_to_cube(self.data, self.zooms, size)
         return self._cache[key]
 
+    def scored_slices(self, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """(slices, indices): the anatomy-bearing slices of :meth:`slice_stack` in the reading plane,
+        or every slice when the mask finds no anatomy, so slice scorers never get an empty stack."""
+        stack = self.slice_stack(size)
+        anatomy = self.anatomy_slices()
+        if len(anatomy) == 0:
+            anatomy = np.arange(len(stack))
+        return stack[anatomy], anatomy
+
     def anatomy_slices(self, axis: int | None = None, min_fraction: float = 0.02) -> np.ndarray:
         """Indices of slices along ``axis`` whose head mask covers at least ``min_fraction``."""
         axis = self.slice_axis if axis is None else axis

@@ -117,11 +117,8 @@ class SeverityScorer:
         return predict_batched(self.net, slices, self.batch_size, self.device).reshape(len(slices))
 
     def score(self, volume: Volume) -> ScanScores:
-        stack = volume.slice_stack(self.config.input_size)
-        anatomy = volume.anatomy_slices()
-        if len(anatomy) == 0:
-            anatomy = np.arange(len(stack))
-        per_slice = self.score_slices(stack[anatomy])
+        slices, anatomy = volume.scored_slices(self.config.input_size)
+        per_slice = self.score_slices(slices)
         middle = np.isin(anatomy, middle_slices(anatomy))
         value = float(per_slice[middle].mean())
         worst = int(anatomy[int(np.argmax(per_slice))])

@@ -226,11 +226,8 @@ class SSIMScorer:
         return predict_batched(self.net, slices, self.batch_size, self.device).reshape(len(slices))
 
     def score(self, volume: Volume) -> ScanScores:
-        stack = volume.slice_stack(self.config.input_size)
-        anatomy = volume.anatomy_slices()
-        if len(anatomy) == 0:
-            anatomy = np.arange(len(stack))
-        per_slice = self.predict_slices(stack[anatomy])
+        slices, anatomy = volume.scored_slices(self.config.input_size)
+        per_slice = self.predict_slices(slices)
         return ScanScores(
             scorer=NAME,
             values=summarise(per_slice, anatomy),
