@@ -437,20 +437,41 @@ def _apply_noise(image: np.ndarray, params: dict) -> np.ndarray:
     return np.sqrt(real * real + imag * imag).astype(np.float32)
 
 
-def _apply_ghosting(image: np.ndarray, params: dict, zooms: tuple[float, ...]) -> np.ndarray:
-    import torchio as tio
+def ghosting_spectrum(image: np.ndarray, num_ghosts: int, intensity: float, axis: int,
+                      restore: float | None = None) -> np.ndarray:
+    """TorchIO's ``Ghosting`` artifact computed directly with numpy's FFT (real part, like TorchIO).
 
+    Every ``num_ghosts``-th k-space plane along ``axis`` (centred spectrum) is scaled by
+    ``1 - intensity`` and the central plane(s) are restored, as ``tio.Ghosting`` does; the result
+    equals TorchIO's to float32 precision (tested). Calling the transform through TorchIO costs
+    ~80 ms per 2D slice in subject bookkeeping, which dominated severity training data generation.
+    """
+    spectrum = np.fft.fftshift(np.fft.fftn(image.astype(np.float64)))
+    index = [slice(None)] * image.ndim
+    size = spectrum.shape[axis]
+    mid = size // 2
+    if restore is None:
+        index[axis] = slice(mid, mid + 1)
+    else:
+        half = int(np.round(float(restore) * size)) // 2
+        index[axis] = slice(mid - half, mid + half)
+    kept = spectrum[tuple(index)].copy()
+    planes = [slice(None)] * image.ndim
+    planes[axis] = slice(None, None, int(num_ghosts))
+    spectrum[tuple(planes)] *= 1.0 - float(intensity)
+    spectrum[tuple(index)] = kept
+    return np.fft.ifftn(np.fft.ifftshift(spectrum)).real.astype(np.float32)
+
+
+def _apply_ghosting(image: np.ndarray, params: dict, zooms: tuple[float, ...]) -> np.ndarray:
     n, intensity, axis = int(params["num_ghosts"]), float(params["intensity"]), int(params["axis"])
     if axis >= image.ndim:
         raise ValueError(f"ghosting axis {axis} does not exist in a {image.ndim}D image")
     if intensity == 0.0 or n == 0:
         return image.astype(np.float32, copy=True)
-    ghosting = tio.Ghosting(
-        num_ghosts=n, axis=axis, intensity=intensity, restore=params.get("restore")
-    )
-    out = _run_tio(ghosting, _to_tio(image, zooms))
+    out = ghosting_spectrum(image, n, intensity, axis, params.get("restore"))
     # TorchIO keeps the real part; a scanner shows the magnitude (never negative).
-    return np.abs(_from_tio(out, image.ndim))
+    return np.abs(out)
 
 
 def _apply_bias(image: np.ndarray, params: dict) -> np.ndarray:

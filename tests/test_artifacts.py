@@ -339,3 +339,24 @@ def test_bad_arguments_are_explained() -> None:
         A.apply_artifact(np.zeros(5), "noise", {"std": 0.1, "seed": 0})
     with pytest.raises(ValueError, match="zooms"):
         A.apply_artifact(SLICE, "noise", {"std": 0.1, "seed": 0}, zooms=(1, 1, 1))
+
+
+@pytest.mark.parametrize(
+    "shape, axis, restore", [((64, 60), 1, None), ((24, 20, 18), 0, None), ((24, 20, 18), 2, 0.1)]
+)
+def test_numpy_ghosting_equals_torchio(shape, axis, restore) -> None:
+    import torchio as tio
+
+    img = np.random.default_rng(3).random(shape).astype(np.float32)
+    for n in (2, 5):
+        ours = A.ghosting_spectrum(img, n, 0.8, axis, restore)
+        ref = A._from_tio(
+            A._run_tio(
+                tio.Ghosting(num_ghosts=n, axis=axis, intensity=0.8, restore=restore),
+                A._to_tio(img, (1.0,) * img.ndim),
+            ),
+            img.ndim,
+        )
+        assert ours.shape == img.shape
+        np.testing.assert_allclose(ours, ref, atol=1e-5)
+        assert not np.allclose(ours, img, atol=1e-3)  # the artifact did something

@@ -35,6 +35,8 @@ from bids_qa.training.slices import (
     to_model_input,
 )
 
+from bids_qa.artifacts import ARTIFACTS_000 as ARTIFACT_NAMES
+
 MARGIN_SCALE = 3.0
 COMBINATION_PROBABILITY = 0.2
 CLEAN_PULL = 0.1
@@ -48,15 +50,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--synthetic", type=int, default=6, help="synthetic MNI-derived volumes added to training"
     )
+    p.add_argument(
+        "--init",
+        default=None,
+        help="start from these weights (safetensors with the same channels; any input size, the "
+        "encoder is fully convolutional) instead of a random initialisation",
+    )
+    p.add_argument(
+        "--artifact-weights",
+        type=float,
+        nargs=len(ARTIFACT_NAMES),
+        default=None,
+        metavar="W",
+        help="relative sampling weights of single-artifact negatives, in the order "
+        + " ".join(ARTIFACT_NAMES)
+        + " (default: uniform)",
+    )
     return p
 
 
 class QuadrupletMaker:
     """Picklable sample factory (runs in loader workers)."""
 
-    def __init__(self, sources: list[SliceSource], size: int) -> None:
+    def __init__(
+        self,
+        sources: list[SliceSource],
+        size: int,
+        artifact_weights: tuple[float, ...] | None = None,
+    ) -> None:
         self.sources = sources
         self.size = size
+        w = np.ones(len(ARTIFACT_NAMES)) if artifact_weights is None else np.asarray(artifact_weights)
+        if w.shape != (len(ARTIFACT_NAMES),) or (w < 0).any() or w.sum() <= 0:
+            raise ValueError(f"artifact weights must be {len(ARTIFACT_NAMES)} non-negative numbers")
+        self.artifact_p = w / w.sum()
 
     def __call__(self, rng: np.random.Generator):
         from bids_qa import artifacts
@@ -71,7 +98,7 @@ class QuadrupletMaker:
             arts = list(rng.choice(artifacts.ARTIFACTS_000, size=n_art, replace=False))
             negs = [artifacts.simulate_combination(img, arts, rng, zooms=zooms) for _ in range(2)]
         else:
-            art = str(rng.choice(artifacts.ARTIFACTS_000))
+            art = str(rng.choice(ARTIFACT_NAMES, p=self.artifact_p))
             negs = [
                 artifacts.simulate(img, art, rng, severity=float(rng.uniform(0, 1)), zooms=zooms)
                 for _ in range(2)
@@ -140,6 +167,8 @@ def train(
     config: SeverityConfig,
     argv: list[str] | None = None,
     val_size: int = 96,
+    init: str | None = None,
+    artifact_weights: tuple[float, ...] | None = None,
 ) -> dict:
     """Run (or resume) training; returns the best validation record. Writes only into run_dir."""
     import torch
@@ -154,6 +183,11 @@ def train(
     torch.manual_seed(settings.seed)
     net = build_encoder(config).to(settings.device)
     opt = torch.optim.Adam(net.parameters(), lr=settings.lr)
+    if init:
+        from bids_qa.models.weights import load_weights
+
+        state, _ = load_weights(init)
+        net.load_state_dict(state)
     start, extra = loop.load_checkpoint(run_dir, net, opt)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(
         opt, T_max=max(1, settings.steps), eta_min=settings.lr * 0.05
@@ -163,7 +197,7 @@ def train(
     best = extra.get("best", {"objective": -1e9})
     log = loop.RunLog(run_dir)
 
-    maker = QuadrupletMaker(train_sources, config.input_size)
+    maker = QuadrupletMaker(train_sources, config.input_size, artifact_weights)
     val_maker = QuadrupletMaker(val_sources, config.input_size)
     val_items = [
         val_maker(np.random.default_rng([settings.seed + 7919, i])) for i in range(val_size)
@@ -220,6 +254,8 @@ def train(
                         "step": step + 1,
                         "validation": metrics,
                         "margin_scale": MARGIN_SCALE,
+                        "init": init,
+                        "artifact_weights": list(artifact_weights) if artifact_weights else None,
                     },
                 }
                 save_weights(run_dir / "best.safetensors", net.state_dict(), meta)
@@ -253,7 +289,15 @@ def main(argv: list[str] | None = None) -> int:
     train_sources = sources_from_data(settings.data_dir, "train", args.synthetic, settings.seed)
     val_sources = sources_from_data(settings.data_dir, "validation", 0, settings.seed)
     print(f"training on {len(train_sources)} volumes, validating on {len(val_sources)}", flush=True)
-    best = train(settings, train_sources, val_sources, config, argv)
+    best = train(
+        settings,
+        train_sources,
+        val_sources,
+        config,
+        argv,
+        init=args.init,
+        artifact_weights=tuple(args.artifact_weights) if args.artifact_weights else None,
+    )
     print(json.dumps(best, indent=2))
     if args.export:
         shutil.copyfile(Path(settings.run_dir) / "best.safetensors", args.export)
