@@ -30,6 +30,7 @@ fixed simulated validation set (validation-split volumes) is kept.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 import warnings
@@ -76,6 +77,10 @@ class SampleConfig:
     p_contrast: float = P_CONTRAST
     p_strong: float = P_STRONG
     strong_max_factor: float = STRONG_MAX_FACTOR
+    #: Probability of nuisance Rician noise added to the input *after* labelling (the label stays the
+    #: motion SSIM): teaches the network that a noisy scan is not a moved one. 0 in evaluation.
+    p_noise: float = 0.0
+    noise_max_std: float = 0.04
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -108,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=2,
         help="train on each batch in this many orientations (1-4; rotations by 90 degrees)",
     )
+    p.add_argument(
+        "--p-noise",
+        type=float,
+        default=0.0,
+        help="probability of nuisance noise on the input after labelling (label unchanged)",
+    )
+    p.add_argument("--init", default=None, help="start from these weights (same architecture)")
     p.add_argument(
         "--shadow-size",
         type=int,
@@ -198,6 +210,11 @@ class SSIMSampleMaker:
         else:
             corrupted, label, info = artifacts.motion_slice_pair(img, rng, zooms=zooms)
             kind = str(info.params.get("model"))
+        if self.cfg.p_noise > 0 and rng.random() < self.cfg.p_noise:  # no draw when disabled
+            std = float(rng.uniform(0.005, self.cfg.noise_max_std))
+            params = {"std": std, "seed": int(rng.integers(0, 2**31 - 1))}
+            corrupted = artifacts.apply_artifact(corrupted, "noise", params)
+            kind += "+noise"
         return {
             "source": k,
             "clean": img,
@@ -454,6 +471,7 @@ def train(
     shadow_size: int = 0,
     cfg: SampleConfig = SampleConfig(),
     batch_augment: int = 1,
+    init: str | None = None,
 ) -> dict:
     """Run (or resume) training; returns the best validation record. Writes only into run_dir.
 
@@ -485,6 +503,10 @@ def train(
             super().__init__()
             self.nets = torch.nn.ModuleList(nets)
 
+    if init:
+        from bids_qa.models.weights import load_weights
+
+        nets[0].load_state_dict(load_weights(init)[0])
     holder = _Both()
     start, extra = loop.load_checkpoint(run_dir, holder, opt)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(
@@ -500,8 +522,13 @@ def train(
     sizes = tuple(c.input_size for c in configs)
     maker = SSIMSampleMaker(train_sources, sizes, cfg)
     t_val = time.time()
+    # validation always uses the benchmark's sampling (no training-only nuisance noise)
     val_x, val_y = make_eval_set(
-        val_sources, sizes, np.random.default_rng([settings.seed, 7919]), val_size, cfg
+        val_sources,
+        sizes,
+        np.random.default_rng([settings.seed, 7919]),
+        val_size,
+        dataclasses.replace(cfg, p_noise=0.0),
     )
     log.write(
         {
@@ -647,6 +674,8 @@ def main(argv: list[str] | None = None) -> int:
         val_size=args.val_size,
         shadow_size=args.shadow_size,
         batch_augment=args.batch_augment,
+        cfg=SampleConfig(p_noise=args.p_noise),
+        init=args.init,
     )
     print(json.dumps(result, indent=2))
     if args.evaluate:
