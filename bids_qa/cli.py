@@ -54,6 +54,19 @@ See docs/usage.md.
 """
 
 
+def _count_or_auto(text: str) -> int | None:
+    """``auto`` -> None (resolved per device by the pipeline), else a positive integer."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or auto, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (or auto), got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The BIDS-App argument parser (underscore spellings of BIDS-Apps options accepted)."""
     parser = _Parser(
@@ -155,15 +168,27 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="N",
-        help=f"threads for loading ahead and for torch (default: available CPUs, here {available_cpus()})",
+        help="threads that load scans ahead, run the IQMs and prepare the models' inputs, and "
+        "torch's threads for inference; at most N + scan-batch volumes are held in memory "
+        f"(default: available CPUs, here {available_cpus()})",
     )
     run.add_argument(
         "--batch-size",
         "--batch_size",
-        type=int,
-        default=64,
-        metavar="N",
-        help="slices per forward pass of the deep models (default 64)",
+        type=_count_or_auto,
+        default=None,
+        metavar="N|auto",
+        help="slices per forward pass of the deep models (default auto: 64 on CPU, 512 on CUDA); "
+        "lower it if the GPU runs out of memory",
+    )
+    run.add_argument(
+        "--scan-batch",
+        "--scan_batch",
+        type=_count_or_auto,
+        default=None,
+        metavar="N|auto",
+        help="consecutive scans scored together, sharing forward passes (default auto: 1 on CPU, "
+        "8 on CUDA); scores do not depend on it",
     )
     run.add_argument(
         "--work-dir",
@@ -300,8 +325,6 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.nprocs is not None and args.nprocs < 1:
         return _usage_error(parser, f"--nprocs must be at least 1, got {args.nprocs}")
-    if args.batch_size < 1:
-        return _usage_error(parser, f"--batch-size must be at least 1, got {args.batch_size}")
     try:
         participants = normalise_labels(args.participant_label, "sub")
         sessions = normalise_labels(args.session_id, "ses")
@@ -332,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         device=args.device,
         nprocs=args.nprocs if args.nprocs is not None else available_cpus(),
         batch_size=args.batch_size,
+        scan_batch=args.scan_batch,
         work_dir=Path(args.work_dir).expanduser().absolute() if args.work_dir else None,
         thresholds_file=thresholds_file,
         scorers=tuple(args.scorers),

@@ -53,9 +53,16 @@ class RunConfig:
     device
         ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
     nprocs
-        Threads used to load scans ahead of scoring (and torch's intra-op threads).
+        Loader threads (load scans ahead, run the CPU-only scorers and prepare the networks'
+        inputs) and torch's intra-op threads for inference (see
+        :class:`bids_qa.pipeline.ExecutionPlan` for the thread rule).
     batch_size
-        Slices per forward pass of the deep models.
+        Slices (or grids) per forward pass of the deep models; ``None`` (``auto``) means 64 on CPU
+        and 512 on CUDA.
+    scan_batch
+        Consecutive scans scored together, their slices sharing forward passes; ``None``
+        (``auto``) means 1 on CPU and 8 on CUDA. Scores do not depend on it, nor on
+        ``batch_size`` and ``nprocs`` (within float tolerance).
     work_dir
         Scratch space (caches, temporary files); ``None`` means ``OUTPUT_DIR/.bids_qa_work``.
     thresholds_file
@@ -82,7 +89,8 @@ class RunConfig:
     bids_database_dir: Path | None = None
     device: str = "auto"
     nprocs: int = field(default_factory=available_cpus)
-    batch_size: int = 64
+    batch_size: int | None = None
+    scan_batch: int | None = None
     work_dir: Path | None = None
     thresholds_file: Path | None = None
     scorers: tuple[str, ...] = ()
@@ -97,8 +105,10 @@ class RunConfig:
             )
         if self.nprocs < 1:
             raise ValueError(f"nprocs must be at least 1, got {self.nprocs}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1 (or None for auto), got {self.batch_size}")
+        if self.scan_batch is not None and self.scan_batch < 1:
+            raise ValueError(f"scan_batch must be at least 1 (or None for auto), got {self.scan_batch}")
         if not (self.device in DEVICES or self.device.startswith("cuda:")):
             raise ValueError(f"device {self.device!r} is not one of {DEVICES} or cuda:N")
 

@@ -890,6 +890,8 @@ class HeaderScorer:
 
     name = "header"
     version = "1.0"
+    #: CPU-only and stateless: the pipeline runs it in the loader threads (bids_qa.scoring).
+    in_loader = True
 
     def __init__(self, **kwargs: Any) -> None:
         pass
@@ -942,6 +944,8 @@ class IQMScorer:
 
     name = "iqm"
     version = "1.0"
+    #: CPU-only numpy/scipy, no shared state: the pipeline runs it in the loader threads.
+    in_loader = True
 
     def __init__(self, suffix: str | None = None, **kwargs: Any) -> None:
         self.suffix = suffix

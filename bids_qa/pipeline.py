@@ -13,6 +13,14 @@ Reliability rules this module enforces:
   is hundreds of MB of arrays that a process pool would have to pickle back, while nibabel's gzip
   decompression and numpy release the GIL.
 
+Throughput (issue 10): each scan is loaded once and every scorer reads the same
+:class:`~bids_qa.volume.Volume`. The loader threads do all the CPU-side work of a scan: load, the
+CPU-only scorers (header, IQMs) and each network's input preparation (``prepare``: slice stacks,
+grids, ruler images, cached on the volume). The calling thread then only runs the networks,
+``--scan-batch`` scans at a time (``score_many``: one batched pass over the group's slices), judges,
+writes and reports. Memory stays bounded: at most ``--nprocs`` prepared scans wait while a group
+of ``--scan-batch`` scans is scored. Thread counts: :class:`ExecutionPlan`.
+
 Exit codes (BIDS-Apps draft, Table 7) are listed in :data:`EXIT_CODES`.
 """
 
@@ -51,7 +59,15 @@ from bids_qa.discover import (
     read_metadata,
 )
 from bids_qa.errors import ScanError
-from bids_qa.scoring import REGISTRY, ScanScores, Scorer, build_scorers
+from bids_qa.scoring import (
+    REGISTRY,
+    ScanScores,
+    Scorer,
+    build_scorers,
+    prepare_scorer,
+    runs_in_loader,
+    score_many,
+)
 from bids_qa.thresholds import ThresholdError, ThresholdTable, judge, load_thresholds
 
 EXIT_OK = 0
@@ -343,13 +359,73 @@ def build_scorer_set(names: Sequence[str], device: str, batch_size: int) -> Scor
     return ScorerSet(scorers=scorers, skipped=skipped, wants_suffix=wants_suffix)
 
 
+#: Scans per group on CUDA when ``--scan-batch`` is ``auto``: eight 1 mm volumes give severity and
+#: SSIM about 1,400 slices per call (a few full batches) and tiers a batch of eight grids.
+CUDA_SCAN_BATCH = 8
+
+
+@dataclass(frozen=True)
+class ExecutionPlan:
+    """How a participant-level run uses the machine (the ``auto`` settings resolved).
+
+    Thread rule (why): the ``loader_threads`` (= ``--nprocs``) load, run the CPU-only scorers and
+    prepare the networks' inputs, each with one torch intra-op thread (their work is zlib,
+    numpy and scipy, single-threaded anyway; one torch thread keeps the small interpolations
+    from starting ``nprocs`` OpenMP threads per loader). The inference thread runs the networks
+    with ``torch_threads`` = ``max(1, nprocs // 2)`` intra-op threads: about two thirds of the CPU
+    work of a scan happens in the loaders, and an OpenMP team that shares its cores with busy
+    loader threads waits at every barrier for its descheduled members (measured on 2 cores:
+    2 inference threads beside 2 loaders made a run 2.6x slower than 1). torch's OpenMP thread
+    count is per calling thread, so both settings hold at once, and at most ``1.5 x nprocs``
+    threads are busy. Loaders that are ahead wait (the queue is full), leaving the cores to
+    inference. With ``--nprocs 1`` everything runs in one thread.
+    """
+
+    device: str
+    batch_size: int
+    scan_batch: int
+    loader_threads: int
+    torch_threads: int
+
+
+def execution_plan(config: RunConfig, device: str) -> ExecutionPlan:
+    """Resolve ``--batch-size`` / ``--scan-batch`` ``auto`` for ``device`` and the thread counts.
+
+    ``auto`` batch size: 64 items per forward pass on CPU, 512 on CUDA
+    (:func:`bids_qa.models.weights.default_batch_size`); ``auto`` scan batch: 1 scan per group on
+    CPU (grouping saves nothing there), :data:`CUDA_SCAN_BATCH` on CUDA.
+    """
+    from bids_qa.models.weights import default_batch_size
+
+    cuda = device.startswith("cuda")
+    return ExecutionPlan(
+        device=device,
+        batch_size=config.batch_size if config.batch_size else default_batch_size(device),
+        scan_batch=config.scan_batch if config.scan_batch else (CUDA_SCAN_BATCH if cuda else 1),
+        loader_threads=config.nprocs,
+        torch_threads=max(1, config.nprocs // 2),
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # Loading
 
 
 @dataclass
 class Loaded:
-    """A scan after the load stage: the volume or the error, plus header facts and metadata."""
+    """A scan after the loader stage: the volume or the error, header facts and metadata, and what
+    the loader thread already did with it.
+
+    Attributes
+    ----------
+    results
+        Scores of the CPU-only scorers (``in_loader``), run in the loader thread.
+    failed
+        Scorer name -> error message, for scorers whose loader-side step (scoring or ``prepare``)
+        failed on this scan; the inference thread does not run them again.
+    timings
+        Seconds of each loader-side step (``score:<name>``, ``prepare:<name>``).
+    """
 
     volume: Any | None
     errors: list[dict[str, str]]
@@ -357,6 +433,9 @@ class Loaded:
     metadata: dict[str, Any]
     header: dict[str, Any]
     seconds: float
+    results: dict[str, ScanScores] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def header_facts(path: Path) -> dict[str, Any]:
@@ -399,12 +478,99 @@ def load_scan(scan: Scan) -> Loaded:
     return Loaded(volume, errors, warnings, metadata, header, time.perf_counter() - start)
 
 
+def _score_error(scorer_name: str, err: BaseException, scan: Scan) -> str:
+    """The error-row message of a scorer that failed on ``scan`` (the traceback goes to the log)."""
+    if isinstance(err, ScanError):
+        return f"{scorer_name}: {err.message}"
+    if isinstance(err, MemoryError):
+        return f"{scorer_name}: out of memory"
+    LOGGER.debug(
+        "scorer %s failed on %s:\n%s",
+        scorer_name,
+        scan.path,
+        "".join(traceback.format_exception(type(err), err, err.__traceback__)),
+    )
+    return f"{scorer_name}: {type(err).__name__}: {err}"
+
+
+def prepare_loaded(scan: Scan, loaded: Loaded, scorer_set: ScorerSet) -> None:
+    """The loader thread's share of a scan's scoring, recorded in ``loaded`` (never raises).
+
+    CPU-only scorers (``in_loader``, e.g. header and IQMs) are run outright; every other scorer
+    with a ``prepare`` method computes and caches its network's inputs on the volume (slice
+    stacks, grids, anatomy slices, ruler images). A failure is recorded per scorer in
+    ``loaded.failed`` and becomes that scan's usual error row.
+    """
+    volume = loaded.volume
+    if volume is None:
+        return
+    for scorer in scorer_set.scorers:
+        t0 = time.perf_counter()
+        try:
+            if runs_in_loader(scorer):
+                key = f"score:{scorer.name}"
+                loaded.results[scorer.name] = _score(
+                    scorer, volume, scan, scorer_set.wants_suffix.get(scorer.name, False)
+                )
+            else:
+                key = f"prepare:{scorer.name}"
+                if not prepare_scorer(scorer, volume):
+                    continue
+        except Exception as err:  # MemoryError included
+            loaded.failed[scorer.name] = _score_error(scorer.name, err, scan)
+        loaded.timings[key] = round(time.perf_counter() - t0, 4)
+
+
+def load_and_prepare(scan: Scan, scorer_set: ScorerSet | None = None) -> Loaded:
+    """What a loader thread does with one scan: :func:`load_scan`, then :func:`prepare_loaded`.
+
+    Never raises: whatever goes wrong (even a bug here) becomes the scan's error row, so a worker
+    can never stop the run.
+    """
+    start = time.perf_counter()
+    try:
+        loaded = load_scan(scan)
+        if scorer_set is not None:
+            prepare_loaded(scan, loaded, scorer_set)
+        return loaded
+    except Exception as err:  # MemoryError included
+        LOGGER.debug("loader failure for %s:\n%s", scan.path, traceback.format_exc())
+        message = (
+            "not enough memory to load the image"
+            if isinstance(err, MemoryError)
+            else f"{type(err).__name__}: {err}"
+        )
+        return Loaded(
+            None,
+            [{"stage": "load", "message": f"{scan.path.name}: {message}"}],
+            [],
+            {},
+            header_facts(scan.path),
+            time.perf_counter() - start,
+        )
+
+
+def _one_torch_thread() -> None:
+    """Loader-thread initialiser: torch ops in this thread (the interpolations behind slice
+    stacks and grids) use one intra-op thread. torch's OpenMP thread count is per calling thread,
+    so this leaves the inference thread's count alone; see :class:`ExecutionPlan`."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        with contextlib.suppress(RuntimeError):
+            torch.set_num_threads(1)
+
+
 def iter_loaded(
-    items: Sequence[Any], load: Callable[[Any], Loaded], nprocs: int
+    items: Sequence[Any],
+    load: Callable[[Any], Loaded],
+    nprocs: int,
+    initializer: Callable[[], None] | None = None,
 ) -> Iterator[tuple[Any, Loaded]]:
     """Yield ``(item, load(item))`` in order, loading up to ``nprocs`` items ahead in threads.
 
-    At most ``nprocs`` loaded-but-unscored volumes exist at a time, which bounds memory.
+    At most ``nprocs`` loaded-but-unconsumed volumes wait at a time, which bounds memory: the
+    run holds at most ``nprocs`` + (the scans being scored) volumes. ``initializer`` runs once in
+    each loader thread. With ``nprocs`` 1 everything runs in the calling thread.
     """
     if nprocs <= 1 or len(items) <= 1:
         for item in items:
@@ -412,7 +578,9 @@ def iter_loaded(
         return
     source = iter(items)
     pending: deque[tuple[Any, Future[Loaded]]] = deque()
-    with ThreadPoolExecutor(max_workers=nprocs, thread_name_prefix="bids_qa-load") as pool:
+    with ThreadPoolExecutor(
+        max_workers=nprocs, thread_name_prefix="bids_qa-load", initializer=initializer
+    ) as pool:
         try:
             for item in islice(source, nprocs):
                 pending.append((item, pool.submit(load, item)))
@@ -425,6 +593,17 @@ def iter_loaded(
         finally:
             for _, future in pending:
                 future.cancel()
+
+
+def iter_groups(stream: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    """Consecutive groups of ``size`` items from ``stream`` (the last one may be shorter), taken
+    lazily so that a group is scored as soon as its last scan is loaded."""
+    size = max(1, int(size))
+    while True:
+        group = list(islice(stream, size))
+        if not group:
+            return
+        yield group
 
 
 # --------------------------------------------------------------------------------------------
@@ -467,6 +646,90 @@ def _score(scorer: Scorer, volume: Any, scan: Scan, wants_suffix: bool) -> ScanS
     if not isinstance(result, ScanScores):
         raise TypeError(f"score() returned {type(result).__name__}, not ScanScores")
     return result
+
+
+@dataclass
+class ScanScoring:
+    """One scan's scores from every scorer of the run (registry order), the score-stage errors
+    (same order) and the seconds each step took."""
+
+    results: list[ScanScores]
+    errors: list[dict[str, str]]
+    timings: dict[str, float]
+
+
+def _score_members(
+    scorer: Scorer, members: list[tuple[Scan, Loaded]], wants_suffix: bool
+) -> list[ScanScores | str]:
+    """One scorer on several loaded scans: a :func:`~bids_qa.scoring.score_many` call when there
+    are several (and the scorer does not need the suffix), else, or when that call fails, one
+    ``score`` per scan. Each entry is the scan's scores or its error message."""
+    if len(members) > 1 and not wants_suffix:
+        try:
+            return list(score_many(scorer, [loaded.volume for _, loaded in members]))
+        except Exception as err:  # one bad scan must not cost the others their scores
+            LOGGER.debug(
+                "%s: scoring %d scans together failed (%s: %s); scoring them one by one:\n%s",
+                scorer.name,
+                len(members),
+                type(err).__name__,
+                err,
+                traceback.format_exc(),
+            )
+    out: list[ScanScores | str] = []
+    for scan, loaded in members:
+        try:
+            out.append(_score(scorer, loaded.volume, scan, wants_suffix))
+        except Exception as err:
+            out.append(_score_error(scorer.name, err, scan))
+    return out
+
+
+def score_group(group: Sequence[tuple[Scan, Loaded]], scorer_set: ScorerSet) -> list[ScanScoring]:
+    """Score a group of loaded scans with every scorer; never raises for a scan-level failure.
+
+    What the loader threads did is not done again: results of the scorers run there
+    (``in_loader``) and loader-side failures are taken from :class:`Loaded`. Each remaining
+    scorer runs once for the whole group (:func:`_score_members`) on the scans that loaded and
+    have no result or failure for it yet (a scan loaded without :func:`prepare_loaded` gets
+    every scorer here). The time of a group call is shared equally among its scans in their
+    ``score:<name>`` timings.
+    """
+    done: list[dict[str, ScanScores | str]] = [dict(loaded.failed) for _, loaded in group]
+    timings: list[dict[str, float]] = [dict(loaded.timings) for _, loaded in group]
+    for i, (_, loaded) in enumerate(group):
+        done[i].update(loaded.results)
+    for scorer in scorer_set.scorers:
+        members = [
+            i
+            for i, (_, loaded) in enumerate(group)
+            if loaded.volume is not None and scorer.name not in done[i]
+        ]
+        if not members:
+            continue
+        t0 = time.perf_counter()
+        outs = _score_members(
+            scorer,
+            [group[i] for i in members],
+            scorer_set.wants_suffix.get(scorer.name, False),
+        )
+        share = round((time.perf_counter() - t0) / len(members), 4)
+        for i, out in zip(members, outs, strict=True):
+            done[i][scorer.name] = out
+            timings[i][f"score:{scorer.name}"] = share
+    scorings = []
+    for i, (_, loaded) in enumerate(group):
+        results: list[ScanScores] = []
+        errors: list[dict[str, str]] = []
+        if loaded.volume is not None:
+            for scorer in scorer_set.scorers:
+                out = done[i].get(scorer.name)
+                if isinstance(out, ScanScores):
+                    results.append(out)
+                elif out is not None:
+                    errors.append({"stage": "score", "message": out})
+        scorings.append(ScanScoring(results, errors, timings[i]))
+    return scorings
 
 
 def _ruler_json(
@@ -519,38 +782,24 @@ class RunShared:
 
 
 def assess_scan(
-    scan: Scan, paths: deriv.ScanPaths, loaded: Loaded, shared: RunShared
+    scan: Scan,
+    paths: deriv.ScanPaths,
+    loaded: Loaded,
+    shared: RunShared,
+    scoring: ScanScoring | None = None,
 ) -> ScanOutcome:
-    """Score, judge, write and report one loaded scan. Never raises for a scan-level failure."""
+    """Judge, write and report one loaded scan, scoring it first unless ``scoring`` (from
+    :func:`score_group`) is given. Never raises for a scan-level failure."""
     config = shared.ctx.config
     started = deriv.utc_now()
     t_start = time.perf_counter()
-    timings: dict[str, float] = {"load": round(loaded.seconds, 4)}
-    errors = list(loaded.errors)
+    if scoring is None:
+        scoring = score_group([(scan, loaded)], shared.scorer_set)[0]
+    timings: dict[str, float] = {"load": round(loaded.seconds, 4), **scoring.timings}
+    errors = list(loaded.errors) + list(scoring.errors)
     warnings = list(loaded.warnings)
-    results: list[ScanScores] = []
+    results = list(scoring.results)
     volume = loaded.volume
-    if volume is not None:
-        for scorer in shared.scorer_set.scorers:
-            t0 = time.perf_counter()
-            try:
-                results.append(
-                    _score(
-                        scorer, volume, scan, shared.scorer_set.wants_suffix.get(scorer.name, False)
-                    )
-                )
-            except ScanError as err:
-                errors.append({"stage": "score", "message": f"{scorer.name}: {err.message}"})
-            except MemoryError:
-                errors.append({"stage": "score", "message": f"{scorer.name}: out of memory"})
-            except Exception as err:
-                LOGGER.debug(
-                    "scorer %s failed on %s:\n%s", scorer.name, scan.path, traceback.format_exc()
-                )
-                errors.append(
-                    {"stage": "score", "message": f"{scorer.name}: {type(err).__name__}: {err}"}
-                )
-            timings[f"score:{scorer.name}"] = round(time.perf_counter() - t0, 4)
 
     t0 = time.perf_counter()
     verdict, reasons, rows = judge(results, scan.suffix, shared.thresholds)
@@ -662,7 +911,8 @@ def assess_scan(
             LOGGER.warning("%s: report failed: %s", scan.source, message)
         write("complete")
     final_verdict = "error" if any(e["stage"] != "report" for e in errors) else verdict
-    return ScanOutcome(scan, paths, final_verdict, errors, time.perf_counter() - t_start)
+    work = sum(v for k, v in scoring.timings.items() if k.startswith(("score:", "prepare:")))
+    return ScanOutcome(scan, paths, final_verdict, errors, time.perf_counter() - t_start + work)
 
 
 def _render_scan_report(
@@ -789,11 +1039,12 @@ def _participant(ctx: RunContext, thresholds: ThresholdTable | None) -> int:
         LOGGER.warning("%s", message)
 
     device = resolve_device(config.device)
-    scorer_set = build_scorer_set(config.scorers, device, config.batch_size)
+    plan = execution_plan(config, device)
+    scorer_set = build_scorer_set(config.scorers, device, plan.batch_size)
     torch = sys.modules.get("torch")  # imported by the device check or by a deep scorer
     saved_threads = torch.get_num_threads() if torch is not None else None
     if torch is not None:
-        torch.set_num_threads(config.nprocs)
+        torch.set_num_threads(plan.torch_threads)
     try:
         if scorer_set.skipped:
             LOGGER.info(
@@ -802,6 +1053,14 @@ def _participant(ctx: RunContext, thresholds: ThresholdTable | None) -> int:
             )
         LOGGER.info(
             "scorers: %s on %s", ", ".join(d["name"] for d in scorer_set.describe()), device
+        )
+        LOGGER.debug(
+            "%d loader thread(s), %d torch thread(s) for inference, batches of %d, "
+            "%d scan(s) per group",
+            plan.loader_threads,
+            plan.torch_threads,
+            plan.batch_size,
+            plan.scan_batch,
         )
         report_fn, report_error, takes_volume = None, None, False
         if config.reports:
@@ -833,14 +1092,18 @@ def _participant(ctx: RunContext, thresholds: ThresholdTable | None) -> int:
             todo.append((scan, paths))
         if done:
             LOGGER.info("%d scan(s) already done (use --overwrite to redo them)", done)
-        outcomes = _process(todo, shared)
+        outcomes = _process(todo, shared, plan)
     finally:
         if torch is not None and saved_threads is not None:
             torch.set_num_threads(saved_threads)
     return _summarise(outcomes, done, len(collisions), ctx)
 
 
-def _process(todo: list[tuple[Scan, deriv.ScanPaths]], shared: RunShared) -> list[ScanOutcome]:
+def _process(
+    todo: list[tuple[Scan, deriv.ScanPaths]], shared: RunShared, plan: ExecutionPlan
+) -> list[ScanOutcome]:
+    """Load and prepare scans in the loader threads; score them group by group, then judge,
+    write and report each, in the calling (inference) thread."""
     from tqdm import tqdm
 
     config = shared.ctx.config
@@ -853,24 +1116,33 @@ def _process(todo: list[tuple[Scan, deriv.ScanPaths]], shared: RunShared) -> lis
         dynamic_ncols=True,
         leave=False,
     )
+    scorer_set = shared.scorer_set
+    stream = iter_loaded(
+        todo,
+        lambda item: load_and_prepare(item[0], scorer_set),
+        plan.loader_threads,
+        initializer=_one_torch_thread,
+    )
     try:
-        for (scan, paths), loaded in iter_loaded(
-            todo, lambda item: load_scan(item[0]), config.nprocs
-        ):
-            outcome = assess_scan(scan, paths, loaded, shared)
-            loaded.volume = None
-            outcomes.append(outcome)
-            bar.update(1)
-            if outcome.failed:
-                first = next(e for e in outcome.errors if e["stage"] != "report")
-                LOGGER.warning("%s: error [%s] %s", scan.source, first["stage"], first["message"])
-            else:
-                LOGGER.info(
-                    "%s: %s (%.1f s)",
-                    scan.source,
-                    outcome.verdict,
-                    outcome.seconds + loaded.seconds,
-                )
+        for group in iter_groups(stream, plan.scan_batch):
+            scorings = score_group([(item[0], loaded) for item, loaded in group], scorer_set)
+            for ((scan, paths), loaded), scoring in zip(group, scorings, strict=True):
+                outcome = assess_scan(scan, paths, loaded, shared, scoring)
+                loaded.volume = None  # free it now, not when the whole group is done
+                outcomes.append(outcome)
+                bar.update(1)
+                if outcome.failed:
+                    first = next(e for e in outcome.errors if e["stage"] != "report")
+                    LOGGER.warning(
+                        "%s: error [%s] %s", scan.source, first["stage"], first["message"]
+                    )
+                else:
+                    LOGGER.info(
+                        "%s: %s (%.1f s)",
+                        scan.source,
+                        outcome.verdict,
+                        outcome.seconds + loaded.seconds,
+                    )
     finally:
         bar.close()
     return outcomes

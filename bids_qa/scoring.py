@@ -3,13 +3,30 @@
 A scorer turns a :class:`~bids_qa.volume.Volume` into named numbers. It never reads or writes files
 (weights excepted, at construction). Adding a model family means one module with a class following
 :class:`Scorer` and one line in :data:`REGISTRY`.
+
+Throughput hooks (issue 10), all optional; the pipeline uses them through :func:`runs_in_loader`,
+:func:`prepare_scorer` and :func:`score_many`, so a scorer with only ``score`` still works:
+
+``in_loader = True``
+    The scorer is CPU-only and thread-safe (no network): the pipeline runs its ``score`` in the
+    loader threads, right after the scan is loaded (``header``, ``iqm``).
+``prepare(volume) -> None``
+    Computes and caches on the volume every input the scorer's network will read (slice stacks,
+    grids, anatomy slice indices, ruler images) without running the network. The pipeline calls
+    it in the loader threads, so the inference thread only runs networks, judges and writes.
+``score_many(volumes) -> list[ScanScores]``
+    Scores several scans with one batched pass of the network (inputs of all scans concatenated,
+    outputs split back per scan). Must give the same values as ``score`` on each volume, within
+    float tolerance. When it raises, the pipeline scores the group's scans one by one, so one bad
+    scan never costs the others their scores.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
@@ -84,6 +101,83 @@ REGISTRY: list[ScorerEntry] = [
     ScorerEntry("ssim", "bids_qa.models.ssim:SSIMScorer", "weights/ssim.safetensors"),
     ScorerEntry("tiers", "bids_qa.models.tiers:TierScorer", "weights/tiers.safetensors"),
 ]
+
+
+T = TypeVar("T")
+
+
+def volume_view(volume: Volume, key: tuple[Any, ...], compute: Callable[[], T]) -> T:
+    """The view ``key`` of ``volume``, computed by ``compute()`` on first request and cached.
+
+    Views live in the volume's own cache (the one behind :meth:`Volume.slice_stack` and
+    :meth:`Volume.grid`), so a view prepared in a loader thread is found, not recomputed, by the
+    inference thread, and it is freed with the volume. Keys are tuples starting with a view name;
+    scorers that need the same view use the same key and share one copy. A volume-like object
+    without a cache gets the view computed every time.
+    """
+    cache = getattr(volume, "_cache", None)
+    if cache is None:
+        return compute()
+    if key not in cache:
+        cache[key] = compute()
+    return cache[key]
+
+
+def anatomy_indices(volume: Volume) -> np.ndarray:
+    """Cached :meth:`Volume.anatomy_slices` along the volume's reading axis."""
+    return volume_view(volume, ("anatomy", volume.slice_axis), volume.anatomy_slices)
+
+
+def scored_slices(volume: Volume, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cached :meth:`Volume.scored_slices`: (anatomy-bearing slices at ``size``, their indices).
+
+    Several scorers read the same stack (at their own input size), and the fancy-indexed copy of
+    the anatomy slices is made once per size instead of once per scorer.
+    """
+
+    def compute() -> tuple[np.ndarray, np.ndarray]:
+        stack = volume.slice_stack(size)
+        anatomy = anatomy_indices(volume)
+        if len(anatomy) == 0:
+            anatomy = np.arange(len(stack))
+        return stack[anatomy], anatomy
+
+    return volume_view(volume, ("scored_slices", size, volume.slice_axis), compute)
+
+
+def runs_in_loader(scorer: Any) -> bool:
+    """Whether ``scorer`` is CPU-only and thread-safe, to be run in the loader threads."""
+    return bool(getattr(scorer, "in_loader", False))
+
+
+def prepare_scorer(scorer: Any, volume: Volume) -> bool:
+    """Call ``scorer.prepare(volume)`` when the scorer has one; whether it had one."""
+    prepare = getattr(scorer, "prepare", None)
+    if not callable(prepare):
+        return False
+    prepare(volume)
+    return True
+
+
+def score_many(scorer: Any, volumes: Sequence[Volume]) -> list[ScanScores]:
+    """``scorer.score_many(volumes)`` when the scorer has it, else ``score`` on each volume.
+
+    Raises
+    ------
+    TypeError
+        When ``score_many`` returns something other than one :class:`ScanScores` per volume (a bug
+        in the scorer; the pipeline then scores the volumes one by one).
+    """
+    batched = getattr(scorer, "score_many", None)
+    if not callable(batched):
+        return [scorer.score(v) for v in volumes]
+    out = list(batched(list(volumes)))
+    if len(out) != len(volumes) or not all(isinstance(r, ScanScores) for r in out):
+        raise TypeError(
+            f"{getattr(scorer, 'name', scorer)}.score_many returned {len(out)} result(s) for "
+            f"{len(volumes)} volume(s), or something that is not ScanScores"
+        )
+    return out
 
 
 def build_scorers(names: list[str] | None = None, device: str = "cpu", batch_size: int = 64) -> list[Scorer]:

@@ -215,3 +215,21 @@ def test_shipped_weights_reproduce_fixture():
             assert got[key] == want[key], (case, key)
     level = fixture["level_5pct"]
     assert scorer.reference.level(5.0) == pytest.approx(level, abs=1e-9)
+
+
+def test_same_level_pairs_are_not_batch_negatives():
+    """Two clean queries from different volumes: with levels given, their closeness costs nothing."""
+    from bids_qa.training.flow import contrastive_loss
+
+    # both queries clean and at the same point; negatives far away
+    m = torch.tensor([[[2.0, 0.0], [2.0, 0.0], [-2.0, 0.0]],
+                      [[2.0, 0.0], [2.0, 0.0], [0.0, -2.0]]])
+    src = torch.tensor([0, 1])
+    clean = torch.tensor([[-1.0, 0.0], [-1.0, 0.0]])
+    mixed = torch.tensor([[-1.0, 0.0], [0.0, 0.8]])  # second query: artifact 0 at SS 0.8
+    l_plain, _ = contrastive_loss(m, src)
+    l_clean, p_clean = contrastive_loss(m, src, clean)
+    l_mixed, _ = contrastive_loss(m, src, mixed)
+    assert float(l_clean) < float(l_plain)  # the other clean volume is no longer a negative
+    assert float(l_mixed) == pytest.approx(float(l_plain))  # different levels: still negatives
+    assert p_clean["acc"] == 1.0

@@ -24,7 +24,7 @@ loading. torch is imported inside functions so importing this module stays cheap
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from bids_qa.scoring import ScanScores
+from bids_qa.scoring import ScanScores, anatomy_indices, volume_view
 from bids_qa.volume import Volume
 
 NAME = "flow"
@@ -570,20 +570,60 @@ class FlowScorer:
 
     def volume_m(self, volume: Volume):
         """(m (2,), per-slice m (k, 2), slice indices (k,)) of a volume."""
-        stack = volume.slice_stack(self.encoder_config.input_size)
-        return stack_m(self.net, stack, volume.anatomy_slices(), self.batch_size, self.device)
+        inputs, idx = self.encoder_inputs(volume)
+        per_slice = encode_slices(self.net, inputs, self.batch_size, self.device)
+        return per_slice.astype(np.float64).mean(0), per_slice, idx
+
+    def encoder_inputs(self, volume: Volume) -> tuple[np.ndarray, np.ndarray]:
+        """(the centre anatomy slices at the encoder's input size (k, S, S), their indices (k,)),
+        cached on the volume; the same slices :func:`stack_m` encodes."""
+        size = self.encoder_config.input_size
+
+        def compute() -> tuple[np.ndarray, np.ndarray]:
+            stack = volume.slice_stack(size)
+            anatomy = anatomy_indices(volume)
+            if len(anatomy) == 0:
+                anatomy = np.arange(len(stack))
+            idx = centre_slices(np.asarray(anatomy))
+            return stack[idx], idx
+
+        return volume_view(volume, ("flow_inputs", size, N_CENTRE_SLICES, volume.slice_axis), compute)
+
+    def prepare(self, volume: Volume) -> None:
+        """Cache the encoder's input slices on ``volume`` (loader threads)."""
+        self.encoder_inputs(volume)
 
     def score(self, volume: Volume) -> ScanScores:
-        m, per_slice, idx = self.volume_m(volume)
-        judged = self.reference.judge(m[None])
-        values: dict[str, float | int | str] = {
-            "m1": float(m[0]), "m2": float(m[1]),
-            "log_density": float(judged["log_density"][0]), "percentile": float(judged["percentile"][0]),
-            "flag_5pct": int(judged["flag_5pct"][0]), "flag_3pct": int(judged["flag_3pct"][0]),
-        }
-        return ScanScores(scorer=NAME, values=values,
-                          per_slice={"slice_index": idx.astype(np.int32), "m1": per_slice[:, 0], "m2": per_slice[:, 1]},
-                          slice_axis=volume.slice_axis)
+        return self.score_many([volume])[0]
+
+    def score_many(self, volumes: Sequence[Volume]) -> list[ScanScores]:
+        """Encode the centre slices of several volumes in one batched pass, then judge each
+        volume's ``m`` against the reference density (one call for all)."""
+        parts = [self.encoder_inputs(v) for v in volumes]
+        from bids_qa.models.weights import predict_batched
+
+        encoded = predict_batched(self.net, [x for x, _ in parts], self.batch_size, self.device)
+        encoded = encoded.reshape(len(encoded), 2)
+        per_volume, pos = [], 0
+        for inputs, _ in parts:
+            per_volume.append(encoded[pos : pos + len(inputs)].copy())
+            pos += len(inputs)
+        m_all = np.stack([ps.astype(np.float64).mean(0) for ps in per_volume])
+        judged = self.reference.judge(m_all)
+        results = []
+        for i, (volume, (_, idx), per_slice) in enumerate(zip(volumes, parts, per_volume, strict=True)):
+            m = m_all[i]
+            values: dict[str, float | int | str] = {
+                "m1": float(m[0]), "m2": float(m[1]),
+                "log_density": float(judged["log_density"][i]),
+                "percentile": float(judged["percentile"][i]),
+                "flag_5pct": int(judged["flag_5pct"][i]), "flag_3pct": int(judged["flag_3pct"][i]),
+            }
+            results.append(ScanScores(
+                scorer=NAME, values=values,
+                per_slice={"slice_index": idx.astype(np.int32), "m1": per_slice[:, 0], "m2": per_slice[:, 1]},
+                slice_axis=volume.slice_axis))
+        return results
 
 
 def config_metadata(encoder: EncoderConfig, flow: FlowConfig, fit: FitConfig) -> dict[str, Any]:

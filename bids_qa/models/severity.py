@@ -15,13 +15,15 @@ seen at all (the paper's bias row barely moves; its encoder has no downsampling)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from bids_qa.rulers import build_ruler
-from bids_qa.scoring import ScanScores
+from bids_qa.rulers import Ruler, build_ruler
+from bids_qa.scoring import ScanScores, scored_slices, volume_view
 from bids_qa.volume import Volume
 
 NAME = "severity"
@@ -110,27 +112,78 @@ class SeverityScorer:
         self.batch_size = int(batch_size)
         self._torch = torch
 
-    def score_slices(self, slices: np.ndarray) -> np.ndarray:
-        """Per-slice scores for an array (n, S, S) already at the model's input size."""
+    def score_slices(self, slices) -> np.ndarray:
+        """Per-slice scores for an array (n, S, S) already at the model's input size (or a list
+        of such arrays, scored as their concatenation)."""
         from bids_qa.models.weights import predict_batched
 
-        return predict_batched(self.net, slices, self.batch_size, self.device).reshape(len(slices))
+        out = predict_batched(self.net, slices, self.batch_size, self.device)
+        return out.reshape(len(out))
+
+    def ruler_template(self, volume: Volume) -> Ruler:
+        """The ruler's images for ``volume`` (paper 004), not yet scored (NaN scores), cached.
+
+        Corrupting the central slice is CPU work; :meth:`prepare` does it in the loader threads,
+        and :meth:`score_many` sends the images through the network together with the scan's
+        slices.
+        """
+
+        def unscored(images: np.ndarray) -> np.ndarray:
+            return np.full(len(images), np.nan, np.float32)
+
+        size = self.config.input_size
+        return volume_view(
+            volume,
+            ("ruler", NAME, RULER_ARTIFACT, size),
+            lambda: build_ruler(
+                volume,
+                unscored,
+                model=NAME,
+                metric="score",
+                artifact=RULER_ARTIFACT,
+                scan_value=math.nan,
+                threshold=DEFAULT_THRESHOLD,
+                input_size=size,
+            ),
+        )
+
+    def prepare(self, volume: Volume) -> None:
+        """Cache the network's inputs on ``volume`` (anatomy slices at the input size, ruler
+        images) without running the network; see :mod:`bids_qa.scoring`."""
+        scored_slices(volume, self.config.input_size)
+        self.ruler_template(volume)
 
     def score(self, volume: Volume) -> ScanScores:
-        slices, anatomy = volume.scored_slices(self.config.input_size)
-        per_slice = self.score_slices(slices)
+        return self.score_many([volume])[0]
+
+    def score_many(self, volumes: Sequence[Volume]) -> list[ScanScores]:
+        """Score several volumes with one batched pass over all their slices and ruler images."""
+        parts = [
+            (*scored_slices(v, self.config.input_size), self.ruler_template(v)) for v in volumes
+        ]
+        outputs = self.score_slices([a for slices, _, r in parts for a in (slices, r.images)])
+        results, pos = [], 0
+        for volume, (slices, anatomy, template) in zip(volumes, parts, strict=True):
+            per_slice = outputs[pos : pos + len(slices)]
+            pos += len(slices)
+            ruler_scores = outputs[pos : pos + len(template.images)]
+            pos += len(template.images)
+            results.append(self._summarise(volume, anatomy, per_slice, template, ruler_scores))
+        return results
+
+    @staticmethod
+    def _summarise(
+        volume: Volume,
+        anatomy: np.ndarray,
+        per_slice: np.ndarray,
+        template: Ruler,
+        ruler_scores: np.ndarray,
+    ) -> ScanScores:
         middle = np.isin(anatomy, middle_slices(anatomy))
         value = float(per_slice[middle].mean())
         worst = int(anatomy[int(np.argmax(per_slice))])
-        ruler = build_ruler(
-            volume,
-            self.score_slices,
-            model=NAME,
-            metric="score",
-            artifact=RULER_ARTIFACT,
-            scan_value=value,
-            threshold=DEFAULT_THRESHOLD,
-            input_size=self.config.input_size,
+        ruler = replace(
+            template, scores=np.asarray(ruler_scores, dtype=np.float32), scan_value=value
         )
         return ScanScores(
             scorer=NAME,
@@ -140,7 +193,7 @@ class SeverityScorer:
                 "worst_slice": worst,
                 "n_slices_scored": int(middle.sum()),
             },
-            per_slice={"slice_index": anatomy.astype(np.int32), "severity": per_slice},
+            per_slice={"slice_index": anatomy.astype(np.int32), "severity": per_slice.copy()},
             slice_axis=volume.slice_axis,
             ruler=ruler,
         )

@@ -26,12 +26,13 @@ Classes (paper Sec. II):
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from bids_qa.scoring import ScanScores
+from bids_qa.scoring import ScanScores, scored_slices
 from bids_qa.volume import Volume
 
 NAME = "ssim"
@@ -214,23 +215,42 @@ class SSIMScorer:
         self.batch_size = max(1, int(batch_size))
         self._torch = torch
 
-    def predict_slices(self, slices: np.ndarray) -> np.ndarray:
-        """Predicted SSIM for an array (n, S, S) of slices already at the model's input size."""
-        if slices.ndim != 3 or slices.shape[1:] != (self.config.input_size,) * 2:
-            raise ValueError(
-                f"expected slices of shape (n, {self.config.input_size}, {self.config.input_size}), "
-                f"got {slices.shape}"
-            )
+    def predict_slices(self, slices) -> np.ndarray:
+        """Predicted SSIM for an array (n, S, S) of slices already at the model's input size (or a
+        list of such arrays, predicted as their concatenation)."""
+        parts = [slices] if isinstance(slices, np.ndarray) else list(slices)
+        for part in parts:
+            if part.ndim != 3 or part.shape[1:] != (self.config.input_size,) * 2:
+                raise ValueError(
+                    f"expected slices of shape (n, {self.config.input_size}, {self.config.input_size}), "
+                    f"got {part.shape}"
+                )
         from bids_qa.models.weights import predict_batched
 
-        return predict_batched(self.net, slices, self.batch_size, self.device).reshape(len(slices))
+        out = predict_batched(self.net, parts, self.batch_size, self.device)
+        return out.reshape(len(out))
+
+    def prepare(self, volume: Volume) -> None:
+        """Cache the anatomy slices at the input size on ``volume`` (loader threads)."""
+        scored_slices(volume, self.config.input_size)
 
     def score(self, volume: Volume) -> ScanScores:
-        slices, anatomy = volume.scored_slices(self.config.input_size)
-        per_slice = self.predict_slices(slices)
-        return ScanScores(
-            scorer=NAME,
-            values=summarise(per_slice, anatomy),
-            per_slice={"slice_index": anatomy.astype(np.int32), "ssim": per_slice},
-            slice_axis=volume.slice_axis,
-        )
+        return self.score_many([volume])[0]
+
+    def score_many(self, volumes: Sequence[Volume]) -> list[ScanScores]:
+        """Score several volumes with one batched pass over all their anatomy slices."""
+        parts = [scored_slices(v, self.config.input_size) for v in volumes]
+        outputs = self.predict_slices([slices for slices, _ in parts])
+        results, pos = [], 0
+        for volume, (slices, anatomy) in zip(volumes, parts, strict=True):
+            per_slice = outputs[pos : pos + len(slices)].copy()
+            pos += len(slices)
+            results.append(
+                ScanScores(
+                    scorer=NAME,
+                    values=summarise(per_slice, anatomy),
+                    per_slice={"slice_index": anatomy.astype(np.int32), "ssim": per_slice},
+                    slice_axis=volume.slice_axis,
+                )
+            )
+        return results

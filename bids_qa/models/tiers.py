@@ -34,6 +34,7 @@ Our network (shape kept, sizes ours; see ``docs/models/tiers.md``):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -249,13 +250,23 @@ class TierScorer:
         self.batch_size = int(batch_size)
         self._torch = torch
 
-    def probabilities(self, grids: np.ndarray) -> np.ndarray:
-        """Sigmoid outputs ``(n, 3, 2)`` for a stack of model-grid cubes ``(n, G, G, G)``."""
+    def probabilities(self, grids) -> np.ndarray:
+        """Sigmoid outputs ``(n, 3, 2)`` for a stack of model-grid cubes ``(n, G, G, G)`` (or a
+        list of such stacks, taken as their concatenation)."""
         from bids_qa.models.weights import predict_batched
 
         probs = predict_batched(self.net, grids, self.batch_size, self.device, post=self._torch.sigmoid)
-        return probs.reshape(len(grids), len(ARTIFACTS), len(TASKS))
+        return probs.reshape(len(probs), len(ARTIFACTS), len(TASKS))
+
+    def prepare(self, volume: Volume) -> None:
+        """Cache the model grid (the volume resampled to ``grid``^3) on ``volume`` (loader threads)."""
+        volume.grid(self.config.grid)
 
     def score(self, volume: Volume) -> ScanScores:
-        probs = self.probabilities(volume.grid(self.config.grid)[None])[0]
-        return ScanScores(scorer=NAME, values=scores_from_probabilities(probs))
+        return self.score_many([volume])[0]
+
+    def score_many(self, volumes: Sequence[Volume]) -> list[ScanScores]:
+        """Grade several volumes with one batched pass over their grids."""
+        grids = [v.grid(self.config.grid)[None] for v in volumes]
+        probs = self.probabilities(grids)
+        return [ScanScores(scorer=NAME, values=scores_from_probabilities(p)) for p in probs]

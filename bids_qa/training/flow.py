@@ -88,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--synthetic", type=int, default=6, help="synthetic MNI-derived volumes added to training and reference")
     p.add_argument("--flow-steps", type=int, default=FitConfig().steps, help="Adam steps of the reference flow fit")
     p.add_argument("--evaluate", action="store_true", help="evaluate on the validation split at the end")
+    p.add_argument("--mask-same-level", action="store_true",
+                   help="drop other-volume negatives at the query's own artifact level (see contrastive_loss)")
+    p.add_argument("--both-motion-models", action="store_true",
+                   help="simulate motion with TorchIO's model as well as our k-space one (50/50)")
+    p.add_argument("--init-encoder", default=None, help="start the encoder from these weights")
     return p
 
 
@@ -99,9 +104,10 @@ class ContrastiveMaker:
     """Picklable sample factory: (stack (2+K, S, S) float32, source index) from one rng."""
 
     def __init__(self, sources: list[SliceSource], size: int, artifacts: tuple[str, ...], n_neg: int,
-                 corrupt_prob: float) -> None:
+                 corrupt_prob: float, both_motion_models: bool = False) -> None:
         self.sources, self.size, self.artifacts = sources, size, tuple(artifacts)
         self.n_neg, self.corrupt_prob = n_neg, corrupt_prob
+        self.both_motion_models = both_motion_models
 
     def _corrupt(self, img, mask, zooms, art, params):
         from bids_qa import artifacts
@@ -110,13 +116,15 @@ class ContrastiveMaker:
             return truncate_slice(img, mask, params)
         return renormalise(artifacts.apply_artifact(img, art, params, zooms=zooms), img, mask)
 
-    @staticmethod
-    def _params(art: str, rng: np.random.Generator, severity: float) -> dict:
+    def _params(self, art: str, rng: np.random.Generator, severity: float) -> dict:
         from bids_qa import artifacts
 
         if art == "truncation":
             return truncation_params(rng, severity)
-        return artifacts.sample_params(art, rng, severity=severity)
+        params = artifacts.sample_params(art, rng, severity=severity)
+        if art == "motion" and self.both_motion_models:  # TorchIO's motion as well as our k-space one
+            params["model"] = artifacts.SLICE_MOTION_MODELS[int(rng.integers(2))]
+        return params
 
     def _to_work(self, img, mask, zooms):
         """Square field of view at the working resolution (at most twice the model size).
@@ -168,7 +176,9 @@ class ContrastiveMaker:
                         break
                 neg = self._corrupt(clean_q, qmask, qz, art2, self._params(art2, rng, sev2))
             out.append(to_model_input(neg, qz, self.size))
-        return np.stack(out).astype(np.float32), k
+        # the query's artifact level: -1 clean, else the artifact's index, and its severity
+        level = np.array([-1 if art is None else self.artifacts.index(art), sev], dtype=np.float32)
+        return np.stack(out).astype(np.float32), k, level
 
 
 def truncation_params(rng: np.random.Generator, severity: float) -> dict:
@@ -192,8 +202,14 @@ def truncate_slice(img: np.ndarray, mask: np.ndarray, params: dict) -> np.ndarra
     return out
 
 
-def contrastive_loss(m, source):
+def contrastive_loss(m, source, level=None):
     """Eq. 1 for a batch of embeddings ``m`` (B, 2+K, 2) = [query, positive, K negatives].
+
+    ``level`` (B, 2) = (artifact index or -1 for clean, severity), when given, removes from the
+    other-volume negatives every pair at the same artifact level (both clean, or the same artifact
+    within :data:`SEVERITY_GAP`): with a few dozen clean volumes, pushing clean scans of different
+    sites apart spreads the clean population over the m-plane, and moderate artifacts then stay
+    inside its density (the first shipped encoder's main failure).
 
     Returns (loss, parts) where parts holds the InfoNCE term, the norm penalty and the fraction of
     queries whose positive is more similar than every negative (``acc``).
@@ -205,6 +221,13 @@ def contrastive_loss(m, source):
     others = m[:, :2].reshape(2 * b, 2)
     other_src = source.repeat_interleave(2)
     same = source[:, None] == other_src[None, :]  # (B, 2B): same volume -> not a negative
+    if level is not None:
+        art, sev = level[:, 0], level[:, 1]
+        o_art, o_sev = art.repeat_interleave(2), sev.repeat_interleave(2)
+        same_level = (art[:, None] == o_art[None, :]) & (
+            (art[:, None] < 0) | ((sev[:, None] - o_sev[None, :]).abs() < SEVERITY_GAP)
+        )
+        same = same | same_level
 
     def one_side(a, pos):
         s_pos = (a * pos).sum(-1)
@@ -231,10 +254,11 @@ def validation_metrics(net, batch, device: str) -> dict[str, float]:
     """InfoNCE loss and top-1 accuracy on a fixed validation batch."""
     import torch
 
-    x, src = batch
+    x, src, level = batch
     with torch.inference_mode():
         m = net(torch.from_numpy(x.reshape(-1, 1, *x.shape[-2:])).to(device)).reshape(x.shape[0], x.shape[1], 2)
-        loss, parts = contrastive_loss(m.cpu(), torch.from_numpy(src))
+        loss, parts = contrastive_loss(m.cpu(), torch.from_numpy(src),
+                                       torch.from_numpy(level) if level is not None else None)
     return {"loss": float(loss), **parts, "m_norm": float(m.norm(dim=-1).mean())}
 
 
@@ -243,7 +267,8 @@ def validation_metrics(net, batch, device: str) -> dict[str, float]:
 
 
 def train_encoder(settings: loop.TrainSettings, maker: ContrastiveMaker, val_maker: ContrastiveMaker,
-                  config: EncoderConfig, argv: list[str], val_size: int = 48) -> dict:
+                  config: EncoderConfig, argv: list[str], val_size: int = 48,
+                  mask_same_level: bool = False, init: str | None = None) -> dict:
     """Run (or resume) contrastive training; the best encoder goes to ``best_encoder.safetensors``."""
     import torch
 
@@ -253,6 +278,10 @@ def train_encoder(settings: loop.TrainSettings, maker: ContrastiveMaker, val_mak
     loop.write_settings(run_dir, settings, NAME, argv)
     torch.manual_seed(settings.seed)
     net = build_encoder(config).to(settings.device)
+    if init:
+        from bids_qa.models.weights import load_weights
+
+        net.load_state_dict(load_weights(init)[0])
     opt = torch.optim.Adam(net.parameters(), lr=settings.lr, weight_decay=1e-5)
     start, extra = loop.load_checkpoint(run_dir, net, opt)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, settings.steps), eta_min=settings.lr * 0.05)
@@ -261,15 +290,17 @@ def train_encoder(settings: loop.TrainSettings, maker: ContrastiveMaker, val_mak
     best = extra.get("best", {"objective": -1e9})
     log = loop.RunLog(run_dir)
     val_items = [val_maker(np.random.default_rng([settings.seed + 7919, i])) for i in range(val_size)]
-    val_batch = (np.stack([v[0] for v in val_items]), np.array([v[1] for v in val_items]))
+    val_batch = (np.stack([v[0] for v in val_items]), np.array([v[1] for v in val_items]),
+                 np.stack([v[2] for v in val_items]) if mask_same_level else None)
 
     t0 = time.time()
     elapsed_before = float(extra.get("train_seconds", 0.0))
     net.train()
-    for step, (x, src) in loop.batches(maker, settings, start):
+    for step, (x, src, level) in loop.batches(maker, settings, start):
         x = x.to(settings.device)
         m = net(x.reshape(-1, 1, *x.shape[-2:])).reshape(x.shape[0], x.shape[1], 2)
-        loss, parts = contrastive_loss(m, src.to(settings.device))
+        loss, parts = contrastive_loss(m, src.to(settings.device),
+                                       level.to(settings.device) if mask_same_level else None)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -500,9 +531,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"loaded {len(train_sources)} training volumes ({args.synthetic} synthetic), {len(val_all)} validation "
           f"volumes in {time.time() - t_load:.0f}s", flush=True)
     arts = tuple(args.artifacts)
-    maker = ContrastiveMaker(train_sources, enc_config.input_size, arts, args.negatives, args.corrupt_prob)
-    val_maker = ContrastiveMaker(val_sources, enc_config.input_size, arts, args.negatives, args.corrupt_prob)
-    best = train_encoder(settings, maker, val_maker, enc_config, argv)
+    maker = ContrastiveMaker(train_sources, enc_config.input_size, arts, args.negatives, args.corrupt_prob,
+                             args.both_motion_models)
+    val_maker = ContrastiveMaker(val_sources, enc_config.input_size, arts, args.negatives, args.corrupt_prob,
+                                 args.both_motion_models)
+    best = train_encoder(settings, maker, val_maker, enc_config, argv, mask_same_level=args.mask_same_level,
+                         init=args.init_encoder)
     print(f"encoder: best step {best.get('step')} {json.dumps(best.get('metrics'))}", flush=True)
 
     run_dir = Path(settings.run_dir)
@@ -516,7 +550,9 @@ def main(argv: list[str] | None = None) -> int:
              "training": {"settings": json.loads((run_dir / "settings.json").read_text()), "best_step": best.get("step"),
                           "validation": best.get("metrics"), "train_seconds": best.get("train_seconds"),
                           "negative_artifacts": list(arts), "corrupt_prob": args.corrupt_prob,
-                          "negatives": args.negatives, "norm_penalty": NORM_PENALTY}}
+                          "negatives": args.negatives, "norm_penalty": NORM_PENALTY,
+                          "mask_same_level": args.mask_same_level,
+                          "both_motion_models": args.both_motion_models}}
     wstate, meta, fitted = build_weights(net, enc_config, flow_config, fit, ref_m, ref_names, extra)
     out_path = run_dir / "flow.safetensors"
     save_weights(out_path, wstate, meta)

@@ -552,6 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=2,
         help="training inputs made from each simulated cube (flips/permutations)",
     )
+    p.add_argument("--init", default=None, help="start from these weights (same architecture)")
     p.add_argument(
         "--max-minutes",
         type=float,
@@ -571,6 +572,7 @@ def train(
     log_every: int = 25,
     max_minutes: float = 0.0,
     views: int = 2,
+    init: str | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) training; returns the best validation record. Writes only into run_dir."""
     import torch
@@ -583,6 +585,10 @@ def train(
     limit_threads(settings.threads)
     torch.manual_seed(settings.seed)
     net = build_network(config).to(settings.device)
+    if init:  # warm start (same architecture); a checkpoint in run_dir still takes precedence
+        from bids_qa.models.weights import load_weights
+
+        net.load_state_dict(load_weights(init)[0])
     opt = torch.optim.Adam(net.parameters(), lr=settings.lr, weight_decay=1e-5)
     start, extra = loop.load_checkpoint(run_dir, net, opt)
     warmup = max(1, min(100, settings.steps // 20))
@@ -747,6 +753,7 @@ def main(argv: list[str] | None = None) -> int:
         val_draws=args.val_draws,
         max_minutes=args.max_minutes,
         views=args.views,
+        init=args.init,
     )
     print(json.dumps(best, indent=2, default=str), flush=True)
     run_dir = Path(settings.run_dir)
