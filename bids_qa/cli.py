@@ -168,9 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="N",
-        help="threads that load scans ahead, run the IQMs and prepare the models' inputs, and "
-        "torch's threads for inference; at most N + scan-batch volumes are held in memory "
-        f"(default: available CPUs, here {available_cpus()})",
+        help="threads that load scans ahead, run the IQMs and prepare the models' inputs "
+        "(inference uses max(1, N/2) torch threads); at most N + scan-batch volumes are held in "
+        f"memory (default: available CPUs, here {available_cpus()})",
     )
     run.add_argument(
         "--batch-size",

@@ -54,8 +54,8 @@ class RunConfig:
         ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
     nprocs
         Loader threads (load scans ahead, run the CPU-only scorers and prepare the networks'
-        inputs) and torch's intra-op threads for inference (see
-        :class:`bids_qa.pipeline.ExecutionPlan` for the thread rule).
+        inputs); inference uses ``max(1, nprocs // 2)`` torch threads (the thread rule is in
+        :class:`bids_qa.pipeline.ExecutionPlan`).
     batch_size
         Slices (or grids) per forward pass of the deep models; ``None`` (``auto``) means 64 on CPU
         and 512 on CUDA.
