@@ -167,3 +167,30 @@ def test_clean_phantom_scores_lower_than_noisy_phantom():
     s_clean = scorer.score(clean).values["score"]
     s_noisy = scorer.score(noisy).values["score"]
     assert s_clean < 1.0 < s_noisy
+
+
+def test_warm_start_loads_weights_and_input_size_is_free(tmp_path):
+    from bids_qa.models.weights import save_weights
+    from bids_qa.training import loop
+
+    torch.manual_seed(0)
+    a = build_encoder(SeverityConfig(input_size=64))
+    save_weights(tmp_path / "a.safetensors", a.state_dict(), {"family": "severity"})
+    torch.manual_seed(1)
+    b = build_encoder(SeverityConfig(input_size=96))  # fully convolutional: same tensors
+    assert not torch.equal(a.state_dict()["blocks.0.0.weight"], b.state_dict()["blocks.0.0.weight"])
+    loop.warm_start(b, str(tmp_path / "a.safetensors"))
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k
+    loop.warm_start(b, None)  # no-op
+
+
+def test_artifact_weights_are_validated_and_normalised():
+    from bids_qa.training.severity import ARTIFACT_NAMES, QuadrupletMaker
+
+    maker = QuadrupletMaker([], 32, (0, 0, 2, 2, 0))
+    assert maker.artifact_p.tolist() == [0, 0, 0.5, 0.5, 0]
+    assert QuadrupletMaker([], 32).artifact_p.tolist() == [1 / len(ARTIFACT_NAMES)] * len(ARTIFACT_NAMES)
+    for bad in ((1, 1), (0, 0, 0, 0, 0), (1, -1, 1, 1, 1)):
+        with pytest.raises(ValueError):
+            QuadrupletMaker([], 32, bad)

@@ -92,7 +92,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="drop other-volume negatives at the query's own artifact level (see contrastive_loss)")
     p.add_argument("--both-motion-models", action="store_true",
                    help="simulate motion with TorchIO's model as well as our k-space one (50/50)")
-    p.add_argument("--init-encoder", default=None, help="start the encoder from these weights")
     return p
 
 
@@ -278,10 +277,7 @@ def train_encoder(settings: loop.TrainSettings, maker: ContrastiveMaker, val_mak
     loop.write_settings(run_dir, settings, NAME, argv)
     torch.manual_seed(settings.seed)
     net = build_encoder(config).to(settings.device)
-    if init:
-        from bids_qa.models.weights import load_weights
-
-        net.load_state_dict(load_weights(init)[0])
+    loop.warm_start(net, init)
     opt = torch.optim.Adam(net.parameters(), lr=settings.lr, weight_decay=1e-5)
     start, extra = loop.load_checkpoint(run_dir, net, opt)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, settings.steps), eta_min=settings.lr * 0.05)
@@ -536,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
     val_maker = ContrastiveMaker(val_sources, enc_config.input_size, arts, args.negatives, args.corrupt_prob,
                                  args.both_motion_models)
     best = train_encoder(settings, maker, val_maker, enc_config, argv, mask_same_level=args.mask_same_level,
-                         init=args.init_encoder)
+                         init=args.init)
     print(f"encoder: best step {best.get('step')} {json.dumps(best.get('metrics'))}", flush=True)
 
     run_dir = Path(settings.run_dir)

@@ -68,6 +68,25 @@ def add_common_arguments(parser, *, steps: int, batch_size: int, lr: float) -> N
     parser.add_argument(
         "--export", default=None, help="write the best weights to this .safetensors path at the end"
     )
+    parser.add_argument(
+        "--init",
+        default=None,
+        help="warm start: begin from these weights (same architecture) instead of a random "
+        "initialisation; a checkpoint already in --run-dir takes precedence",
+    )
+
+
+def warm_start(net, init: str | None) -> None:
+    """Load ``init`` (a safetensors file of the same architecture) into ``net``; no-op for None.
+
+    Called before :func:`load_checkpoint`, so resuming a warm-started run continues from its own
+    checkpoint, not from the initial weights.
+    """
+    if not init:
+        return
+    from bids_qa.models.weights import load_weights
+
+    net.load_state_dict(load_weights(init)[0])
 
 
 def settings_from_args(args) -> TrainSettings:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bids_qa.artifacts import ARTIFACTS_000 as ARTIFACT_NAMES
 from bids_qa.models.severity import NAME, SeverityConfig, build_encoder
 from bids_qa.training import loop
 from bids_qa.training.slices import (
@@ -34,8 +35,6 @@ from bids_qa.training.slices import (
     renormalise,
     to_model_input,
 )
-
-from bids_qa.artifacts import ARTIFACTS_000 as ARTIFACT_NAMES
 
 MARGIN_SCALE = 3.0
 COMBINATION_PROBABILITY = 0.2
@@ -49,12 +48,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels", type=int, nargs=2, default=[16, 32])
     p.add_argument(
         "--synthetic", type=int, default=6, help="synthetic MNI-derived volumes added to training"
-    )
-    p.add_argument(
-        "--init",
-        default=None,
-        help="start from these weights (safetensors with the same channels; any input size, the "
-        "encoder is fully convolutional) instead of a random initialisation",
     )
     p.add_argument(
         "--artifact-weights",
@@ -183,11 +176,7 @@ def train(
     torch.manual_seed(settings.seed)
     net = build_encoder(config).to(settings.device)
     opt = torch.optim.Adam(net.parameters(), lr=settings.lr)
-    if init:
-        from bids_qa.models.weights import load_weights
-
-        state, _ = load_weights(init)
-        net.load_state_dict(state)
+    loop.warm_start(net, init)  # the encoder is fully convolutional: any input size fits
     start, extra = loop.load_checkpoint(run_dir, net, opt)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(
         opt, T_max=max(1, settings.steps), eta_min=settings.lr * 0.05

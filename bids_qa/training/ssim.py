@@ -119,7 +119,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="probability of nuisance noise on the input after labelling (label unchanged)",
     )
-    p.add_argument("--init", default=None, help="start from these weights (same architecture)")
     p.add_argument(
         "--shadow-size",
         type=int,
@@ -503,10 +502,7 @@ def train(
             super().__init__()
             self.nets = torch.nn.ModuleList(nets)
 
-    if init:
-        from bids_qa.models.weights import load_weights
-
-        nets[0].load_state_dict(load_weights(init)[0])
+    loop.warm_start(nets[0], init)
     holder = _Both()
     start, extra = loop.load_checkpoint(run_dir, holder, opt)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(

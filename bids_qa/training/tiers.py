@@ -552,7 +552,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=2,
         help="training inputs made from each simulated cube (flips/permutations)",
     )
-    p.add_argument("--init", default=None, help="start from these weights (same architecture)")
     p.add_argument(
         "--max-minutes",
         type=float,
@@ -585,10 +584,7 @@ def train(
     limit_threads(settings.threads)
     torch.manual_seed(settings.seed)
     net = build_network(config).to(settings.device)
-    if init:  # warm start (same architecture); a checkpoint in run_dir still takes precedence
-        from bids_qa.models.weights import load_weights
-
-        net.load_state_dict(load_weights(init)[0])
+    loop.warm_start(net, init)
     opt = torch.optim.Adam(net.parameters(), lr=settings.lr, weight_decay=1e-5)
     start, extra = loop.load_checkpoint(run_dir, net, opt)
     warmup = max(1, min(100, settings.steps // 20))
