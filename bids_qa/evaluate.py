@@ -54,6 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--levels", nargs="+", type=float, default=list(SEVERITY_LEVELS))
     p.add_argument("--no-iqms", action="store_true", help="skip the classical IQMs column (faster)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--weights",
+        nargs="+",
+        default=[],
+        metavar="FAMILY=PATH",
+        help="score with these weights instead of the shipped ones (e.g. severity=run/best.safetensors)",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument(
         "--max-volumes", type=int, default=0, help="use only the first N volumes (0: all)"
@@ -91,6 +98,7 @@ def evaluate_severity(
     seed: int,
     device: str,
     with_iqms: bool = True,
+    weights: str | None = None,
 ) -> dict[str, Any]:
     """Score clean and corrupted copies of every volume; return rows and the summary figures."""
     from bids_qa import artifacts
@@ -98,7 +106,7 @@ def evaluate_severity(
     from bids_qa.models.severity import SeverityScorer
     from bids_qa.volume import volume_from_array
 
-    scorer = SeverityScorer(device=device)
+    scorer = SeverityScorer(device=device, weights=weights)
     iqm = IQMScorer() if with_iqms else None
     rows: list[dict[str, Any]] = []
     for v_index, (entry, vol) in enumerate(volumes):
@@ -206,14 +214,18 @@ def severity_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def benchmark_flow(data_dir: str, split: str, seed: int, device: str) -> dict[str, Any]:
+def benchmark_flow(
+    data_dir: str, split: str, seed: int, device: str, weights: str | None = None
+) -> dict[str, Any]:
     """Paper 001's figures: sensitivity / specificity of the reference-density flags."""
     from bids_qa.models.flow import FlowScorer
     from bids_qa.training.data import clean_volumes
     from bids_qa.training.flow import evaluate_flow
 
     volumes = clean_volumes(data_dir, split, include_out_of_scope=True)
-    res = evaluate_flow(FlowScorer(device=device), volumes, np.random.default_rng(seed))
+    res = evaluate_flow(
+        FlowScorer(device=device, weights=weights), volumes, np.random.default_rng(seed)
+    )
     lines = [
         "### Flow density (paper 001)",
         "",
@@ -236,13 +248,19 @@ def benchmark_flow(data_dir: str, split: str, seed: int, device: str) -> dict[st
     return res
 
 
-def benchmark_tiers(data_dir: str, split: str, seed: int, device: str) -> dict[str, Any]:
+def benchmark_tiers(
+    data_dir: str, split: str, seed: int, device: str, weights: str | None = None
+) -> dict[str, Any]:
     """Paper 003's figures: balanced accuracy of each task and of the tier splits."""
     from bids_qa.models.weights import packaged_weights
     from bids_qa.training.tiers import evaluate_weights
 
     res = evaluate_weights(
-        packaged_weights("tiers.safetensors"), data_dir, split, seed=20260 + seed, device=device
+        weights or packaged_weights("tiers.safetensors"),
+        data_dir,
+        split,
+        seed=20260 + seed,
+        device=device,
     )
     paper = {"motion": (99.54, 100.0), "noise": (87.35, 97.78), "contrast": (90.17, 97.57)}
     lines = [
@@ -261,7 +279,7 @@ def benchmark_tiers(data_dir: str, split: str, seed: int, device: str) -> dict[s
 
 
 def benchmark_ssim(
-    data_dir: str, split: str, seed: int, device: str, n: int = 2000
+    data_dir: str, split: str, seed: int, device: str, n: int = 2000, weights: str | None = None
 ) -> dict[str, Any]:
     """Paper 002's figures: residual mean and sd, accuracy for 3, 5 and 10 SSIM classes."""
     from bids_qa.models.ssim import SSIMScorer
@@ -270,7 +288,10 @@ def benchmark_ssim(
 
     volumes = [v for _, v in clean_volumes(data_dir, split)]
     res = evaluate_ssim(
-        SSIMScorer(device=device), volumes, np.random.default_rng([seed, 2002]), n=n
+        SSIMScorer(device=device, weights=weights),
+        volumes,
+        np.random.default_rng([seed, 2002]),
+        n=n,
     )
     lines = [
         "### SSIM (paper 002)",
@@ -292,11 +313,31 @@ def _family_evaluator(family: str):
     return {"flow": benchmark_flow, "tiers": benchmark_tiers, "ssim": benchmark_ssim}.get(family)
 
 
+def parse_weight_overrides(items: list[str]) -> dict[str, str]:
+    """``["severity=path", ...]`` -> ``{"severity": "path"}``; unknown families or missing files
+    are usage errors (SystemExit 64), so a typo never silently benchmarks the shipped weights."""
+    out: dict[str, str] = {}
+    for item in items:
+        family, sep, path = item.partition("=")
+        if not sep or family not in FAMILIES:
+            print(
+                f"--weights expects FAMILY=PATH with FAMILY in {FAMILIES}, got {item!r}",
+                file=sys.stderr,
+            )
+            raise SystemExit(64)
+        if not Path(path).is_file():
+            print(f"--weights: no file {path}", file=sys.stderr)
+            raise SystemExit(64)
+        out[family] = path
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     from bids_qa.scoring import REGISTRY
     from bids_qa.training.data import clean_volumes
 
     args = build_parser().parse_args(argv)
+    overrides = parse_weight_overrides(args.weights)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -308,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         "split": args.split,
         "volumes": [e["path"] for e, _ in volumes],
         "seed": args.seed,
+        "weights": overrides,
         "families": {},
     }
     md = [f"# bids_qa benchmark ({args.split} split, {len(volumes)} volumes, seed {args.seed})", ""]
@@ -319,7 +361,12 @@ def main(argv: list[str] | None = None) -> int:
         tf = time.time()
         if family == "severity":
             res = evaluate_severity(
-                volumes, tuple(args.levels), args.seed, args.device, not args.no_iqms
+                volumes,
+                tuple(args.levels),
+                args.seed,
+                args.device,
+                not args.no_iqms,
+                weights=overrides.get(family),
             )
             md.append(severity_markdown(res["summary"]))
         else:
@@ -332,7 +379,13 @@ def main(argv: list[str] | None = None) -> int:
                     "",
                 ]
                 continue
-            res = fn(args.data, args.split, seed=args.seed, device=args.device)
+            res = fn(
+                args.data,
+                args.split,
+                seed=args.seed,
+                device=args.device,
+                weights=overrides.get(family),
+            )
             md.append(res.get("markdown", ""))
         res["seconds"] = round(time.time() - tf, 1)
         result["families"][family] = res

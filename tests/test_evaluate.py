@@ -84,3 +84,16 @@ def test_simulated_example_dataset_runs_through_the_pipeline(tmp_path):
     ids = set(table["scan_id"])
     assert any("acq-noise" in i for i in ids)
     assert all(v in {"pass", "review", "fail"} for v in table["verdict"])
+
+
+def test_weight_overrides_are_checked(tmp_path):
+    from bids_qa.evaluate import parse_weight_overrides
+
+    w = tmp_path / "w.safetensors"
+    w.write_bytes(b"x")
+    assert parse_weight_overrides([f"severity={w}"]) == {"severity": str(w)}
+    assert parse_weight_overrides([]) == {}
+    for bad in ([f"sev={w}"], ["severity"], [f"severity={tmp_path / 'missing'}"]):
+        with pytest.raises(SystemExit) as exc:
+            parse_weight_overrides(bad)
+        assert exc.value.code == 64
