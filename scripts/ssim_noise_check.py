@@ -32,7 +32,9 @@ def main(argv: list[str]) -> int:
             noisy = v
             if std:
                 params = {"std": std, "seed": i}
-                noisy = volume_from_array(artifacts.apply_artifact(v.data, "noise", params), v.zooms)
+                noisy = volume_from_array(
+                    artifacts.apply_artifact(v.data, "noise", params), v.zooms
+                )
             for w, s in scorers.items():
                 res[w].append(float(s.score(noisy).values["ssim_mean"]))
         for w, r in res.items():
