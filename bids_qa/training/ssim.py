@@ -120,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="probability of nuisance noise on the input after labelling (label unchanged)",
     )
     p.add_argument(
+        "--noise-max-std",
+        type=float,
+        default=SampleConfig().noise_max_std,
+        help="largest nuisance-noise SD on the normalised scale (drawn uniformly from 0.005)",
+    )
+    p.add_argument(
         "--shadow-size",
         type=int,
         default=0,
@@ -670,7 +676,7 @@ def main(argv: list[str] | None = None) -> int:
         val_size=args.val_size,
         shadow_size=args.shadow_size,
         batch_augment=args.batch_augment,
-        cfg=SampleConfig(p_noise=args.p_noise),
+        cfg=SampleConfig(p_noise=args.p_noise, noise_max_std=args.noise_max_std),
         init=args.init,
     )
     print(json.dumps(result, indent=2))
