@@ -194,3 +194,15 @@ def test_artifact_weights_are_validated_and_normalised():
     for bad in ((1, 1), (0, 0, 0, 0, 0), (1, -1, 1, 1, 1)):
         with pytest.raises(ValueError):
             QuadrupletMaker([], 32, bad)
+
+
+def test_export_weights_copies_only_when_asked(tmp_path, capsys):
+    from bids_qa.training import loop
+
+    src = tmp_path / "best.safetensors"
+    src.write_bytes(b"weights")
+    loop.export_weights(src, None)
+    assert list(tmp_path.iterdir()) == [src]
+    loop.export_weights(src, str(tmp_path / "out.safetensors"))
+    assert (tmp_path / "out.safetensors").read_bytes() == b"weights"
+    assert "exported" in capsys.readouterr().out

@@ -506,7 +506,6 @@ def load_sources(data_dir: str, n_synthetic: int, seed: int):
 
 
 def main(argv: list[str] | None = None) -> int:
-    import shutil
     import sys
 
     import torch
@@ -567,9 +566,7 @@ def main(argv: list[str] | None = None) -> int:
         meta["evaluation"] = {k: v for k, v in result.items() if k != "cases"}
         save_weights(out_path, wstate, meta)
         print(json.dumps({k: v for k, v in result.items() if k != "cases"}, indent=2), flush=True)
-    if args.export:
-        shutil.copyfile(out_path, args.export)
-        print(f"weights exported to {args.export}")
+    loop.export_weights(out_path, args.export)
     return 0
 
 

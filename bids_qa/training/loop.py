@@ -76,6 +76,16 @@ def add_common_arguments(parser, *, steps: int, batch_size: int, lr: float) -> N
     )
 
 
+def export_weights(weights: str | Path, export: str | None) -> None:
+    """Copy a run's weights file to ``--export`` (no-op when not asked for)."""
+    if not export:
+        return
+    import shutil
+
+    shutil.copyfile(weights, export)
+    print(f"weights exported to {export}")
+
+
 def warm_start(net, init: str | None) -> None:
     """Load ``init`` (a safetensors file of the same architecture) into ``net``; no-op for None.
 

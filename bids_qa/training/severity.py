@@ -73,7 +73,11 @@ class QuadrupletMaker:
     ) -> None:
         self.sources = sources
         self.size = size
-        w = np.ones(len(ARTIFACT_NAMES)) if artifact_weights is None else np.asarray(artifact_weights)
+        w = (
+            np.ones(len(ARTIFACT_NAMES))
+            if artifact_weights is None
+            else np.asarray(artifact_weights)
+        )
         if w.shape != (len(ARTIFACT_NAMES),) or (w < 0).any() or w.sum() <= 0:
             raise ValueError(f"artifact weights must be {len(ARTIFACT_NAMES)} non-negative numbers")
         self.artifact_p = w / w.sum()
@@ -268,7 +272,6 @@ def sources_from_data(data_dir: str, split: str, n_synthetic: int, seed: int) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    import shutil
     import sys
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -288,9 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         artifact_weights=tuple(args.artifact_weights) if args.artifact_weights else None,
     )
     print(json.dumps(best, indent=2))
-    if args.export:
-        shutil.copyfile(Path(settings.run_dir) / "best.safetensors", args.export)
-        print(f"weights exported to {args.export}")
+    loop.export_weights(Path(settings.run_dir) / "best.safetensors", args.export)
     return 0
 
 

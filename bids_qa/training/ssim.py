@@ -59,6 +59,15 @@ from bids_qa.training.slices import (
 )
 from bids_qa.volume import slices_to_square
 
+#: The paper-002 figures logged at validation and printed after evaluation.
+REPORTED_METRICS = (
+    "residual_mean",
+    "residual_sd",
+    "accuracy_bins3",
+    "accuracy_bins5",
+    "accuracy_bins10",
+    "accuracy_clinical",
+)
 #: Probability of an uncorrupted sample (label 1).
 P_CLEAN = 0.08
 #: Probability of contrast augmentation.
@@ -577,20 +586,7 @@ def train(
                 pred, _ = _predictor(net, c.input_size)
                 metrics = regression_metrics(pred(val_x[j]), val_y)
                 metrics["val_mse"] = metrics["rmse"] ** 2
-                record["validation"].append(
-                    {
-                        k: metrics[k]
-                        for k in (
-                            "val_mse",
-                            "residual_mean",
-                            "residual_sd",
-                            "accuracy_bins3",
-                            "accuracy_bins5",
-                            "accuracy_bins10",
-                            "accuracy_clinical",
-                        )
-                    }
-                )
+                record["validation"].append({k: metrics[k] for k in ("val_mse", *REPORTED_METRICS)})
                 if metrics["val_mse"] < best[j]["val_mse"]:
                     best[j] = {
                         "val_mse": metrics["val_mse"],
@@ -655,7 +651,6 @@ def evaluate_run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    import shutil
     import sys
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -691,26 +686,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(
             json.dumps(
-                {
-                    k: {
-                        m: v[m]
-                        for m in (
-                            "residual_mean",
-                            "residual_sd",
-                            "accuracy_bins3",
-                            "accuracy_bins5",
-                            "accuracy_bins10",
-                            "accuracy_clinical",
-                        )
-                    }
-                    for k, v in report.items()
-                },
+                {k: {m: v[m] for m in REPORTED_METRICS} for k, v in report.items()},
                 indent=2,
             )
         )
-    if args.export:
-        shutil.copyfile(Path(settings.run_dir) / "best.safetensors", args.export)
-        print(f"weights exported to {args.export}")
+    loop.export_weights(Path(settings.run_dir) / "best.safetensors", args.export)
     return 0
 
 

@@ -722,7 +722,6 @@ def sources_from_data(
 
 
 def main(argv: list[str] | None = None) -> int:
-    import shutil
     import sys
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -764,9 +763,8 @@ def main(argv: list[str] | None = None) -> int:
         metrics = evaluate_tiers(scorer, val_sources, draws=args.eval_draws)
         (run_dir / "evaluation.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
         print(json.dumps(metrics, indent=2), flush=True)
-    if args.export and not best.get("stopped_early"):
-        shutil.copyfile(run_dir / "best.safetensors", args.export)
-        print(f"weights exported to {args.export}")
+    if not best.get("stopped_early"):
+        loop.export_weights(run_dir / "best.safetensors", args.export)
     return 0
 
 
