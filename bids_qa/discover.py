@@ -220,6 +220,18 @@ def strip_nifti_extension(name: str) -> str:
     return name
 
 
+def _scan(path: Path, entities: dict[str, str], *, bids: bool, root: Path) -> Scan:
+    """A :class:`Scan` with its JSON sidecar (same name, ``.json``) when one exists."""
+    sidecar = path.with_name(strip_nifti_extension(path.name) + ".json")
+    return Scan(
+        path=path,
+        entities=entities,
+        sidecar=sidecar if sidecar.is_file() else None,
+        bids=bids,
+        root=root,
+    )
+
+
 def nifti_extension(name: str) -> str | None:
     """``.nii.gz`` or ``.nii`` (as spelled in BIDS), or None for other names."""
     lower = name.lower()
@@ -632,16 +644,7 @@ def _discover_bids(
         indexed.add(path.resolve())
         entities = {k: str(v) for k, v in bfile.get_entities().items()}
         entities["extension"] = nifti_extension(path.name) or entities.get("extension", "")
-        sidecar = path.with_name(strip_nifti_extension(path.name) + ".json")
-        scans.append(
-            Scan(
-                path=path,
-                entities=entities,
-                sidecar=sidecar if sidecar.is_file() else None,
-                bids=True,
-                root=root,
-            )
-        )
+        scans.append(_scan(path, entities, bids=True, root=root))
     if validate:
         skipped = [
             p
@@ -690,16 +693,7 @@ def _discover_plain(
                     unnamed.append(rel)
             entities["suffix"] = contrast
             entities["extension"] = ext
-            sidecar = path.with_name(strip_nifti_extension(name) + ".json")
-            scans.append(
-                Scan(
-                    path=path,
-                    entities=entities,
-                    sidecar=sidecar if sidecar.is_file() else None,
-                    bids=False,
-                    root=root,
-                )
-            )
+            scans.append(_scan(path, entities, bids=False, root=root))
     if unnamed and suffixes:
         warnings.append(
             f"{len(unnamed)} file(s) name no contrast and were left out because --suffix lists several "
