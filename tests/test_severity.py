@@ -28,6 +28,29 @@ def test_encoder_scores_are_non_negative_and_one_per_slice():
     assert bool((s >= 0).all())
 
 
+def test_pooling_orders_differ_only_in_where_abs_is_taken():
+    torch.manual_seed(0)
+    paper = build_encoder(SeverityConfig(input_size=32, channels=(4, 8)))
+    ours = build_encoder(SeverityConfig(input_size=32, channels=(4, 8), pooling="abs_pool"))
+    ours.load_state_dict(paper.state_dict())  # same parameters: pooling has none
+    paper.eval(), ours.eval()
+    x = torch.randn(5, 1, 32, 32)
+    last = paper.reduce(paper.blocks(x))
+    with torch.no_grad():
+        assert torch.allclose(paper(x), last.mean((1, 2, 3)).abs(), atol=1e-6)
+        assert torch.allclose(ours(x), last.abs().mean((1, 2, 3)), atol=1e-6)
+        assert bool((ours(x) >= paper(x) - 1e-6).all())  # mean|m| >= |mean m|
+    with pytest.raises(ValueError, match="pooling"):
+        SeverityConfig(pooling="max")
+
+
+def test_config_round_trips_and_old_metadata_means_paper_pooling():
+    cfg = SeverityConfig(input_size=96, channels=(8, 16), pooling="abs_pool")
+    assert SeverityConfig.from_dict(cfg.to_dict()) == cfg
+    old = {"input_size": 128, "channels": [16, 32], "negative_slope": 0.2}
+    assert SeverityConfig.from_dict(old).pooling == "pool_abs"
+
+
 def test_middle_slices_keeps_centred_sixty_percent():
     idx = np.arange(10, 30)
     mid = middle_slices(idx, 0.6)

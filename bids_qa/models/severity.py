@@ -34,6 +34,8 @@ DEFAULT_THRESHOLD = 1.0
 MIDDLE_FRACTION = 0.6
 #: Artifact graded along the severity ruler (paper 004's rulers are noise rulers).
 RULER_ARTIFACT = "noise"
+#: Orders of the encoder's last two operations (see :class:`SeverityConfig`).
+POOLINGS = ("pool_abs", "abs_pool")
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,14 @@ class SeverityConfig:
     input_size: int = 128
     channels: tuple[int, int] = (16, 32)
     negative_slope: float = 0.2
+    #: ``"pool_abs"``: |spatial mean of the last map| (the paper's order); ``"abs_pool"``: spatial
+    #: mean of |last map|, so local evidence of opposite sign (e.g. noise adds high-frequency
+    #: energy, anisotropy removes it) adds up instead of cancelling.
+    pooling: str = "pool_abs"
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SeverityConfig:
@@ -50,7 +60,16 @@ class SeverityConfig:
             input_size=int(d["input_size"]),
             channels=tuple(d["channels"]),  # type: ignore[arg-type]
             negative_slope=float(d["negative_slope"]),
+            pooling=str(d.get("pooling", "pool_abs")),
         )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "input_size": self.input_size,
+            "channels": list(self.channels),
+            "negative_slope": self.negative_slope,
+            "pooling": self.pooling,
+        }
 
 
 def build_encoder(config: SeverityConfig):
@@ -77,7 +96,10 @@ def build_encoder(config: SeverityConfig):
             self.pool = nn.AdaptiveAvgPool2d(1)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.pool(self.reduce(self.blocks(x))).flatten(1)[:, 0].abs()
+            last = self.reduce(self.blocks(x))
+            if config.pooling == "abs_pool":
+                return self.pool(last.abs()).flatten(1)[:, 0]
+            return self.pool(last).flatten(1)[:, 0].abs()
 
     return SeverityEncoder()
 

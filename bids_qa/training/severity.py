@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from bids_qa.artifacts import ARTIFACTS_000 as ARTIFACT_NAMES
-from bids_qa.models.severity import NAME, SeverityConfig, build_encoder
+from bids_qa.models.severity import NAME, POOLINGS, SeverityConfig, build_encoder
 from bids_qa.training import loop
 from bids_qa.training.slices import (
     SliceSource,
@@ -46,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     loop.add_common_arguments(p, steps=6000, batch_size=24, lr=1e-3)
     p.add_argument("--input-size", type=int, default=128)
     p.add_argument("--channels", type=int, nargs=2, default=[16, 32])
+    p.add_argument(
+        "--pooling",
+        choices=POOLINGS,
+        default="pool_abs",
+        help="pool_abs: |mean of the last map| (paper); abs_pool: mean of |last map|",
+    )
     p.add_argument(
         "--synthetic", type=int, default=6, help="synthetic MNI-derived volumes added to training"
     )
@@ -237,11 +243,7 @@ def train(
                 meta = {
                     "family": NAME,
                     "version": f"{__version__}+s{step + 1}",
-                    "config": {
-                        "input_size": config.input_size,
-                        "channels": list(config.channels),
-                        "negative_slope": config.negative_slope,
-                    },
+                    "config": config.to_dict(),
                     "training": {
                         "settings": json.loads((run_dir / "settings.json").read_text()),
                         "step": step + 1,
@@ -277,7 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     settings = loop.settings_from_args(args)
-    config = SeverityConfig(input_size=args.input_size, channels=tuple(args.channels))
+    config = SeverityConfig(
+        input_size=args.input_size, channels=tuple(args.channels), pooling=args.pooling
+    )
     train_sources = sources_from_data(settings.data_dir, "train", args.synthetic, settings.seed)
     val_sources = sources_from_data(settings.data_dir, "validation", 0, settings.seed)
     print(f"training on {len(train_sources)} volumes, validating on {len(val_sources)}", flush=True)
