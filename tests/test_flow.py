@@ -233,3 +233,20 @@ def test_same_level_pairs_are_not_batch_negatives():
     assert float(l_clean) < float(l_plain)  # the other clean volume is no longer a negative
     assert float(l_mixed) == pytest.approx(float(l_plain))  # different levels: still negatives
     assert p_clean["acc"] == 1.0
+
+
+def test_query_weights_steer_the_query_artifact_and_are_validated():
+    from bids_qa.training.flow import ContrastiveMaker
+    from bids_qa.training.slices import make_source
+    from bids_qa.volume import volume_from_array
+
+    yy, xx, zz = np.mgrid[:40, :40, :40]
+    head = (((yy - 20) ** 2 + (xx - 20) ** 2 + (zz - 20) ** 2) < 15**2).astype(np.float32)
+    source = make_source(volume_from_array(head * (0.5 + 0.01 * xx), (1.0, 1.0, 1.0)))
+    arts = ("noise", "ghosting")
+    maker = ContrastiveMaker([source], 32, arts, 1, 1.0, query_weights=(0.0, 1.0))
+    levels = [maker(np.random.default_rng(i))[2] for i in range(6)]
+    assert all(int(lv[0]) == arts.index("ghosting") for lv in levels)
+    assert ContrastiveMaker([source], 32, arts, 1, 1.0).query_p is None  # uniform: old stream
+    with pytest.raises(ValueError, match="query weights"):
+        ContrastiveMaker([source], 32, arts, 1, 1.0, query_weights=(1.0,))

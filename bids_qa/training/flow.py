@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--evaluate", action="store_true", help="evaluate on the validation split at the end")
     p.add_argument("--mask-same-level", action="store_true",
                    help="drop other-volume negatives at the query's own artifact level (see contrastive_loss)")
+    p.add_argument("--query-weights", type=float, nargs="+", default=None, metavar="W",
+                   help="relative probabilities of the artifacts (in --artifacts order) for corrupted queries "
+                        "(default: uniform; validation always uniform)")
     p.add_argument("--both-motion-models", action="store_true",
                    help="simulate motion with TorchIO's model as well as our k-space one (50/50)")
     return p
@@ -103,10 +106,19 @@ class ContrastiveMaker:
     """Picklable sample factory: (stack (2+K, S, S) float32, source index) from one rng."""
 
     def __init__(self, sources: list[SliceSource], size: int, artifacts: tuple[str, ...], n_neg: int,
-                 corrupt_prob: float, both_motion_models: bool = False) -> None:
+                 corrupt_prob: float, both_motion_models: bool = False,
+                 query_weights: tuple[float, ...] | None = None) -> None:
         self.sources, self.size, self.artifacts = sources, size, tuple(artifacts)
         self.n_neg, self.corrupt_prob = n_neg, corrupt_prob
         self.both_motion_models = both_motion_models
+        #: Probability of each artifact for a corrupted *query* (negatives stay uniform); None draws
+        #: uniformly with ``rng.choice(artifacts)``, the random stream of earlier runs.
+        self.query_p = None
+        if query_weights is not None:
+            w = np.asarray(query_weights, dtype=float)
+            if w.shape != (len(self.artifacts),) or (w < 0).any() or w.sum() <= 0:
+                raise ValueError(f"query weights must be {len(self.artifacts)} non-negative numbers, one per artifact")
+            self.query_p = w / w.sum()
 
     def _corrupt(self, img, mask, zooms, art, params):
         from bids_qa import artifacts
@@ -156,7 +168,7 @@ class ContrastiveMaker:
         clean_q = q
         art, sev = None, 0.0
         if rng.random() < self.corrupt_prob:
-            art = str(rng.choice(self.artifacts))
+            art = str(rng.choice(self.artifacts, p=self.query_p))
             sev = float(rng.uniform(0.15, 1.0))
             params = self._params(art, rng, sev)
             q = self._corrupt(clean_q, qmask, qz, art, params)
@@ -526,8 +538,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"loaded {len(train_sources)} training volumes ({args.synthetic} synthetic), {len(val_all)} validation "
           f"volumes in {time.time() - t_load:.0f}s", flush=True)
     arts = tuple(args.artifacts)
+    weights = tuple(args.query_weights) if args.query_weights else None
     maker = ContrastiveMaker(train_sources, enc_config.input_size, arts, args.negatives, args.corrupt_prob,
-                             args.both_motion_models)
+                             args.both_motion_models, weights)
     val_maker = ContrastiveMaker(val_sources, enc_config.input_size, arts, args.negatives, args.corrupt_prob,
                                  args.both_motion_models)
     best = train_encoder(settings, maker, val_maker, enc_config, argv, mask_same_level=args.mask_same_level,
