@@ -72,6 +72,25 @@ def test_loss_is_zero_when_margins_hold_and_positive_when_violated():
     assert float(loss_bad) > float(loss)
 
 
+def test_signed_triplet_wants_negatives_above_the_anchor():
+    ss = torch.tensor([[0.5, 0.5]])
+    below = torch.tensor([[2.0, 2.0, 0.0, 0.0]])  # negatives far *below* the anchor
+    _, distance = severity_loss(below, ss)
+    _, signed = severity_loss(below, ss, signed=True)
+    assert distance["triplet"] == pytest.approx(0.0)  # |s_a - s_n| = 2 >= margin 1.5
+    assert signed["triplet"] == pytest.approx(2.0 + 1.5)  # s_n - s_a = -2 < margin
+
+
+def test_positive_weight_scales_the_anchor_positive_terms():
+    ss = torch.tensor([[0.5, 0.5]])
+    apart = torch.tensor([[0.0, 1.0, 2.0, 2.0]])  # anchor and positive (other volume) disagree
+    _, full = severity_loss(apart, ss)
+    _, none = severity_loss(apart, ss, positive_weight=0.0)
+    assert full["l2"] == pytest.approx(1.0) and none["l2"] == pytest.approx(0.0)
+    assert full["triplet"] == pytest.approx(1.0 - 2.0 + 1.5)
+    assert none["triplet"] == pytest.approx(0.0)
+
+
 def _phantom(seed: int = 0, size: int = 40) -> np.ndarray:
     rng = np.random.default_rng(seed)
     x, y, z = np.meshgrid(*[np.linspace(-1, 1, size)] * 3, indexing="ij")

@@ -53,6 +53,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="pool_abs: |mean of the last map| (paper); abs_pool: mean of |last map|",
     )
     p.add_argument(
+        "--signed-triplet",
+        action="store_true",
+        help="triplet term on s_neg - s_anchor instead of |s_anchor - s_neg| (see severity_loss)",
+    )
+    p.add_argument(
+        "--positive-weight",
+        type=float,
+        default=1.0,
+        help="weight of the anchor-positive terms (L2 and |s_a - s_p| in the triplet); 1 = paper",
+    )
+    p.add_argument(
         "--synthetic", type=int, default=6, help="synthetic MNI-derived volumes added to training"
     )
     p.add_argument(
@@ -113,15 +124,30 @@ class QuadrupletMaker:
         return np.stack(out).astype(np.float32), ss
 
 
-def severity_loss(scores, ss, margin_scale: float = MARGIN_SCALE):
-    """Loss for a batch of scores (B, 4) = [anchor, positive, neg1, neg2] and severities (B, 2)."""
+def severity_loss(
+    scores, ss, margin_scale: float = MARGIN_SCALE, signed: bool = False, positive_weight: float = 1.0
+):
+    """Loss for a batch of scores (B, 4) = [anchor, positive, neg1, neg2] and severities (B, 2).
+
+    ``signed``: the triplet term asks the negative to score *above* the anchor, ``s_n - s_a``,
+    instead of the paper's distance ``|s_a - s_n|``. With a non-negative score and clean scores
+    pulled to 0, the distance form has a trap: an artifact that first *lowers* the score (blur
+    removes the high-frequency energy noise adds) is pushed further down, towards 0, where it
+    stays; anisotropy-only training with the distance form does not move (docs/models/severity.md).
+
+    ``positive_weight`` scales the two terms that compare the anchor with the positive (a clean
+    slice of *another* volume): the L2 term and ``|s_a - s_p|`` in the triplet. They ask the score to
+    ignore whatever differs between clean volumes, which includes sharpness and intensity
+    inhomogeneity, the very properties anisotropy and bias change.
+    """
     import torch
 
     relu = torch.nn.functional.relu
     sa, sp, sn = scores[:, 0], scores[:, 1], scores[:, 2:]
-    d_ap = (sa - sp).abs()
-    l2 = (sa - sp) ** 2
-    triplet = relu(d_ap[:, None] - (sa[:, None] - sn).abs() + margin_scale * ss).mean(1)
+    d_ap = positive_weight * (sa - sp).abs()
+    l2 = positive_weight * (sa - sp) ** 2
+    d_an = sn - sa[:, None] if signed else (sa[:, None] - sn).abs()
+    triplet = relu(d_ap[:, None] - d_an + margin_scale * ss).mean(1)
     pull = CLEAN_PULL * (sa**2 + sp**2)
     hi = (ss[:, 0] >= ss[:, 1]).float()
     gap = (sn[:, 0] - sn[:, 1]) * (2 * hi - 1)
@@ -172,6 +198,8 @@ def train(
     val_size: int = 96,
     init: str | None = None,
     artifact_weights: tuple[float, ...] | None = None,
+    signed_triplet: bool = False,
+    positive_weight: float = 1.0,
 ) -> dict:
     """Run (or resume) training; returns the best validation record. Writes only into run_dir."""
     import torch
@@ -209,7 +237,9 @@ def train(
         x = x.to(settings.device)
         ss = ss.to(settings.device)
         scores = net(x.reshape(-1, 1, *x.shape[-2:])).reshape(x.shape[0], 4)
-        loss, parts = severity_loss(scores, ss)
+        loss, parts = severity_loss(
+            scores, ss, signed=signed_triplet, positive_weight=positive_weight
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -251,6 +281,8 @@ def train(
                         "margin_scale": MARGIN_SCALE,
                         "init": init,
                         "artifact_weights": list(artifact_weights) if artifact_weights else None,
+                        "signed_triplet": signed_triplet,
+                        "positive_weight": positive_weight,
                     },
                 }
                 save_weights(run_dir / "best.safetensors", net.state_dict(), meta)
@@ -293,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
         argv,
         init=args.init,
         artifact_weights=tuple(args.artifact_weights) if args.artifact_weights else None,
+        signed_triplet=args.signed_triplet,
+        positive_weight=args.positive_weight,
     )
     print(json.dumps(best, indent=2))
     loop.export_weights(Path(settings.run_dir) / "best.safetensors", args.export)
