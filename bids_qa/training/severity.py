@@ -248,7 +248,7 @@ def train(
             log.write(
                 {
                     "step": step,
-                    "loss": float(loss),
+                    "loss": float(loss.detach()),
                     **parts,
                     "lr": sched.get_last_lr()[0],
                     "elapsed_s": round(time.time() - t0, 1),
