@@ -232,7 +232,9 @@ def test_artifact_weights_are_validated_and_normalised():
 
     maker = QuadrupletMaker([], 32, (0, 0, 2, 2, 0))
     assert maker.artifact_p.tolist() == [0, 0, 0.5, 0.5, 0]
-    assert QuadrupletMaker([], 32).artifact_p.tolist() == [1 / len(ARTIFACT_NAMES)] * len(ARTIFACT_NAMES)
+    assert QuadrupletMaker([], 32).artifact_p.tolist() == [1 / len(ARTIFACT_NAMES)] * len(
+        ARTIFACT_NAMES
+    )
     for bad in ((1, 1), (0, 0, 0, 0, 0), (1, -1, 1, 1, 1)):
         with pytest.raises(ValueError):
             QuadrupletMaker([], 32, bad)
@@ -248,3 +250,26 @@ def test_export_weights_copies_only_when_asked(tmp_path, capsys):
     loop.export_weights(src, str(tmp_path / "out.safetensors"))
     assert (tmp_path / "out.safetensors").read_bytes() == b"weights"
     assert "exported" in capsys.readouterr().out
+
+
+def test_positive_comes_from_the_anchor_volume_only_when_asked():
+    from bids_qa.training.severity import QuadrupletMaker
+    from bids_qa.training.slices import make_source
+
+    def cube(half: int) -> np.ndarray:
+        img = np.zeros((40, 40, 40), np.float32)
+        img[20 - half : 20 + half, 20 - half : 20 + half, 20 - half : 20 + half] = 1.0
+        return img
+
+    sources = [make_source(volume_from_array(cube(h), (1.0, 1.0, 1.0))) for h in (14, 6)]
+
+    def big(x: np.ndarray) -> bool:  # the 28 mm cube fills far more of a slice than the 12 mm one
+        return float((x > 0.5).mean()) > 0.25
+
+    for same in (False, True):
+        maker = QuadrupletMaker(
+            sources, 32, artifact_weights=(1, 0, 0, 0, 0), positive_from_same_volume=same
+        )
+        for i in range(8):
+            stack, _ = maker(np.random.default_rng(i))
+            assert (big(stack[0]) == big(stack[1])) is same

@@ -32,6 +32,7 @@ from bids_qa.training.slices import (
     augment_geometry,
     draw_slice,
     make_source,
+    native_slice,
     renormalise,
     to_model_input,
 )
@@ -64,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="weight of the anchor-positive terms (L2 and |s_a - s_p| in the triplet); 1 = paper",
     )
     p.add_argument(
+        "--positive-same-volume",
+        action="store_true",
+        help="draw the positive from another slice of the anchor's volume (default: another volume)",
+    )
+    p.add_argument(
         "--synthetic", type=int, default=6, help="synthetic MNI-derived volumes added to training"
     )
     p.add_argument(
@@ -87,9 +93,13 @@ class QuadrupletMaker:
         sources: list[SliceSource],
         size: int,
         artifact_weights: tuple[float, ...] | None = None,
+        positive_from_same_volume: bool = False,
     ) -> None:
         self.sources = sources
         self.size = size
+        #: The paper's positive is another clean image; from *another* volume (default) the
+        #: anchor-positive terms ask for invariance to everything that differs between scanners.
+        self.positive_from_same_volume = positive_from_same_volume
         w = (
             np.ones(len(ARTIFACT_NAMES))
             if artifact_weights is None
@@ -106,7 +116,11 @@ class QuadrupletMaker:
         img, mask, zooms = augment_geometry(img, mask, zooms, rng)
         if rng.random() < 0.5:  # mild contrast diversity, shared by anchor and negatives
             img = np.clip(img, 0, None) ** float(np.exp(rng.uniform(-0.3, 0.3)))
-        _, pos, _, pzooms = draw_slice(self.sources, rng, exclude=k)
+        if self.positive_from_same_volume:
+            src = self.sources[k]
+            pos, _, pzooms = native_slice(src, *src.choices[int(rng.integers(len(src.choices)))])
+        else:
+            _, pos, _, pzooms = draw_slice(self.sources, rng, exclude=k)
         if rng.random() < COMBINATION_PROBABILITY:
             n_art = int(rng.integers(2, 4))
             arts = list(rng.choice(artifacts.ARTIFACTS_000, size=n_art, replace=False))
@@ -200,6 +214,7 @@ def train(
     artifact_weights: tuple[float, ...] | None = None,
     signed_triplet: bool = False,
     positive_weight: float = 1.0,
+    positive_from_same_volume: bool = False,
 ) -> dict:
     """Run (or resume) training; returns the best validation record. Writes only into run_dir."""
     import torch
@@ -224,7 +239,9 @@ def train(
     best = extra.get("best", {"objective": -1e9})
     log = loop.RunLog(run_dir)
 
-    maker = QuadrupletMaker(train_sources, config.input_size, artifact_weights)
+    maker = QuadrupletMaker(
+        train_sources, config.input_size, artifact_weights, positive_from_same_volume
+    )
     val_maker = QuadrupletMaker(val_sources, config.input_size)
     val_items = [
         val_maker(np.random.default_rng([settings.seed + 7919, i])) for i in range(val_size)
@@ -283,6 +300,7 @@ def train(
                         "artifact_weights": list(artifact_weights) if artifact_weights else None,
                         "signed_triplet": signed_triplet,
                         "positive_weight": positive_weight,
+                        "positive_from_same_volume": positive_from_same_volume,
                     },
                 }
                 save_weights(run_dir / "best.safetensors", net.state_dict(), meta)
@@ -327,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         artifact_weights=tuple(args.artifact_weights) if args.artifact_weights else None,
         signed_triplet=args.signed_triplet,
         positive_weight=args.positive_weight,
+        positive_from_same_volume=args.positive_same_volume,
     )
     print(json.dumps(best, indent=2))
     loop.export_weights(Path(settings.run_dir) / "best.safetensors", args.export)
