@@ -273,3 +273,25 @@ def test_positive_comes_from_the_anchor_volume_only_when_asked():
         for i in range(8):
             stack, _ = maker(np.random.default_rng(i))
             assert (big(stack[0]) == big(stack[1])) is same
+
+
+def test_benign_blur_softens_some_clean_anchors_and_is_off_by_default():
+    from bids_qa.training.severity import QuadrupletMaker
+    from bids_qa.training.slices import make_source
+
+    sources = [make_source(volume_from_array(_phantom(s, 40), (1.0, 1.0, 1.0))) for s in (0, 1)]
+    plain = QuadrupletMaker(sources, 32, artifact_weights=(1, 0, 0, 0, 0))
+    off = QuadrupletMaker(sources, 32, artifact_weights=(1, 0, 0, 0, 0), benign_blur_mm=0.0)
+    blur = QuadrupletMaker(sources, 32, artifact_weights=(1, 0, 0, 0, 0), benign_blur_mm=3.0)
+
+    def edges(x: np.ndarray) -> float:
+        return float(np.abs(np.diff(x, axis=0)).sum() + np.abs(np.diff(x, axis=1)).sum())
+
+    softer = 0
+    for i in range(8):
+        a, _ = plain(np.random.default_rng(i))
+        b, _ = off(np.random.default_rng(i))
+        np.testing.assert_array_equal(a, b)  # off: the same random stream as before the option
+        c, _ = blur(np.random.default_rng(i))
+        softer += edges(c[0]) < 0.9 * edges(a[0])
+    assert 1 <= softer <= 7  # about half of the anchors are blurred

@@ -70,6 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="draw the positive from another slice of the anchor's volume (default: another volume)",
     )
     p.add_argument(
+        "--benign-blur",
+        type=float,
+        default=0.0,
+        metavar="MM",
+        help="isotropic blur up to this sigma (mm) on half of the clean anchors and positives",
+    )
+    p.add_argument(
         "--synthetic", type=int, default=6, help="synthetic MNI-derived volumes added to training"
     )
     p.add_argument(
@@ -94,9 +101,15 @@ class QuadrupletMaker:
         size: int,
         artifact_weights: tuple[float, ...] | None = None,
         positive_from_same_volume: bool = False,
+        benign_blur_mm: float = 0.0,
     ) -> None:
         self.sources = sources
         self.size = size
+        #: Isotropic Gaussian blur (sigma up to this many mm, half of the samples) applied to the
+        #: clean anchor before corruption and, independently, to the positive: natural softness
+        #: varies between scanners, and shown as benign it leaves *directional* blur (anisotropy)
+        #: as the thing to score. 0 draws nothing (the random stream of earlier runs).
+        self.benign_blur_mm = float(benign_blur_mm)
         #: The paper's positive is another clean image; from *another* volume (default) the
         #: anchor-positive terms ask for invariance to everything that differs between scanners.
         self.positive_from_same_volume = positive_from_same_volume
@@ -108,6 +121,14 @@ class QuadrupletMaker:
         if w.shape != (len(ARTIFACT_NAMES),) or (w < 0).any() or w.sum() <= 0:
             raise ValueError(f"artifact weights must be {len(ARTIFACT_NAMES)} non-negative numbers")
         self.artifact_p = w / w.sum()
+
+    def _benign_blur(self, img: np.ndarray, zooms, rng: np.random.Generator) -> np.ndarray:
+        from scipy.ndimage import gaussian_filter
+
+        if rng.random() >= 0.5:
+            return img
+        sigma_mm = float(rng.uniform(0.0, self.benign_blur_mm))
+        return gaussian_filter(img, [sigma_mm / z for z in zooms]).astype(np.float32)
 
     def __call__(self, rng: np.random.Generator):
         from bids_qa import artifacts
@@ -121,6 +142,9 @@ class QuadrupletMaker:
             pos, _, pzooms = native_slice(src, *src.choices[int(rng.integers(len(src.choices)))])
         else:
             _, pos, _, pzooms = draw_slice(self.sources, rng, exclude=k)
+        if self.benign_blur_mm > 0:
+            img = self._benign_blur(img, zooms, rng)
+            pos = self._benign_blur(pos, pzooms, rng)
         if rng.random() < COMBINATION_PROBABILITY:
             n_art = int(rng.integers(2, 4))
             arts = list(rng.choice(artifacts.ARTIFACTS_000, size=n_art, replace=False))
@@ -215,6 +239,7 @@ def train(
     signed_triplet: bool = False,
     positive_weight: float = 1.0,
     positive_from_same_volume: bool = False,
+    benign_blur_mm: float = 0.0,
 ) -> dict:
     """Run (or resume) training; returns the best validation record. Writes only into run_dir."""
     import torch
@@ -240,7 +265,7 @@ def train(
     log = loop.RunLog(run_dir)
 
     maker = QuadrupletMaker(
-        train_sources, config.input_size, artifact_weights, positive_from_same_volume
+        train_sources, config.input_size, artifact_weights, positive_from_same_volume, benign_blur_mm
     )
     val_maker = QuadrupletMaker(val_sources, config.input_size)
     val_items = [
@@ -301,6 +326,7 @@ def train(
                         "signed_triplet": signed_triplet,
                         "positive_weight": positive_weight,
                         "positive_from_same_volume": positive_from_same_volume,
+                        "benign_blur_mm": benign_blur_mm,
                     },
                 }
                 save_weights(run_dir / "best.safetensors", net.state_dict(), meta)
@@ -346,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         signed_triplet=args.signed_triplet,
         positive_weight=args.positive_weight,
         positive_from_same_volume=args.positive_same_volume,
+        benign_blur_mm=args.benign_blur,
     )
     print(json.dumps(best, indent=2))
     loop.export_weights(Path(settings.run_dir) / "best.safetensors", args.export)
