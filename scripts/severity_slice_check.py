@@ -22,8 +22,8 @@ def main() -> None:
     from scipy.stats import spearmanr
 
     from bids_qa import artifacts
-    from bids_qa.models.severity import SeverityConfig, build_encoder
-    from bids_qa.models.weights import load_weights, packaged_weights
+    from bids_qa.models.severity import NAME, WEIGHTS_FILE, SeverityConfig, build_encoder
+    from bids_qa.models.weights import load_network
     from bids_qa.training.severity import sources_from_data
     from bids_qa.training.slices import draw_slice, renormalise, to_model_input
 
@@ -33,11 +33,8 @@ def main() -> None:
     ap.add_argument("--slices", type=int, default=60)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    state, meta = load_weights(args.weights or packaged_weights("severity.safetensors"))
-    cfg = SeverityConfig.from_dict(meta["config"])
-    net = build_encoder(cfg)
-    net.load_state_dict(state)
-    net.eval()
+    loaded = load_network(NAME, WEIGHTS_FILE, args.weights, "cpu", SeverityConfig.from_dict, build_encoder)
+    net, cfg = loaded.net, loaded.config
     sources = sources_from_data(args.data_dir, "validation", 0, 0)
     rng = np.random.default_rng(5)
     results = {a: ([], []) for a in artifacts.ARTIFACTS_000}

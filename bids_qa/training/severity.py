@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,21 @@ from bids_qa.training.slices import (
 MARGIN_SCALE = 3.0
 COMBINATION_PROBABILITY = 0.2
 CLEAN_PULL = 0.1
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Deviations from the paper's loss and sampling tried in session 3 (docs/models/severity.md);
+    the defaults are the paper's recipe and draw exactly the samples earlier runs drew."""
+
+    #: see :func:`severity_loss`
+    signed_triplet: bool = False
+    #: see :func:`severity_loss`
+    positive_weight: float = 1.0
+    #: see :class:`QuadrupletMaker`
+    positive_from_same_volume: bool = False
+    #: see :class:`QuadrupletMaker`
+    benign_blur_mm: float = 0.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,15 +184,16 @@ def severity_loss(
     """Loss for a batch of scores (B, 4) = [anchor, positive, neg1, neg2] and severities (B, 2).
 
     ``signed``: the triplet term asks the negative to score *above* the anchor, ``s_n - s_a``,
-    instead of the paper's distance ``|s_a - s_n|``. With a non-negative score and clean scores
-    pulled to 0, the distance form has a trap: an artifact that first *lowers* the score (blur
-    removes the high-frequency energy noise adds) is pushed further down, towards 0, where it
-    stays; anisotropy-only training with the distance form does not move (docs/models/severity.md).
+    instead of the paper's distance ``|s_a - s_n|``, which with non-negative scores and clean scores
+    pulled to 0 rewards an artifact that *lowers* the score (blur removes the high-frequency energy
+    noise adds) for sinking further. Tried in session 3; on its own it did not make anisotropy
+    learnable (docs/models/severity.md).
 
-    ``positive_weight`` scales the two terms that compare the anchor with the positive (a clean
-    slice of *another* volume): the L2 term and ``|s_a - s_p|`` in the triplet. They ask the score to
-    ignore whatever differs between clean volumes, which includes sharpness and intensity
-    inhomogeneity, the very properties anisotropy and bias change.
+    ``positive_weight`` scales the two terms that compare the anchor with the positive (by default a
+    clean slice of another volume): the L2 term and ``|s_a - s_p|`` in the triplet. They ask the
+    score to ignore whatever differs between clean volumes, which includes sharpness and intensity
+    inhomogeneity, the very properties anisotropy and bias change; session 3 found that this, not
+    the architecture, keeps anisotropy from being learned.
     """
     import torch
 
@@ -236,10 +253,7 @@ def train(
     val_size: int = 96,
     init: str | None = None,
     artifact_weights: tuple[float, ...] | None = None,
-    signed_triplet: bool = False,
-    positive_weight: float = 1.0,
-    positive_from_same_volume: bool = False,
-    benign_blur_mm: float = 0.0,
+    recipe: Recipe = Recipe(),
 ) -> dict:
     """Run (or resume) training; returns the best validation record. Writes only into run_dir."""
     import torch
@@ -265,7 +279,11 @@ def train(
     log = loop.RunLog(run_dir)
 
     maker = QuadrupletMaker(
-        train_sources, config.input_size, artifact_weights, positive_from_same_volume, benign_blur_mm
+        train_sources,
+        config.input_size,
+        artifact_weights,
+        recipe.positive_from_same_volume,
+        recipe.benign_blur_mm,
     )
     val_maker = QuadrupletMaker(val_sources, config.input_size)
     val_items = [
@@ -280,7 +298,7 @@ def train(
         ss = ss.to(settings.device)
         scores = net(x.reshape(-1, 1, *x.shape[-2:])).reshape(x.shape[0], 4)
         loss, parts = severity_loss(
-            scores, ss, signed=signed_triplet, positive_weight=positive_weight
+            scores, ss, signed=recipe.signed_triplet, positive_weight=recipe.positive_weight
         )
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -323,10 +341,7 @@ def train(
                         "margin_scale": MARGIN_SCALE,
                         "init": init,
                         "artifact_weights": list(artifact_weights) if artifact_weights else None,
-                        "signed_triplet": signed_triplet,
-                        "positive_weight": positive_weight,
-                        "positive_from_same_volume": positive_from_same_volume,
-                        "benign_blur_mm": benign_blur_mm,
+                        "recipe": asdict(recipe),
                     },
                 }
                 save_weights(run_dir / "best.safetensors", net.state_dict(), meta)
@@ -369,10 +384,12 @@ def main(argv: list[str] | None = None) -> int:
         argv,
         init=args.init,
         artifact_weights=tuple(args.artifact_weights) if args.artifact_weights else None,
-        signed_triplet=args.signed_triplet,
-        positive_weight=args.positive_weight,
-        positive_from_same_volume=args.positive_same_volume,
-        benign_blur_mm=args.benign_blur,
+        recipe=Recipe(
+            signed_triplet=args.signed_triplet,
+            positive_weight=args.positive_weight,
+            positive_from_same_volume=args.positive_same_volume,
+            benign_blur_mm=args.benign_blur,
+        ),
     )
     print(json.dumps(best, indent=2))
     loop.export_weights(Path(settings.run_dir) / "best.safetensors", args.export)
