@@ -93,6 +93,7 @@ def build_ruler(
     scan_value: float,
     threshold: float | None,
     input_size: int,
+    pixel_mm: float = 0.0,
     higher_is_worse: bool = True,
     levels: int = RULER_LEVELS,
     seed: int = 0,
@@ -100,7 +101,9 @@ def build_ruler(
     """Corrupt the central slice at ``levels`` evenly spaced severities in [0, 1] and score each.
 
     ``score_slices`` maps an (m, S, S) array of model inputs to m outputs (the scorer's own batch
-    function), so the ruler is scored by exactly the network that scored the scan.
+    function), so the ruler is scored by exactly the network that scored the scan; ``input_size``
+    and ``pixel_mm`` prepare the images as that network reads slices
+    (:func:`bids_qa.training.slices.to_model_input`).
     """
     from bids_qa import artifacts
     from bids_qa.training.slices import renormalise, to_model_input
@@ -112,7 +115,9 @@ def build_ruler(
         rng = np.random.default_rng([seed, k])
         params = artifacts.sample_params(artifact, rng, float(sev), ndim=2)
         out = artifacts.apply_artifact(img, artifact, params, zooms)
-        images.append(to_model_input(renormalise(out, img, mask), zooms, input_size))
+        images.append(
+            to_model_input(renormalise(out, img, mask), zooms, input_size, mask, pixel_mm)
+        )
     stack = np.stack(images).astype(np.float32)
     scores = np.asarray(score_slices(stack), dtype=np.float32)
     return Ruler(

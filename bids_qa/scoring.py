@@ -128,21 +128,28 @@ def anatomy_indices(volume: Volume) -> np.ndarray:
     return volume_view(volume, ("anatomy", volume.slice_axis), volume.anatomy_slices)
 
 
-def scored_slices(volume: Volume, size: int) -> tuple[np.ndarray, np.ndarray]:
+def scored_slices(
+    volume: Volume, size: int, pixel_mm: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
     """Cached :meth:`Volume.scored_slices`: (anatomy-bearing slices at ``size``, their indices).
 
     Several scorers read the same stack (at their own input size), and the fancy-indexed copy of
-    the anatomy slices is made once per size instead of once per scorer.
+    the anatomy slices is made once per size instead of once per scorer. ``pixel_mm > 0`` reads
+    :meth:`Volume.spacing_stack` (fixed pixel spacing, cut around the head) instead of
+    :meth:`Volume.slice_stack` (whole field of view).
     """
 
     def compute() -> tuple[np.ndarray, np.ndarray]:
-        stack = volume.slice_stack(size)
+        stack = (
+            volume.spacing_stack(size, pixel_mm) if pixel_mm > 0 else volume.slice_stack(size)
+        )
         anatomy = anatomy_indices(volume)
         if len(anatomy) == 0:
             anatomy = np.arange(len(stack))
         return stack[anatomy], anatomy
 
-    return volume_view(volume, ("scored_slices", size, volume.slice_axis), compute)
+    key = ("scored_slices", size, volume.slice_axis) + ((float(pixel_mm),) if pixel_mm > 0 else ())
+    return volume_view(volume, key, compute)
 
 
 def runs_in_loader(scorer: Any) -> bool:

@@ -41,10 +41,13 @@ def main() -> None:
     for _ in range(args.slices):
         _, img, mask, zooms = draw_slice(sources, rng)
         for art in artifacts.ARTIFACTS_000:
-            xs, ss = [to_model_input(img, zooms, cfg.input_size)], [0.0]
+            px = cfg.pixel_mm
+            xs, ss = [to_model_input(img, zooms, cfg.input_size, mask, px)], [0.0]
             for level in LEVELS:
                 neg, _ = artifacts.simulate(img, art, rng, severity=level, zooms=zooms)
-                xs.append(to_model_input(renormalise(neg, img, mask), zooms, cfg.input_size))
+                xs.append(
+                    to_model_input(renormalise(neg, img, mask), zooms, cfg.input_size, mask, px)
+                )
                 ss.append(level)
             with torch.inference_mode():
                 y = net(torch.from_numpy(np.stack(xs)[:, None].astype(np.float32))).numpy()

@@ -295,3 +295,51 @@ def test_benign_blur_softens_some_clean_anchors_and_is_off_by_default():
         c, _ = blur(np.random.default_rng(i))
         softer += edges(c[0]) < 0.9 * edges(a[0])
     assert 1 <= softer <= 7  # about half of the anchors are blurred
+
+
+def test_fixed_spacing_slices_keep_physical_scale_and_centre_on_the_head():
+    from bids_qa.volume import slices_at_spacing
+
+    # a 40 x 20 mm bright rectangle, off-centre, in a 0.5 mm grid (2 slices along axis 2)
+    data = np.zeros((200, 160, 2), np.float32)
+    data[20:100, 60:100, :] = 1.0
+    mask = data > 0
+    out = slices_at_spacing(data, mask, (0.5, 0.5, 3.0), 2, 64, 1.0)
+    assert out.shape == (2, 64, 64)
+    rows = np.flatnonzero(out[0].max(axis=1) > 0.5)
+    cols = np.flatnonzero(out[0].max(axis=0) > 0.5)
+    assert len(rows) == pytest.approx(40, abs=1) and len(cols) == pytest.approx(20, abs=1)
+    # centred on the rectangle, not on the image
+    assert (rows[0] + rows[-1]) / 2 == pytest.approx(31.5, abs=1)
+    assert (cols[0] + cols[-1]) / 2 == pytest.approx(31.5, abs=1)
+    # a cut larger than the image is zero-padded, not wrapped
+    big = slices_at_spacing(data, mask, (0.5, 0.5, 3.0), 2, 256, 1.0)
+    assert big.shape == (2, 256, 256) and big[0].sum() == pytest.approx(out[0].sum(), rel=0.02)
+
+
+def test_fixed_spacing_config_round_trips_and_reaches_the_scorer_inputs():
+    from bids_qa.scoring import scored_slices
+    from bids_qa.training.slices import to_model_input
+
+    cfg = SeverityConfig(input_size=64, channels=(4, 8), pixel_mm=1.25)
+    assert SeverityConfig.from_dict(cfg.to_dict()) == cfg
+    old = {k: v for k, v in cfg.to_dict().items() if k != "pixel_mm"}
+    assert SeverityConfig.from_dict(old).pixel_mm == 0.0  # weights saved before the option
+    with pytest.raises(ValueError, match="pixel_mm"):
+        SeverityConfig(pixel_mm=-1)
+    rng = np.random.default_rng(0)
+    data = np.zeros((96, 96, 40), np.float32)
+    data[20:76, 16:80, 5:35] = 1 + 0.1 * rng.random((56, 64, 30))
+    vol = volume_from_array(data, (2.0, 2.0, 2.0))
+    stack, idx = scored_slices(vol, 64, 1.25)
+    whole, _ = scored_slices(vol, 64)
+    assert stack.shape[1:] == (64, 64) and len(stack) == len(idx) == len(whole)
+    assert not np.allclose(stack, whole)
+    # training prepares a slice exactly as the scorer does
+    k = int(idx[len(idx) // 2])
+    img, msk = vol.data[:, :, k], vol.mask[:, :, k]
+    np.testing.assert_allclose(
+        to_model_input(img, (2.0, 2.0), 64, msk, 1.25), stack[len(idx) // 2], atol=1e-6
+    )
+    with pytest.raises(ValueError, match="mask"):
+        to_model_input(img, (2.0, 2.0), 64, None, 1.25)

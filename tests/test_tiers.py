@@ -318,3 +318,56 @@ def test_severe_noise_phantom_is_tier_3():
     values = scorer.score(volume_from_array(noisy, (src.voxel_mm,) * 3)).values
     assert values["noise_grade"] == 2, values
     assert values["tier"] == 3 and "noise: severe" in values["tier_reason"]
+
+
+def test_fixed_voxel_cube_keeps_scale_and_hangs_from_the_top_of_the_head():
+    from bids_qa.volume import cube_at_spacing
+
+    # a 60 x 40 x 100 mm box in a 1 x 1 x 2 mm image whose field of view reaches far below it
+    data = np.zeros((120, 100, 120), np.float32)
+    data[30:90, 30:70, 60:110] = 1.0
+    mask = data > 0
+    cube = cube_at_spacing(data, mask, (1.0, 1.0, 2.0), 32, 4.0)
+    assert cube.shape == (32, 32, 32)
+    inside = cube > 0.5
+    extent = [np.flatnonzero(inside.any(axis=tuple(b for b in range(3) if b != a))) for a in range(3)]
+    assert len(extent[0]) == pytest.approx(15, abs=1)  # 60 mm / 4 mm
+    assert len(extent[1]) == pytest.approx(10, abs=1)  # 40 mm / 4 mm
+    # a head that fits (100 mm in a 128 mm cube) is centred on every axis
+    for a in range(3):
+        assert (extent[a][0] + extent[a][-1]) / 2 == pytest.approx(15.5, abs=1)
+    assert len(extent[2]) == pytest.approx(25, abs=1)
+    # a taller-than-cube head keeps its top in the cube, not its middle
+    tall = np.zeros((60, 60, 200), np.float32)
+    tall[10:50, 10:50, 5:195] = 1.0
+    shorter = tall.copy()
+    shorter[:, :, :100] = 0.0  # same top, 190 instead of 380 mm tall: both exceed the 128 mm cube
+    cube = cube_at_spacing(tall, tall > 0, (2.0, 2.0, 2.0), 16, 8.0)
+    np.testing.assert_allclose(cube, cube_at_spacing(shorter, shorter > 0, (2.0, 2.0, 2.0), 16, 8.0))
+    assert cube[:, :, -1].max() > 0.5 and cube[:, :, 0].max() > 0.5
+
+
+def test_voxel_mm_config_reaches_scorer_and_training_cubes(tmp_path):
+    import torch
+
+    from bids_qa.models.weights import save_weights
+    from bids_qa.training.tiers import make_cube_source
+
+    cfg = TierConfig(grid=32, channels=(4, 4, 4, 4, 4), fc=(8, 4), voxel_mm=5.0)
+    assert TierConfig.from_dict(cfg.to_dict()) == cfg
+    legacy = {k: v for k, v in cfg.to_dict().items() if k != "voxel_mm"}
+    assert TierConfig.from_dict(legacy).voxel_mm == 0.0
+    with pytest.raises(ValueError, match="voxel_mm"):
+        TierConfig(voxel_mm=-2)
+    vol = volume_from_array(head_phantom(), (4.0, 4.0, 4.0))
+    src = make_cube_source(vol, 32, voxel_mm=5.0)
+    assert src.voxel_mm == 5.0 and src.cube.shape == (32, 32, 32)
+    np.testing.assert_array_equal(src.cube, cfg.input_cube(vol))
+    assert not np.allclose(src.cube, vol.grid(32))
+    torch.manual_seed(0)
+    path = tmp_path / "vx.safetensors"
+    save_weights(path, build_network(cfg).state_dict(), {"config": cfg.to_dict(), "version": "t"})
+    scorer = TierScorer(weights=str(path))
+    direct = scorer.probabilities(src.cube[None])[0]
+    got = scorer.score(vol).values
+    assert got["noise_p_severe"] == pytest.approx(float(direct[ARTIFACTS.index("noise"), 1]), abs=1e-6)

@@ -49,10 +49,16 @@ class SeverityConfig:
     #: mean of |last map|, so local evidence of opposite sign (e.g. noise adds high-frequency
     #: energy, anisotropy removes it) adds up instead of cancelling.
     pooling: str = "pool_abs"
+    #: 0: each slice's whole field of view squeezed into ``input_size`` pixels (about 1.9 mm per
+    #: pixel for a 240 mm head). > 0: slices resampled to this many mm per pixel and cut to
+    #: ``input_size`` around the head, so sub-2-mm artifacts (in-plane anisotropy) stay visible.
+    pixel_mm: float = 0.0
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.pixel_mm < 0:
+            raise ValueError(f"pixel_mm must be >= 0, got {self.pixel_mm}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SeverityConfig:
@@ -61,6 +67,7 @@ class SeverityConfig:
             channels=tuple(d["channels"]),  # type: ignore[arg-type]
             negative_slope=float(d["negative_slope"]),
             pooling=str(d.get("pooling", "pool_abs")),
+            pixel_mm=float(d.get("pixel_mm", 0.0)),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -69,6 +76,7 @@ class SeverityConfig:
             "channels": list(self.channels),
             "negative_slope": self.negative_slope,
             "pooling": self.pooling,
+            "pixel_mm": self.pixel_mm,
         }
 
 
@@ -153,10 +161,10 @@ class SeverityScorer:
         def unscored(images: np.ndarray) -> np.ndarray:
             return np.full(len(images), np.nan, np.float32)
 
-        size = self.config.input_size
+        size, px = self.config.input_size, self.config.pixel_mm
         return volume_view(
             volume,
-            ("ruler", NAME, RULER_ARTIFACT, size),
+            ("ruler", NAME, RULER_ARTIFACT, size, px),
             lambda: build_ruler(
                 volume,
                 unscored,
@@ -166,13 +174,14 @@ class SeverityScorer:
                 scan_value=math.nan,
                 threshold=DEFAULT_THRESHOLD,
                 input_size=size,
+                pixel_mm=px,
             ),
         )
 
     def prepare(self, volume: Volume) -> None:
         """Cache the network's inputs on ``volume`` (anatomy slices at the input size, ruler
         images) without running the network; see :mod:`bids_qa.scoring`."""
-        scored_slices(volume, self.config.input_size)
+        scored_slices(volume, self.config.input_size, self.config.pixel_mm)
         self.ruler_template(volume)
 
     def score(self, volume: Volume) -> ScanScores:
@@ -181,7 +190,11 @@ class SeverityScorer:
     def score_many(self, volumes: Sequence[Volume]) -> list[ScanScores]:
         """Score several volumes with one batched pass over all their slices and ruler images."""
         parts = [
-            (*scored_slices(v, self.config.input_size), self.ruler_template(v)) for v in volumes
+            (
+                *scored_slices(v, self.config.input_size, self.config.pixel_mm),
+                self.ruler_template(v),
+            )
+            for v in volumes
         ]
         outputs = self.score_slices([a for slices, _, r in parts for a in (slices, r.images)])
         results, pos = [], 0

@@ -136,6 +136,20 @@ class TierConfig:
     fc: tuple[int, int] = (128, 32)
     first_stride: int = 2
     dropout: float = 0.2
+    #: 0: the whole field of view squeezed into the ``grid``^3 cube (:meth:`Volume.grid`, about
+    #: 3.8 mm voxels at 64^3). > 0: a cube of this voxel size hung around the head
+    #: (:meth:`Volume.cube`), which keeps noise texture and ringing visible at the same cost.
+    voxel_mm: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.voxel_mm < 0:
+            raise ValueError(f"voxel_mm must be >= 0, got {self.voxel_mm}")
+
+    def input_cube(self, volume: Volume) -> np.ndarray:
+        """The network's input for ``volume`` (cached on the volume)."""
+        if self.voxel_mm > 0:
+            return volume.cube(self.grid, self.voxel_mm)
+        return volume.grid(self.grid)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TierConfig:
@@ -145,6 +159,7 @@ class TierConfig:
             fc=tuple(int(c) for c in d["fc"]),  # type: ignore[arg-type]
             first_stride=int(d["first_stride"]),
             dropout=float(d["dropout"]),
+            voxel_mm=float(d.get("voxel_mm", 0.0)),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -154,6 +169,7 @@ class TierConfig:
             "fc": list(self.fc),
             "first_stride": self.first_stride,
             "dropout": self.dropout,
+            "voxel_mm": self.voxel_mm,
         }
 
     def trunk_output_size(self) -> int:
@@ -259,14 +275,14 @@ class TierScorer:
         return probs.reshape(len(probs), len(ARTIFACTS), len(TASKS))
 
     def prepare(self, volume: Volume) -> None:
-        """Cache the model grid (the volume resampled to ``grid``^3) on ``volume`` (loader threads)."""
-        volume.grid(self.config.grid)
+        """Cache the model's input cube on ``volume`` (loader threads)."""
+        self.config.input_cube(volume)
 
     def score(self, volume: Volume) -> ScanScores:
         return self.score_many([volume])[0]
 
     def score_many(self, volumes: Sequence[Volume]) -> list[ScanScores]:
         """Grade several volumes with one batched pass over their grids."""
-        grids = [v.grid(self.config.grid)[None] for v in volumes]
+        grids = [self.config.input_cube(v)[None] for v in volumes]
         probs = self.probabilities(grids)
         return [ScanScores(scorer=NAME, values=scores_from_probabilities(p)) for p in probs]

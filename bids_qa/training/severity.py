@@ -62,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bids_qa train severity", description=__doc__.splitlines()[0])
     loop.add_common_arguments(p, steps=6000, batch_size=24, lr=1e-3)
     p.add_argument("--input-size", type=int, default=128)
+    p.add_argument(
+        "--pixel-mm",
+        type=float,
+        default=0.0,
+        help="read slices at this fixed pixel spacing, cut around the head (0: whole field of "
+        "view resized to the input size)",
+    )
     p.add_argument("--channels", type=int, nargs=2, default=[16, 32])
     p.add_argument(
         "--pooling",
@@ -118,9 +125,12 @@ class QuadrupletMaker:
         artifact_weights: tuple[float, ...] | None = None,
         positive_from_same_volume: bool = False,
         benign_blur_mm: float = 0.0,
+        pixel_mm: float = 0.0,
     ) -> None:
         self.sources = sources
         self.size = size
+        #: see :class:`SeverityConfig` (``pixel_mm``)
+        self.pixel_mm = float(pixel_mm)
         #: Isotropic Gaussian blur (sigma up to this many mm, half of the samples) applied to the
         #: clean anchor before corruption and, independently, to the positive: natural softness
         #: varies between scanners, and shown as benign it leaves *directional* blur (anisotropy)
@@ -155,9 +165,11 @@ class QuadrupletMaker:
             img = np.clip(img, 0, None) ** float(np.exp(rng.uniform(-0.3, 0.3)))
         if self.positive_from_same_volume:
             src = self.sources[k]
-            pos, _, pzooms = native_slice(src, *src.choices[int(rng.integers(len(src.choices)))])
+            pos, pmask, pzooms = native_slice(
+                src, *src.choices[int(rng.integers(len(src.choices)))]
+            )
         else:
-            _, pos, _, pzooms = draw_slice(self.sources, rng, exclude=k)
+            _, pos, pmask, pzooms = draw_slice(self.sources, rng, exclude=k)
         if self.benign_blur_mm > 0:
             img = self._benign_blur(img, zooms, rng)
             pos = self._benign_blur(pos, pzooms, rng)
@@ -171,9 +183,13 @@ class QuadrupletMaker:
                 artifacts.simulate(img, art, rng, severity=float(rng.uniform(0, 1)), zooms=zooms)
                 for _ in range(2)
             ]
-        out = [to_model_input(img, zooms, self.size), to_model_input(pos, pzooms, self.size)]
+        px = self.pixel_mm
+        out = [
+            to_model_input(img, zooms, self.size, mask, px),
+            to_model_input(pos, pzooms, self.size, pmask, px),
+        ]
         for neg, _label in negs:
-            out.append(to_model_input(renormalise(neg, img, mask), zooms, self.size))
+            out.append(to_model_input(renormalise(neg, img, mask), zooms, self.size, mask, px))
         ss = np.array([negs[0][1].severity, negs[1][1].severity], dtype=np.float32)
         return np.stack(out).astype(np.float32), ss
 
@@ -284,8 +300,9 @@ def train(
         artifact_weights,
         recipe.positive_from_same_volume,
         recipe.benign_blur_mm,
+        config.pixel_mm,
     )
-    val_maker = QuadrupletMaker(val_sources, config.input_size)
+    val_maker = QuadrupletMaker(val_sources, config.input_size, pixel_mm=config.pixel_mm)
     val_items = [
         val_maker(np.random.default_rng([settings.seed + 7919, i])) for i in range(val_size)
     ]
@@ -371,7 +388,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = loop.settings_from_args(args)
     config = SeverityConfig(
-        input_size=args.input_size, channels=tuple(args.channels), pooling=args.pooling
+        input_size=args.input_size,
+        channels=tuple(args.channels),
+        pooling=args.pooling,
+        pixel_mm=args.pixel_mm,
     )
     train_sources = sources_from_data(settings.data_dir, "train", args.synthetic, settings.seed)
     val_sources = sources_from_data(settings.data_dir, "validation", 0, settings.seed)

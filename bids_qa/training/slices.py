@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bids_qa.volume import Volume, slices_to_square
+from bids_qa.volume import Volume, slices_at_spacing, slices_to_square
 
 
 @dataclass
@@ -88,6 +88,17 @@ def renormalise(corrupted: np.ndarray, clean: np.ndarray, mask: np.ndarray) -> n
     return np.clip(corrupted / scale, 0.0, 2.0).astype(np.float32)
 
 
-def to_model_input(img: np.ndarray, zooms: tuple[float, float], size: int) -> np.ndarray:
-    """One native slice -> (size, size) exactly as :meth:`Volume.slice_stack` prepares slices."""
+def to_model_input(
+    img: np.ndarray,
+    zooms: tuple[float, float],
+    size: int,
+    mask: np.ndarray | None = None,
+    pixel_mm: float = 0.0,
+) -> np.ndarray:
+    """One native slice -> (size, size) exactly as :meth:`Volume.slice_stack` prepares slices, or,
+    with ``pixel_mm > 0``, as :meth:`Volume.spacing_stack` does (cut around ``mask``'s centre)."""
+    if pixel_mm > 0:
+        if mask is None:
+            raise ValueError("a fixed pixel spacing needs the slice's head mask to centre the cut")
+        return slices_at_spacing(img[None], mask[None], (1.0, *zooms), 0, size, pixel_mm)[0]
     return slices_to_square(img[None], (1.0, *zooms), 0, size)[0]

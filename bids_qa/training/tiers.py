@@ -76,17 +76,28 @@ class CubeSource:
     name: str = ""
 
 
-def make_cube_source(volume, grid: int, name: str = "") -> CubeSource:
+def make_cube_source(volume, grid: int, name: str = "", voxel_mm: float = 0.0) -> CubeSource:
     """Resample a :class:`~bids_qa.volume.Volume` once onto the ``grid``^3 cube the scorer reads.
 
-    The cube is exactly :meth:`Volume.grid` (so a clean training sample *is* a scorer input);
-    the head mask follows the same resampling; the voxel size is the padded field of view / grid.
+    The cube is exactly the scorer's input (:meth:`Volume.grid`, or :meth:`Volume.cube` when
+    ``voxel_mm > 0``), so a clean training sample *is* a scorer input; the head mask follows the
+    same resampling; the voxel size is the padded field of view / grid (or ``voxel_mm``).
     """
-    from bids_qa.volume import volume_to_cube
+    from bids_qa.volume import cube_at_spacing, volume_to_cube
 
-    cube = np.ascontiguousarray(volume.grid(grid), dtype=np.float32)
-    mask = volume_to_cube(volume.mask.astype(np.float32), volume.zooms, grid) > 0.5
-    extent = max(d * z for d, z in zip(volume.shape, volume.zooms, strict=True))
+    if voxel_mm > 0:
+        cube = np.ascontiguousarray(volume.cube(grid, voxel_mm), dtype=np.float32)
+        mask = (
+            cube_at_spacing(
+                volume.mask.astype(np.float32), volume.mask, volume.zooms, grid, voxel_mm
+            )
+            > 0.5
+        )
+        extent = voxel_mm * grid
+    else:
+        cube = np.ascontiguousarray(volume.grid(grid), dtype=np.float32)
+        mask = volume_to_cube(volume.mask.astype(np.float32), volume.zooms, grid) > 0.5
+        extent = max(d * z for d, z in zip(volume.shape, volume.zooms, strict=True))
     if mask.sum() < 50:
         raise ValueError(
             f"volume {name!r}: head mask nearly empty on the {grid}^3 grid; cannot train on it"
@@ -460,7 +471,7 @@ def evaluate_tiers(
     """
     if isinstance(seed, np.random.Generator):
         seed = int(seed.integers(0, 2**31 - 1))
-    grid = model.config.grid
+    grid, voxel_mm = model.config.grid, model.config.voxel_mm
     sources = []
     for k, item in enumerate(volumes):
         if isinstance(item, tuple):
@@ -468,7 +479,7 @@ def evaluate_tiers(
         sources.append(
             item
             if isinstance(item, CubeSource)
-            else make_cube_source(item, grid, name=f"volume{k}")
+            else make_cube_source(item, grid, name=f"volume{k}", voxel_mm=voxel_mm)
         )
     if any(src.cube.shape != (grid,) * 3 for src in sources):
         raise ValueError(f"cube sources must be on the model's {grid}^3 grid")
@@ -511,7 +522,9 @@ def evaluate_weights(
     from bids_qa.models.tiers import TierScorer
 
     scorer = TierScorer(device=device, weights=str(weights))
-    sources = sources_from_data(str(data_dir), split, 0, 0, scorer.config.grid)
+    sources = sources_from_data(
+        str(data_dir), split, 0, 0, scorer.config.grid, scorer.config.voxel_mm
+    )
     out = evaluate_tiers(scorer, sources, seed=seed, draws=draws)
     out["split"] = split
     out["weights_version"] = scorer.version
@@ -525,6 +538,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bids_qa train tiers", description=__doc__.splitlines()[0])
     loop.add_common_arguments(p, steps=2600, batch_size=8, lr=1e-3)
     p.add_argument("--grid", type=int, default=64, help="model input grid (cube side, voxels)")
+    p.add_argument(
+        "--voxel-mm",
+        type=float,
+        default=0.0,
+        help="input cube of this voxel size around the head (0: whole field of view in the grid)",
+    )
     p.add_argument(
         "--channels", type=int, nargs=5, default=[16, 32, 48, 64, 96], help="conv block widths"
     )
@@ -701,21 +720,21 @@ def train(
 
 
 def sources_from_data(
-    data_dir: str, split: str, n_synthetic: int, seed: int, grid: int
+    data_dir: str, split: str, n_synthetic: int, seed: int, grid: int, voxel_mm: float = 0.0
 ) -> list[CubeSource]:
     """Clean volumes of ``split`` (out-of-scope entries skipped) plus ``n_synthetic`` synthetic ones,
-    each resampled once to the model grid."""
+    each resampled once to the model's input cube."""
     from bids_qa.training.data import clean_volumes, synthetic_volumes
 
     sources = [
-        make_cube_source(vol, grid, name=str(entry.get("path", entry)))
+        make_cube_source(vol, grid, name=str(entry.get("path", entry)), voxel_mm=voxel_mm)
         for entry, vol in clean_volumes(data_dir, split)
         if not entry.get("out_of_scope")
     ]
     if n_synthetic:
         rng = np.random.default_rng([seed, 104729 if split == "train" else 130363])
         sources += [
-            make_cube_source(vol, grid, name=str(entry["path"]))
+            make_cube_source(vol, grid, name=str(entry["path"]), voxel_mm=voxel_mm)
             for entry, vol in synthetic_volumes(n_synthetic, rng)
         ]
     return sources
@@ -728,12 +747,19 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = loop.settings_from_args(args)
     limit_threads(settings.threads)
-    config = TierConfig(grid=args.grid, channels=tuple(args.channels), fc=tuple(args.fc))  # type: ignore[arg-type]
+    config = TierConfig(
+        grid=args.grid,
+        channels=tuple(args.channels),
+        fc=tuple(args.fc),  # type: ignore[arg-type]
+        voxel_mm=args.voxel_mm,
+    )
     t0 = time.time()
     train_sources = sources_from_data(
-        settings.data_dir, "train", args.synthetic, settings.seed, config.grid
+        settings.data_dir, "train", args.synthetic, settings.seed, config.grid, config.voxel_mm
     )
-    val_sources = sources_from_data(settings.data_dir, "validation", 0, settings.seed, config.grid)
+    val_sources = sources_from_data(
+        settings.data_dir, "validation", 0, settings.seed, config.grid, config.voxel_mm
+    )
     print(
         f"training on {len(train_sources)} volumes, validating on {len(val_sources)} "
         f"(resampled in {time.time() - t0:.0f} s)",
