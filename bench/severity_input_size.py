@@ -1,4 +1,4 @@
-"""Severity scorer cost for two weights files (e.g. 128 px and 192 px inputs) on the same volume.
+"""Severity scorer cost for two weights files (e.g. 128 px whole field of view vs 160 px at 1.25 mm) on the same volume.
 
 Prints the median wall time of ``SeverityScorer.score`` (slice stack + network + ruler) per 1 mm
 256x256x176 generated volume and the ratio between the two, measured in one run so machine load
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
             scorer.score(vol)
             runs.append(time.perf_counter() - t0)
         times[w] = statistics.median(runs)
-        print(f"{w}: input {scorer.config.input_size} px, median {times[w]:.3f} s/volume")
+        print(f"{w}: input {scorer.config.input_size} px at {scorer.config.pixel_mm or 'whole-FOV'} mm/px, median {times[w]:.3f} s/volume")
     if len(times) == 2:
         a, b = times.values()
         print(f"ratio second/first: {b / a:.2f}")

@@ -368,9 +368,10 @@ def cube_at_spacing(
     if max(kernel) > 1:  # anti-aliasing: average blocks no larger than the target voxel
         t = F.avg_pool3d(t, kernel_size=kernel, stride=kernel, ceil_mode=True)
     pooled_zooms = [z * k for z, k in zip(zooms, kernel, strict=True)]
-    where = np.argwhere(mask)
-    if len(where):
-        lo, hi = where.min(0) * np.asarray(zooms), (where.max(0) + 1) * np.asarray(zooms)
+    hits = [np.flatnonzero(mask.any(axis=tuple(b for b in range(3) if b != a))) for a in range(3)]
+    if all(len(h) for h in hits):
+        lo = np.array([h[0] for h in hits]) * np.asarray(zooms)
+        hi = np.array([h[-1] + 1 for h in hits]) * np.asarray(zooms)
         centre_mm = (lo + hi) / 2
         # Axis 2 is superior (RAS+): hang the cube from the top of the head, so that a field of
         # view reaching down to the neck does not pull the brain's top out of the cube.

@@ -312,7 +312,7 @@ def test_severe_noise_phantom_is_tier_3():
         np.asarray(img.get_fdata(), np.float32), tuple(float(z) for z in img.header.get_zooms()[:3])
     )
     scorer = TierScorer()
-    src = make_cube_source(clean, scorer.config.grid)
+    src = make_cube_source(clean, scorer.config.grid, voxel_mm=scorer.config.voxel_mm)
     params = artifacts.sample_tier_params("noise", "severe", np.random.default_rng(3), ndim=3)
     noisy = apply_tier_artifact(src.cube, "noise", params, (src.voxel_mm,) * 3)
     values = scorer.score(volume_from_array(noisy, (src.voxel_mm,) * 3)).values

@@ -56,6 +56,8 @@ class Recipe:
     positive_from_same_volume: bool = False
     #: see :class:`QuadrupletMaker`
     benign_blur_mm: float = 0.0
+    #: weight of the pull of clean scores towards 0 (see :func:`severity_loss`)
+    clean_pull: float = CLEAN_PULL
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         metavar="MM",
         help="isotropic blur up to this sigma (mm) on half of the clean anchors and positives",
+    )
+    p.add_argument(
+        "--clean-pull",
+        type=float,
+        default=CLEAN_PULL,
+        help=f"weight of the pull of clean scores towards 0 (default {CLEAN_PULL})",
     )
     p.add_argument(
         "--synthetic", type=int, default=6, help="synthetic MNI-derived volumes added to training"
@@ -195,7 +203,12 @@ class QuadrupletMaker:
 
 
 def severity_loss(
-    scores, ss, margin_scale: float = MARGIN_SCALE, signed: bool = False, positive_weight: float = 1.0
+    scores,
+    ss,
+    margin_scale: float = MARGIN_SCALE,
+    signed: bool = False,
+    positive_weight: float = 1.0,
+    clean_pull: float = CLEAN_PULL,
 ):
     """Loss for a batch of scores (B, 4) = [anchor, positive, neg1, neg2] and severities (B, 2).
 
@@ -219,7 +232,7 @@ def severity_loss(
     l2 = positive_weight * (sa - sp) ** 2
     d_an = sn - sa[:, None] if signed else (sa[:, None] - sn).abs()
     triplet = relu(d_ap[:, None] - d_an + margin_scale * ss).mean(1)
-    pull = CLEAN_PULL * (sa**2 + sp**2)
+    pull = clean_pull * (sa**2 + sp**2)
     hi = (ss[:, 0] >= ss[:, 1]).float()
     gap = (sn[:, 0] - sn[:, 1]) * (2 * hi - 1)
     rank = relu(margin_scale * (ss[:, 0] - ss[:, 1]).abs() - gap)
@@ -315,7 +328,11 @@ def train(
         ss = ss.to(settings.device)
         scores = net(x.reshape(-1, 1, *x.shape[-2:])).reshape(x.shape[0], 4)
         loss, parts = severity_loss(
-            scores, ss, signed=recipe.signed_triplet, positive_weight=recipe.positive_weight
+            scores,
+            ss,
+            signed=recipe.signed_triplet,
+            positive_weight=recipe.positive_weight,
+            clean_pull=recipe.clean_pull,
         )
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -409,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
             positive_weight=args.positive_weight,
             positive_from_same_volume=args.positive_same_volume,
             benign_blur_mm=args.benign_blur,
+            clean_pull=args.clean_pull,
         ),
     )
     print(json.dumps(best, indent=2))
