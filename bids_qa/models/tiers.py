@@ -21,9 +21,11 @@ Our network (shape kept, sizes ours; see ``docs/models/tiers.md``):
   with one small two-layer head per artifact giving two logits (moderate, severe): six binary
   outputs. The trunk's features (noise texture, ghosting, tissue contrast) are generic and the
   data are small, so sharing triples the examples each conv filter sees at a third of the cost;
-- input: the whole volume padded to a cube in mm and resized to ``grid``^3 (default 64^3, i.e.
-  ~3.6-4 mm voxels for a 230-260 mm field of view) with :meth:`Volume.grid`, exactly the grid the
-  artifacts are simulated on during training. The first convolution has stride 2 (so the first
+- input: a ``grid``^3 cube (64^3) exactly as the artifacts are simulated on during training:
+  with ``voxel_mm > 0`` (the shipped weights: 2.5 mm) a cube of that voxel size around the head
+  (:meth:`Volume.cube`), otherwise the whole volume padded to a cube in mm and resized
+  (:meth:`Volume.grid`, ~3.6-4 mm voxels for a 230-260 mm field of view; the fixed voxel size keeps
+  finer detail at the same cost). The first convolution has stride 2 (so the first
   block's output is 32^3) which keeps a volume near 0.1 GMAC on CPU while the filters still see
   every input voxel, where noise and ringing live. Paper 003 works at ~1 mm; a coarse grid is
   our price for grading a volume in well under a second on two CPU cores;
