@@ -91,6 +91,21 @@ def test_positive_weight_scales_the_anchor_positive_terms():
     assert none["triplet"] == pytest.approx(0.0)
 
 
+def test_clean_pull_weight_scales_only_the_pull_term():
+    from bids_qa.training.severity import CLEAN_PULL, Recipe
+
+    ss = torch.tensor([[0.5, 0.2]])
+    scores = torch.tensor([[0.5, 1.0, 2.0, 1.0]])
+    _, default = severity_loss(scores, ss)
+    _, strong = severity_loss(scores, ss, clean_pull=0.3)
+    assert default["pull"] == pytest.approx(CLEAN_PULL * (0.25 + 1.0))
+    assert strong["pull"] == pytest.approx(0.3 * (0.25 + 1.0))
+    assert {k: v for k, v in strong.items() if k != "pull"} == {
+        k: v for k, v in default.items() if k != "pull"
+    }
+    assert Recipe().clean_pull == CLEAN_PULL  # the default recipe keeps the old loss
+
+
 def _phantom(seed: int = 0, size: int = 40) -> np.ndarray:
     rng = np.random.default_rng(seed)
     x, y, z = np.meshgrid(*[np.linspace(-1, 1, size)] * 3, indexing="ij")
