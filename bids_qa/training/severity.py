@@ -45,7 +45,7 @@ CLEAN_PULL = 0.1
 
 @dataclass(frozen=True)
 class Recipe:
-    """Deviations from the paper's loss and sampling tried in session 3 (docs/models/severity.md);
+    """Deviations from the paper's loss and sampling tried in sessions 3-4 (docs/models/severity.md);
     the defaults are the paper's recipe and draw exactly the samples earlier runs drew."""
 
     #: see :func:`severity_loss`
