@@ -250,3 +250,36 @@ def test_query_weights_steer_the_query_artifact_and_are_validated():
     assert ContrastiveMaker([source], 32, arts, 1, 1.0).query_p is None  # uniform: old stream
     with pytest.raises(ValueError, match="query weights"):
         ContrastiveMaker([source], 32, arts, 1, 1.0, query_weights=(1.0,))
+
+
+def test_fixed_pixel_encoder_reads_spacing_stack_in_training_and_scoring():
+    from bids_qa.training.flow import ContrastiveMaker, reference_population
+    from bids_qa.training.slices import make_source
+    from bids_qa.volume import volume_from_array
+
+    cfg = F.EncoderConfig(input_size=32, channels=(4, 4, 4), hidden=8, pixel_mm=2.0)
+    assert F.EncoderConfig.from_dict({**F.asdict(cfg), "channels": [4, 4, 4]}) == cfg
+    legacy = {k: v for k, v in F.asdict(cfg).items() if k != "pixel_mm"}
+    assert F.EncoderConfig.from_dict(legacy).pixel_mm == 0.0
+    yy, xx, zz = np.mgrid[:60, :60, :40]
+    head = (((yy - 30) ** 2 + (xx - 30) ** 2 + (zz - 20) ** 2) < 18**2).astype(np.float32)
+    vol = volume_from_array(head * (0.5 + 0.01 * xx), (1.0, 1.0, 1.0))
+    # the scorer-side stack is the fixed-spacing one, not the whole field of view
+    np.testing.assert_array_equal(cfg.slice_stack(vol), vol.spacing_stack(32, 2.0))
+    assert not np.allclose(cfg.slice_stack(vol), vol.slice_stack(32))
+    # training samples at 1 mm per pixel show the same slice (the option draws no random numbers)
+    # magnified against the whole field of view squeezed into 32 pixels (60 mm: 1.9 mm per pixel)
+    source = make_source(vol)
+    for seed in range(3):
+        fine, _, level = ContrastiveMaker([source], 32, ("noise",), 1, 0.0, pixel_mm=1.0)(
+            np.random.default_rng(seed)
+        )
+        whole, _, _ = ContrastiveMaker([source], 32, ("noise",), 1, 0.0)(np.random.default_rng(seed))
+        assert fine.shape == whole.shape == (3, 32, 32) and level[0] == -1
+        rows = [len(np.flatnonzero(x[0].max(axis=1) > 0.1)) for x in (fine, whole)]
+        assert rows[0] > 1.4 * rows[1], rows
+    torch.manual_seed(0)
+    net = F.build_encoder(cfg).eval()
+    m, names = reference_population(net, [("v", vol)], 32, pixel_mm=2.0)
+    m0, _ = reference_population(net, [("v", vol)], 32)
+    assert m.shape == m0.shape and not np.allclose(m, m0)

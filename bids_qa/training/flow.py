@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     loop.add_common_arguments(p, steps=1200, batch_size=24, lr=1e-3)
     p.add_argument("--input-size", type=int, default=128)
     p.add_argument("--channels", type=int, nargs=3, default=[8, 16, 32])
+    p.add_argument("--pixel-mm", type=float, default=0.0,
+                   help="read slices at this pixel size, cut around the head (0: whole field of view)")
     p.add_argument("--negatives", type=int, default=3, help="simulated negatives per query")
     p.add_argument("--corrupt-prob", type=float, default=0.5, help="probability that a query is corrupted")
     p.add_argument("--artifacts", nargs="+", default=list(NEGATIVE_ARTIFACTS), help="artifacts simulated for negatives")
@@ -107,8 +109,10 @@ class ContrastiveMaker:
 
     def __init__(self, sources: list[SliceSource], size: int, artifacts: tuple[str, ...], n_neg: int,
                  corrupt_prob: float, both_motion_models: bool = False,
-                 query_weights: tuple[float, ...] | None = None) -> None:
+                 query_weights: tuple[float, ...] | None = None, pixel_mm: float = 0.0) -> None:
         self.sources, self.size, self.artifacts = sources, size, tuple(artifacts)
+        #: see :class:`EncoderConfig` (``pixel_mm``); 0 keeps the whole-field-of-view inputs
+        self.pixel_mm = float(pixel_mm)
         self.n_neg, self.corrupt_prob = n_neg, corrupt_prob
         self.both_motion_models = both_motion_models
         #: Probability of each artifact for a corrupted *query* (negatives stay uniform); None draws
@@ -144,6 +148,11 @@ class ContrastiveMaker:
         and the final 2x antialiased downsampling to the model size still averages pixel-level noise
         the way the scorer's own resampling of a native scan does.
         """
+        if self.pixel_mm > 0:  # twice the final resolution, twice the final cut, around the head
+            px = self.pixel_mm / 2
+            img2 = to_model_input(img, zooms, 2 * self.size, mask, px)
+            mask2 = to_model_input(mask.astype(np.float32), zooms, 2 * self.size, mask, px) > 0.5
+            return img2, mask2, (px, px)
         h, w = img.shape
         work = int(min(2 * self.size, max(h, w)))
         extent = max(h * zooms[0], w * zooms[1])
@@ -175,7 +184,10 @@ class ContrastiveMaker:
             if "seed" in params:  # same level, fresh noise realisation (no pattern to match)
                 params = {**params, "seed": int(rng.integers(0, 2**31 - 1))}
             p = self._corrupt(p, pmask, pz, art, params)
-        out = [to_model_input(q, qz, self.size), to_model_input(p, pz, self.size)]
+        def final(x, zooms, mask):
+            return to_model_input(x, zooms, self.size, mask, self.pixel_mm)
+
+        out = [final(q, qz, qmask), final(p, pz, pmask)]
         for j in range(self.n_neg):
             if art is not None and sev >= SEVERITY_GAP and j == 0:
                 neg = clean_q  # clean vs corrupted: different artifact level
@@ -186,7 +198,7 @@ class ContrastiveMaker:
                     if art is None or art2 != art or abs(sev2 - sev) >= SEVERITY_GAP:
                         break
                 neg = self._corrupt(clean_q, qmask, qz, art2, self._params(art2, rng, sev2))
-            out.append(to_model_input(neg, qz, self.size))
+            out.append(final(neg, qz, qmask))
         # the query's artifact level: -1 clean, else the artifact's index, and its severity
         level = np.array([-1 if art is None else self.artifacts.index(art), sev], dtype=np.float32)
         return np.stack(out).astype(np.float32), k, level
@@ -338,7 +350,9 @@ def train_encoder(settings: loop.TrainSettings, maker: ContrastiveMaker, val_mak
 # stage 2: reference population and flow
 
 
-def reference_population(net, volumes, size: int, device: str = "cpu") -> tuple[np.ndarray, list[str]]:
+def reference_population(
+    net, volumes, size: int, device: str = "cpu", pixel_mm: float = 0.0
+) -> tuple[np.ndarray, list[str]]:
     """Volume ``m`` of every clean reference volume under :data:`REFERENCE_VARIANTS` x shifts.
 
     Returns (m (n, 2), names). Variants are applied to the model-size slice stack (cheap) rather than
@@ -349,7 +363,7 @@ def reference_population(net, volumes, size: int, device: str = "cpu") -> tuple[
     ms: list[np.ndarray] = []
     names: list[str] = []
     for name, vol in volumes:
-        stack = vol.slice_stack(size)
+        stack = EncoderConfig(input_size=size, pixel_mm=pixel_mm).slice_stack(vol)
         anatomy = vol.anatomy_slices()
         if len(anatomy) == 0:
             anatomy = np.arange(len(stack))
@@ -530,7 +544,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = loop.settings_from_args(args)
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    enc_config = EncoderConfig(input_size=args.input_size, channels=tuple(args.channels), output_scale=args.output_scale)
+    enc_config = EncoderConfig(input_size=args.input_size, channels=tuple(args.channels), output_scale=args.output_scale,
+                               pixel_mm=args.pixel_mm)
     flow_config = FlowConfig()
     fit = FitConfig(steps=args.flow_steps, seed=settings.seed)
     t_load = time.time()
@@ -540,9 +555,9 @@ def main(argv: list[str] | None = None) -> int:
     arts = tuple(args.artifacts)
     weights = tuple(args.query_weights) if args.query_weights else None
     maker = ContrastiveMaker(train_sources, enc_config.input_size, arts, args.negatives, args.corrupt_prob,
-                             args.both_motion_models, weights)
+                             args.both_motion_models, weights, pixel_mm=enc_config.pixel_mm)
     val_maker = ContrastiveMaker(val_sources, enc_config.input_size, arts, args.negatives, args.corrupt_prob,
-                                 args.both_motion_models)
+                                 args.both_motion_models, pixel_mm=enc_config.pixel_mm)
     best = train_encoder(settings, maker, val_maker, enc_config, argv, mask_same_level=args.mask_same_level,
                          init=args.init)
     print(f"encoder: best step {best.get('step')} {json.dumps(best.get('metrics'))}", flush=True)
@@ -553,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
     net.load_state_dict(state)
     net.eval()
     t0 = time.time()
-    ref_m, ref_names = reference_population(net, ref, enc_config.input_size)
+    ref_m, ref_names = reference_population(net, ref, enc_config.input_size, pixel_mm=enc_config.pixel_mm)
     extra = {"tag": f"s{best.get('step')}",
              "training": {"settings": json.loads((run_dir / "settings.json").read_text()), "best_step": best.get("step"),
                           "validation": best.get("metrics"), "train_seconds": best.get("train_seconds"),
