@@ -22,7 +22,7 @@ def probabilities(scorer, data_dir: str, split: str, seed: int):
         sources_from_data,
     )
 
-    sources = sources_from_data(data_dir, split, 0, 0, scorer.config.grid)
+    sources = sources_from_data(data_dir, split, 0, 0, scorer.config.grid, scorer.config.voxel_mm)
     cubes, grades = [], []
     for cube, g in build_evaluation_set(sources, seed, 4):
         cubes.append(cube)
