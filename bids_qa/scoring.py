@@ -140,9 +140,7 @@ def scored_slices(
     """
 
     def compute() -> tuple[np.ndarray, np.ndarray]:
-        stack = (
-            volume.spacing_stack(size, pixel_mm) if pixel_mm > 0 else volume.slice_stack(size)
-        )
+        stack = volume.slice_stack(size, pixel_mm=pixel_mm)
         anatomy = anatomy_indices(volume)
         if len(anatomy) == 0:
             anatomy = np.arange(len(stack))

@@ -79,9 +79,12 @@ class Volume:
     def is_2d_acquisition(self) -> bool:
         return self.anisotropy > ANISOTROPY_2D_RATIO
 
-    def slice_stack(self, size: int, axis: int | None = None) -> np.ndarray:
+    def slice_stack(self, size: int, axis: int | None = None, pixel_mm: float = 0.0) -> np.ndarray:
         """Slices along ``axis`` (default: :attr:`slice_axis`), each padded to a square field of
-        view in mm and resized to ``size`` x ``size``; float32 array of shape (n, size, size)."""
+        view in mm and resized to ``size`` x ``size``; float32 array of shape (n, size, size).
+        ``pixel_mm > 0`` gives :meth:`spacing_stack` instead (the one place scorers choose)."""
+        if pixel_mm > 0:
+            return self.spacing_stack(size, pixel_mm, axis)
         axis = self.slice_axis if axis is None else axis
         key = ("slices", size, axis)
         if key not in self._cache:

@@ -265,8 +265,9 @@ def test_fixed_pixel_encoder_reads_spacing_stack_in_training_and_scoring():
     head = (((yy - 30) ** 2 + (xx - 30) ** 2 + (zz - 20) ** 2) < 18**2).astype(np.float32)
     vol = volume_from_array(head * (0.5 + 0.01 * xx), (1.0, 1.0, 1.0))
     # the scorer-side stack is the fixed-spacing one, not the whole field of view
-    np.testing.assert_array_equal(cfg.slice_stack(vol), vol.spacing_stack(32, 2.0))
-    assert not np.allclose(cfg.slice_stack(vol), vol.slice_stack(32))
+    scorer_stack = vol.slice_stack(32, pixel_mm=cfg.pixel_mm)
+    np.testing.assert_array_equal(scorer_stack, vol.spacing_stack(32, 2.0))
+    assert not np.allclose(scorer_stack, vol.slice_stack(32))
     # training samples at 1 mm per pixel show the same slice (the option draws no random numbers)
     # magnified against the whole field of view squeezed into 32 pixels (60 mm: 1.9 mm per pixel)
     source = make_source(vol)

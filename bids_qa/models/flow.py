@@ -72,12 +72,6 @@ class EncoderConfig:
                    hidden=int(d["hidden"]), negative_slope=float(d["negative_slope"]),
                    output_scale=float(d.get("output_scale", 1.0)), pixel_mm=float(d.get("pixel_mm", 0.0)))
 
-    def slice_stack(self, volume: Volume) -> np.ndarray:
-        """Every slice of ``volume`` in its reading plane, prepared as this encoder reads them."""
-        if self.pixel_mm > 0:
-            return volume.spacing_stack(self.input_size, self.pixel_mm)
-        return volume.slice_stack(self.input_size)
-
 
 @dataclass(frozen=True)
 class FlowConfig:
@@ -590,7 +584,7 @@ class FlowScorer:
         size, px = self.encoder_config.input_size, self.encoder_config.pixel_mm
 
         def compute() -> tuple[np.ndarray, np.ndarray]:
-            stack = self.encoder_config.slice_stack(volume)
+            stack = volume.slice_stack(size, pixel_mm=px)
             anatomy = anatomy_indices(volume)
             if len(anatomy) == 0:
                 anatomy = np.arange(len(stack))

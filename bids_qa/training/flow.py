@@ -363,7 +363,7 @@ def reference_population(
     ms: list[np.ndarray] = []
     names: list[str] = []
     for name, vol in volumes:
-        stack = EncoderConfig(input_size=size, pixel_mm=pixel_mm).slice_stack(vol)
+        stack = vol.slice_stack(size, pixel_mm=pixel_mm)
         anatomy = vol.anatomy_slices()
         if len(anatomy) == 0:
             anatomy = np.arange(len(stack))
