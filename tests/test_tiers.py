@@ -371,3 +371,31 @@ def test_voxel_mm_config_reaches_scorer_and_training_cubes(tmp_path):
     direct = scorer.probabilities(src.cube[None])[0]
     got = scorer.score(vol).values
     assert got["noise_p_severe"] == pytest.approx(float(direct[ARTIFACTS.index("noise"), 1]), abs=1e-6)
+
+
+def test_partial_warm_start_reuses_the_trunk_when_the_grid_changes(tmp_path):
+    """A larger cube changes only the first FC layer's input; --init-partial keeps the rest."""
+    import torch
+
+    from bids_qa.models.weights import save_weights
+    from bids_qa.training import loop
+
+    torch.manual_seed(0)
+    small = build_network(TINY)
+    save_weights(tmp_path / "a.safetensors", small.state_dict(), {"version": "t"})
+    torch.manual_seed(1)
+    large = build_network(TierConfig(grid=80, channels=TINY.channels, fc=TINY.fc))
+    with pytest.raises(RuntimeError):
+        loop.warm_start(large, str(tmp_path / "a.safetensors"))  # strict by default
+    fresh = loop.warm_start(large, str(tmp_path / "a.safetensors"), partial=True)
+    assert fresh == ["shared.2.weight"]
+    own, src = large.state_dict(), small.state_dict()
+    for k, v in src.items():
+        if k in fresh:
+            assert own[k].shape != v.shape
+        else:
+            assert torch.equal(own[k], v), k
+    other = build_network(TierConfig(grid=32, channels=(2, 2, 2, 2, 2), fc=(4, 4)))
+    save_weights(tmp_path / "b.safetensors", {"unrelated": torch.zeros(3)}, {"version": "t"})
+    with pytest.raises(ValueError, match="no tensor matches"):
+        loop.warm_start(other, str(tmp_path / "b.safetensors"), partial=True)

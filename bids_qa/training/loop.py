@@ -86,17 +86,28 @@ def export_weights(weights: str | Path, export: str | None) -> None:
     print(f"weights exported to {export}")
 
 
-def warm_start(net, init: str | None) -> None:
+def warm_start(net, init: str | None, partial: bool = False) -> list[str]:
     """Load ``init`` (a safetensors file of the same architecture) into ``net``; no-op for None.
 
     Called before :func:`load_checkpoint`, so resuming a warm-started run continues from its own
-    checkpoint, not from the initial weights.
+    checkpoint, not from the initial weights. With ``partial``, only tensors whose name and shape
+    match are loaded (e.g. a conv trunk reused when the input grid, and so the first fully
+    connected layer, changes); the names left at their fresh initialisation are returned.
     """
     if not init:
-        return
+        return []
     from bids_qa.models.weights import load_weights
 
-    net.load_state_dict(load_weights(init)[0])
+    tensors = load_weights(init)[0]
+    if not partial:
+        net.load_state_dict(tensors)
+        return []
+    own = net.state_dict()
+    kept = {k: v for k, v in tensors.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
+    if not kept:
+        raise ValueError(f"{init}: no tensor matches the network's names and shapes")
+    net.load_state_dict(kept, strict=False)
+    return sorted(set(own) - set(kept))
 
 
 def settings_from_args(args) -> TrainSettings:

@@ -577,6 +577,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="stop (checkpointed, resumable) after this many minutes of training; 0: no limit",
     )
+    p.add_argument(
+        "--init-partial",
+        action="store_true",
+        help="with --init: load only tensors of matching name and shape (e.g. reuse a conv trunk "
+        "when --grid changes the first fully connected layer)",
+    )
     return p
 
 
@@ -591,6 +597,7 @@ def train(
     max_minutes: float = 0.0,
     views: int = 2,
     init: str | None = None,
+    init_partial: bool = False,
 ) -> dict[str, Any]:
     """Run (or resume) training; returns the best validation record. Writes only into run_dir."""
     import torch
@@ -603,7 +610,9 @@ def train(
     limit_threads(settings.threads)
     torch.manual_seed(settings.seed)
     net = build_network(config).to(settings.device)
-    loop.warm_start(net, init)
+    fresh = loop.warm_start(net, init, partial=init_partial)
+    if fresh:
+        print(f"warm start from {init}; freshly initialised: {', '.join(fresh)}", flush=True)
     opt = torch.optim.Adam(net.parameters(), lr=settings.lr, weight_decay=1e-5)
     start, extra = loop.load_checkpoint(run_dir, net, opt)
     warmup = max(1, min(100, settings.steps // 20))
@@ -775,6 +784,7 @@ def main(argv: list[str] | None = None) -> int:
         max_minutes=args.max_minutes,
         views=args.views,
         init=args.init,
+        init_partial=args.init_partial,
     )
     print(json.dumps(best, indent=2, default=str), flush=True)
     run_dir = Path(settings.run_dir)
