@@ -192,7 +192,7 @@ def test_clean_phantom_scores_higher_than_moved_phantom(scorer, template):
 def test_shipped_weights_reproduce_fixture(scorer, template):
     fixture = json.loads(FIXTURE.read_text())
     assert scorer.version == fixture["version"]
-    assert scorer.config.to_dict() == fixture["config"]
+    assert scorer.config == SSIMConfig.from_dict(fixture["config"])
     for name, arr in (("clean", template), ("moved", strong_motion(template))):
         scores = scorer.score(volume_from_array(arr, (2.0, 2.0, 2.0)))
         expected = fixture[name]
@@ -287,3 +287,49 @@ def test_tiny_training_run_reduces_loss(tmp_path, template):
     assert validations[-1]["validation"][0]["val_mse"] == pytest.approx(
         result["best"][0]["val_mse"]
     )
+
+
+def test_fixed_spacing_view_round_trips_and_training_reads_what_the_scorer_reads(template, tmp_path):
+    """``pixel_mm``: labels and inputs are made on the grid the scorer reads (spacing_stack)."""
+    import torch
+
+    from bids_qa.models.weights import save_weights
+    from bids_qa.scoring import scored_slices
+    from bids_qa.training.slices import make_source
+    from bids_qa.training.ssim import SSIMSampleMaker, evaluate_ssim, to_sim_grid
+
+    cfg = SSIMConfig(input_size=64, width=4, pixel_mm=3.0)
+    assert SSIMConfig.from_dict(cfg.to_dict()) == cfg
+    legacy = {k: v for k, v in cfg.to_dict().items() if k != "pixel_mm"}
+    assert SSIMConfig.from_dict(legacy).pixel_mm == 0.0  # the shipped weights' metadata
+    with pytest.raises(ValueError, match="pixel_mm"):
+        SSIMConfig(pixel_mm=-0.5)
+
+    vol = volume_from_array(template, (2.0, 2.0, 2.0))
+    stack, idx = scored_slices(vol, 64, 3.0)
+    k = int(idx[len(idx) // 2])
+    img, msk = vol.data[:, :, k], vol.mask[:, :, k]
+    grid, grid_mask, zooms = to_sim_grid(img, msk, (2.0, 2.0), 64, 3.0)
+    assert zooms == (3.0, 3.0) and grid.shape == grid_mask.shape == (64, 64)
+    np.testing.assert_allclose(grid, stack[len(idx) // 2], atol=1e-6)
+    # the head (about 180 mm across) fills about 60 of the 64 3-mm pixels, not the whole-FOV fraction
+    assert 45 <= grid_mask.any(axis=0).sum() <= 64
+    whole, _, whole_zooms = to_sim_grid(img, msk, (2.0, 2.0), 64)
+    assert whole_zooms[0] == pytest.approx(max(img.shape) * 2.0 / 64)
+
+    src = [make_source(vol, "mni")]
+    with pytest.raises(ValueError, match="second input size"):
+        SSIMSampleMaker(src, (64, 48), pixel_mm=3.0)
+    x, y = SSIMSampleMaker(src, (64,), pixel_mm=3.0)(np.random.default_rng([0, 2]))
+    assert x.shape == (64, 64) and 0 <= y <= 1
+
+    # evaluation draws its samples in the scorer's own view
+    path = tmp_path / "px.safetensors"
+    torch.manual_seed(0)
+    save_weights(path, build_resnet(cfg).state_dict(), {"config": cfg.to_dict(), "version": "t"})
+    scorer = SSIMScorer(weights=str(path))
+    assert scorer.config.pixel_mm == 3.0
+    res = evaluate_ssim(scorer, [vol], np.random.default_rng(0), n=6)
+    assert res["pixel_mm"] == 3.0 and res["input_size"] == 64
+    out = scorer.score(vol)
+    assert out.values["n_slices_scored"] == len(idx)

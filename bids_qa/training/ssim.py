@@ -57,7 +57,7 @@ from bids_qa.training.slices import (
     renormalise,
     to_model_input,
 )
-from bids_qa.volume import slices_to_square
+from bids_qa.volume import slices_at_spacing, slices_to_square
 
 #: The paper-002 figures logged at validation and printed after evaluation.
 REPORTED_METRICS = (
@@ -103,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--width", type=int, default=16, help="channels of the first ResNet stage (paper: 64)"
+    )
+    p.add_argument(
+        "--pixel-mm",
+        type=float,
+        default=0.0,
+        help="read slices at this fixed pixel size cut around the head (labels on that grid); "
+        "0: each slice's whole field of view squeezed into --input-size pixels",
     )
     p.add_argument(
         "--synthetic", type=int, default=6, help="synthetic MNI-derived volumes added to training"
@@ -196,13 +203,21 @@ class SSIMSampleMaker:
     """
 
     def __init__(
-        self, sources: list[SliceSource], sizes: tuple[int, ...], cfg: SampleConfig = SampleConfig()
+        self,
+        sources: list[SliceSource],
+        sizes: tuple[int, ...],
+        cfg: SampleConfig = SampleConfig(),
+        pixel_mm: float = 0.0,
     ) -> None:
         if not sources:
             raise ValueError("no slice source to draw samples from")
+        if pixel_mm > 0 and len(sizes) > 1:
+            raise ValueError("a second input size is only defined for whole-field-of-view slices")
         self.sources = sources
         self.sizes = tuple(sizes)
         self.cfg = cfg
+        #: the network's view (:class:`SSIMConfig` ``pixel_mm``); labels are measured on it
+        self.pixel_mm = float(pixel_mm)
         self._itk_set = False
 
     def simulate(self, rng: np.random.Generator) -> dict[str, Any]:
@@ -211,7 +226,7 @@ class SSIMSampleMaker:
 
         k, img, mask, zooms = draw_slice(self.sources, rng)
         img, mask, zooms = augment_geometry(img, mask, zooms, rng)
-        img, mask, zooms = to_sim_grid(img, mask, zooms, self.sizes[0])
+        img, mask, zooms = to_sim_grid(img, mask, zooms, self.sizes[0], self.pixel_mm)
         contrast = rng.random() < self.cfg.p_contrast
         if contrast:
             img = rescale_head(artifacts.augment_contrast(img, rng), mask)
@@ -253,19 +268,29 @@ class SSIMSampleMaker:
         return (inputs[0] if len(inputs) == 1 else inputs), label
 
 
-def to_sim_grid(img: np.ndarray, mask: np.ndarray, zooms: tuple[float, float], size: int):
-    """A native slice padded to a square field of view and resized to ``size`` x ``size`` exactly as
-    :meth:`Volume.slice_stack` does, with its head mask and the new (square) pixel size.
+def to_sim_grid(
+    img: np.ndarray, mask: np.ndarray, zooms: tuple[float, float], size: int, pixel_mm: float = 0.0
+):
+    """A native slice brought to the ``size`` x ``size`` grid the scorer reads, with its head mask
+    and the new (square) pixel size: padded to a square field of view and resized, as
+    :meth:`Volume.slice_stack` does, or (``pixel_mm > 0``) resampled to that pixel size and cut
+    around the head, as :meth:`Volume.spacing_stack` does.
 
     Motion is simulated and SSIM measured on the grid the network reads, as in the paper (which
     resized every slice to its 256 x 256 input before corrupting it). This makes the label
     independent of the scan's matrix (a 0.5 mm and a 1 mm slice of the same head get comparable
     SSIM), makes it a function of the pixels the network sees, and bounds the simulation cost.
     """
-    grid = slices_to_square(np.asarray(img, dtype=np.float32)[None], (1.0, *zooms), 0, size)[0]
-    grid_mask = (
-        slices_to_square(np.asarray(mask, dtype=np.float32)[None], (1.0, *zooms), 0, size)[0] > 0.5
-    )
+    img = np.asarray(img, dtype=np.float32)
+    fmask = np.asarray(mask, dtype=np.float32)
+    if pixel_mm > 0:
+        grid = slices_at_spacing(img[None], mask[None], (1.0, *zooms), 0, size, pixel_mm)[0]
+        grid_mask = (
+            slices_at_spacing(fmask[None], mask[None], (1.0, *zooms), 0, size, pixel_mm)[0] > 0.5
+        )
+        return np.clip(grid, 0.0, None).astype(np.float32), grid_mask, (pixel_mm, pixel_mm)
+    grid = slices_to_square(img[None], (1.0, *zooms), 0, size)[0]
+    grid_mask = slices_to_square(fmask[None], (1.0, *zooms), 0, size)[0] > 0.5
     extent = max(img.shape[0] * zooms[0], img.shape[1] * zooms[1])
     return np.clip(grid, 0.0, None).astype(np.float32), grid_mask, (extent / size, extent / size)
 
@@ -322,9 +347,10 @@ def make_eval_set(
     rng: np.random.Generator,
     n: int,
     cfg: SampleConfig = SampleConfig(),
+    pixel_mm: float = 0.0,
 ) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
     """``n`` simulated slices (inputs per size, labels); sample ``i`` uses its own seed drawn from ``rng``."""
-    maker = SSIMSampleMaker(sources, sizes, cfg)
+    maker = SSIMSampleMaker(sources, sizes, cfg, pixel_mm)
     seeds = rng.integers(0, 2**63 - 1, size=n)
     xs: list[list[np.ndarray]] = [[] for _ in sizes]
     ys = np.empty(n, dtype=np.float32)
@@ -392,6 +418,7 @@ def evaluate_ssim(
     size: int | None = None,
     label_size: int | None = None,
     cfg: SampleConfig = SampleConfig(),
+    pixel_mm: float | None = None,
 ) -> dict[str, Any]:
     """Accuracy of a network or scorer on ``n`` fixed-seed simulated slices from ``volumes``.
 
@@ -409,6 +436,9 @@ def evaluate_ssim(
     label_size
         Grid on which motion is simulated and SSIM measured (default: the model's input size). Give
         the main model's size to score a smaller-input model against the same labels.
+    pixel_mm
+        The view slices are read in (:class:`SSIMConfig` ``pixel_mm``); default: the scorer's own,
+        0 (whole field of view) for a bare network.
 
     Returns
     -------
@@ -417,17 +447,19 @@ def evaluate_ssim(
         ``label_size``.
     """
     predict, size = _predictor(model, size)
+    if pixel_mm is None:
+        pixel_mm = float(getattr(getattr(model, "config", None), "pixel_mm", 0.0))
     label_size = int(label_size or size)
     sizes = (label_size,) if label_size == size else (label_size, size)
     sources = [
         v if isinstance(v, SliceSource) else make_source(v, name=f"volume{i}", central_fraction=1.0)
         for i, v in enumerate(volumes)
     ]
-    xs, y = make_eval_set(sources, sizes, rng, n, cfg)
+    xs, y = make_eval_set(sources, sizes, rng, n, cfg, pixel_mm)
     pred = predict(xs[-1])
     out = regression_metrics(pred, y)
     out["label_histogram"] = np.histogram(y, bins=10, range=(0, 1))[0].tolist()
-    out["input_size"], out["label_size"] = size, label_size
+    out["input_size"], out["label_size"], out["pixel_mm"] = size, label_size, pixel_mm
     return out
 
 
@@ -503,6 +535,8 @@ def train(
     if settings.threads:
         torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
+    if shadow_size and config.pixel_mm > 0:
+        raise ValueError("--shadow-size needs whole-field-of-view slices (no --pixel-mm)")
     configs = [config] + (
         [SSIMConfig(input_size=shadow_size, width=config.width, blocks=config.blocks)]
         if shadow_size
@@ -531,7 +565,7 @@ def train(
     log = loop.RunLog(run_dir)
 
     sizes = tuple(c.input_size for c in configs)
-    maker = SSIMSampleMaker(train_sources, sizes, cfg)
+    maker = SSIMSampleMaker(train_sources, sizes, cfg, config.pixel_mm)
     t_val = time.time()
     # validation always uses the benchmark's sampling (no training-only nuisance noise)
     val_x, val_y = make_eval_set(
@@ -540,6 +574,7 @@ def train(
         np.random.default_rng([settings.seed, 7919]),
         val_size,
         dataclasses.replace(cfg, p_noise=0.0),
+        config.pixel_mm,
     )
     log.write(
         {
@@ -656,7 +691,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     settings = loop.settings_from_args(args)
-    config = SSIMConfig(input_size=args.input_size, width=args.width)
+    config = SSIMConfig(input_size=args.input_size, width=args.width, pixel_mm=args.pixel_mm)
     train_sources = sources_from_data(settings.data_dir, "train", args.synthetic, settings.seed)
     val_sources = sources_from_data(settings.data_dir, "validation", 0, settings.seed)
     if not val_sources:
