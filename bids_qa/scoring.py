@@ -107,20 +107,10 @@ T = TypeVar("T")
 
 
 def volume_view(volume: Volume, key: tuple[Any, ...], compute: Callable[[], T]) -> T:
-    """The view ``key`` of ``volume``, computed by ``compute()`` on first request and cached.
-
-    Views live in the volume's own cache (the one behind :meth:`Volume.slice_stack` and
-    :meth:`Volume.grid`), so a view prepared in a loader thread is found, not recomputed, by the
-    inference thread, and it is freed with the volume. Keys are tuples starting with a view name;
-    scorers that need the same view use the same key and share one copy. A volume-like object
-    without a cache gets the view computed every time.
-    """
-    cache = getattr(volume, "_cache", None)
-    if cache is None:
-        return compute()
-    if key not in cache:
-        cache[key] = compute()
-    return cache[key]
+    """``volume.view(key, compute)`` (:meth:`Volume.view`: computed once, cached on the volume);
+    a volume-like object without ``view`` gets the view computed every time."""
+    view = getattr(volume, "view", None)
+    return compute() if view is None else view(key, compute)
 
 
 def anatomy_indices(volume: Volume) -> np.ndarray:

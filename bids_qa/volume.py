@@ -17,13 +17,16 @@ resolution itself is reported as its own metric (see :class:`bids_qa.iqms.Header
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from bids_qa.errors import ScanError
+
+T = TypeVar("T")
 
 #: Refuse headers that would need more voxels than this (about 2 GB as float32) before allocating.
 MAX_VOXELS = 400_000_000
@@ -79,6 +82,18 @@ class Volume:
     def is_2d_acquisition(self) -> bool:
         return self.anisotropy > ANISOTROPY_2D_RATIO
 
+    def view(self, key: tuple[Any, ...], compute: Callable[[], T]) -> T:
+        """The derived array ``key`` of this volume: ``compute()`` on first request, then cached.
+
+        Every resampled view (slice stacks, cubes) and every scorer's prepared input lives here, so
+        a view made in a loader thread is found by the inference thread, scorers asking for the
+        same key share one copy, and all of it is freed with the volume. Keys are tuples that
+        start with a view name.
+        """
+        if key not in self._cache:
+            self._cache[key] = compute()
+        return self._cache[key]
+
     def slice_stack(self, size: int, axis: int | None = None, pixel_mm: float = 0.0) -> np.ndarray:
         """Slices along ``axis`` (default: :attr:`slice_axis`), each padded to a square field of
         view in mm and resized to ``size`` x ``size``; float32 array of shape (n, size, size).
@@ -86,35 +101,29 @@ class Volume:
         if pixel_mm > 0:
             return self.spacing_stack(size, pixel_mm, axis)
         axis = self.slice_axis if axis is None else axis
-        key = ("slices", size, axis)
-        if key not in self._cache:
-            self._cache[key] = slices_to_square(self.data, self.zooms, axis, size)
-        return self._cache[key]
+        return self.view(
+            ("slices", size, axis), lambda: slices_to_square(self.data, self.zooms, axis, size)
+        )
 
     def spacing_stack(self, size: int, pixel_mm: float, axis: int | None = None) -> np.ndarray:
         """Slices along ``axis`` at a fixed pixel spacing, cut to ``size`` x ``size`` around each
         slice's head (:func:`slices_at_spacing`); float32 array of shape (n, size, size)."""
         axis = self.slice_axis if axis is None else axis
-        key = ("spacing_slices", size, float(pixel_mm), axis)
-        if key not in self._cache:
-            self._cache[key] = slices_at_spacing(
-                self.data, self.mask, self.zooms, axis, size, pixel_mm
-            )
-        return self._cache[key]
+        return self.view(
+            ("spacing_slices", size, float(pixel_mm), axis),
+            lambda: slices_at_spacing(self.data, self.mask, self.zooms, axis, size, pixel_mm),
+        )
 
     def cube(self, size: int, voxel_mm: float) -> np.ndarray:
         """A ``size``^3 cube of ``voxel_mm`` voxels around the head (:func:`cube_at_spacing`)."""
-        key = ("cube", size, float(voxel_mm))
-        if key not in self._cache:
-            self._cache[key] = cube_at_spacing(self.data, self.mask, self.zooms, size, voxel_mm)
-        return self._cache[key]
+        return self.view(
+            ("cube", size, float(voxel_mm)),
+            lambda: cube_at_spacing(self.data, self.mask, self.zooms, size, voxel_mm),
+        )
 
     def grid(self, size: int) -> np.ndarray:
         """The whole volume padded to a cube in mm and resized to ``size``^3 (float32)."""
-        key = ("grid", size)
-        if key not in self._cache:
-            self._cache[key] = volume_to_cube(self.data, self.zooms, size)
-        return self._cache[key]
+        return self.view(("grid", size), lambda: volume_to_cube(self.data, self.zooms, size))
 
     def scored_slices(self, size: int) -> tuple[np.ndarray, np.ndarray]:
         """(slices, indices): the anatomy-bearing slices of :meth:`slice_stack` in the reading plane,

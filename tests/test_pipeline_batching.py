@@ -140,17 +140,17 @@ def test_volume_view_computes_once_and_works_without_a_cache():
     class Plain:
         pass
 
-    class Cached:
-        _cache: dict = {}
-
     counter = []
     compute = lambda: counter.append(1) or len(counter)  # noqa: E731
     assert scoring.volume_view(Plain(), ("x",), compute) == 1
     assert scoring.volume_view(Plain(), ("x",), compute) == 2  # no cache: computed each time
-    holder = Cached()
-    holder._cache = {}
+    from bids_qa.volume import volume_from_array
+
+    holder = volume_from_array(np.random.default_rng(0).random((8, 8, 8), np.float32), (1.0,) * 3)
     assert scoring.volume_view(holder, ("x",), compute) == 3
     assert scoring.volume_view(holder, ("x",), compute) == 3
+    assert holder.view(("x",), compute) == 3  # the same cache as the volume's own views
+    assert holder.view(("y",), compute) == 4
 
 
 def test_score_many_default_loops_and_checks_the_result():
