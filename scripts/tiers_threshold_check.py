@@ -24,7 +24,7 @@ def probabilities(scorer, data_dir: str, split: str, seed: int):
 
     sources = sources_from_data(data_dir, split, 0, 0, scorer.config.grid, scorer.config.voxel_mm)
     cubes, grades = [], []
-    for cube, g in build_evaluation_set(sources, seed, 4):
+    for cube, g in build_evaluation_set(sources, seed, 4, scorer.config.noise_reference_mm):
         cubes.append(cube)
         grades.append(g)
     return predict_probabilities(scorer, np.stack(cubes)), np.stack(grades)

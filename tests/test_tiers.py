@@ -399,3 +399,79 @@ def test_partial_warm_start_reuses_the_trunk_when_the_grid_changes(tmp_path):
     save_weights(tmp_path / "b.safetensors", {"unrelated": torch.zeros(3)}, {"version": "t"})
     with pytest.raises(ValueError, match="no tensor matches"):
         loop.warm_start(other, str(tmp_path / "b.safetensors"), partial=True)
+
+
+def test_averaged_rician_matches_averaging_fine_rician_voxels():
+    from bids_qa.artifacts import averaged_rician
+
+    rng = np.random.default_rng(0)
+    std, n = 0.05, 16
+    for a in (0.0, 0.05, 0.8):
+        fine = np.abs(a + std * rng.standard_normal((20000, n)) + 1j * std * rng.standard_normal((20000, n)))
+        direct = fine.mean(axis=1)
+        approx = averaged_rician(np.full(20000, a, np.float32), std, n, rng.standard_normal(20000))
+        assert approx.mean() == pytest.approx(direct.mean(), rel=0.01, abs=1e-3)
+        assert approx.std() == pytest.approx(direct.std(), rel=0.05)
+    # the air keeps its Rician floor (std * sqrt(pi / 2)) while the fluctuation shrinks by sqrt(n)
+    air = averaged_rician(np.zeros(20000, np.float32), std, n, rng.standard_normal(20000))
+    assert air.mean() == pytest.approx(std * np.sqrt(np.pi / 2), rel=0.01)
+    assert air.std() == pytest.approx(std * np.sqrt(2 - np.pi / 2) / 4, rel=0.05)
+
+
+def test_reference_noise_looks_like_noise_added_to_a_1mm_scan_then_resampled():
+    """Noise grades defined at 1 mm: on the 2.5 mm cube the simulated noise has the spread of
+    noise added at acquisition, about 5x below the same SD added to the cube itself."""
+    from bids_qa import artifacts
+    from bids_qa.training.tiers import corrupt_cube, make_cube_source, noise_average_n
+    from bids_qa.volume import cube_at_spacing
+
+    assert noise_average_n(1.0, 1.0) == 1.0
+    assert noise_average_n(2.0, 1.0) == pytest.approx(8.0, rel=0.05)  # 2x2x2 blocks, aligned
+    assert noise_average_n(2.5, 1.0) > 20  # blocks of 2, then trilinear sampling averages more
+    rng = np.random.default_rng(3)
+    data = np.zeros((90, 90, 90), np.float32)
+    data[15:75, 15:75, 10:80] = 0.7 + 0.02 * rng.standard_normal((60, 60, 70))
+    vol = volume_from_array(data, (1.0, 1.0, 1.0))
+    src = make_cube_source(vol, 32, voxel_mm=2.5)
+    std = 0.036
+    noisy = artifacts.apply_artifact(vol.data, "noise", {"std": std, "rician": True, "seed": 1})
+    native = cube_at_spacing(noisy, vol.mask, vol.zooms, 32, 2.5) - src.cube
+    inside = src.mask
+    grades = {"motion": 0, "noise": 2, "contrast": 0}
+    sim, used = corrupt_cube(src.cube, src.mask, grades, 2.5, np.random.default_rng(1), 1.0)
+    legacy, _ = corrupt_cube(src.cube, src.mask, grades, 2.5, np.random.default_rng(1), 0.0)
+    assert used["noise"]["reference_mm"] == 1.0
+    sd_native = native[inside].std()
+    sd_ref = (sim - src.cube)[inside].std()
+    sd_legacy = (legacy - src.cube)[inside].std()
+    assert sd_ref == pytest.approx(sd_native * used["noise"]["std"] / std, rel=0.25)
+    assert sd_legacy > 3 * sd_ref
+
+
+def test_noise_reference_is_part_of_the_config_and_of_the_evaluation(tmp_path):
+    import torch
+
+    from bids_qa.models.tiers import TierScorer
+    from bids_qa.models.weights import save_weights
+    from bids_qa.training.tiers import evaluate_tiers
+
+    cfg = TierConfig(grid=32, channels=TINY.channels, fc=TINY.fc, voxel_mm=2.5, noise_reference_mm=1.0)
+    assert TierConfig.from_dict(cfg.to_dict()) == cfg
+    legacy = {k: v for k, v in cfg.to_dict().items() if k != "noise_reference_mm"}
+    assert TierConfig.from_dict(legacy).noise_reference_mm == 0.0
+    with pytest.raises(ValueError, match="voxel_mm"):
+        TierConfig(noise_reference_mm=1.0)
+    with pytest.raises(ValueError, match="noise_reference_mm"):
+        TierConfig(voxel_mm=2.5, noise_reference_mm=-1.0)
+    torch.manual_seed(0)
+    path = tmp_path / "t.safetensors"
+    save_weights(path, build_network(cfg).state_dict(), {"config": cfg.to_dict(), "version": "t"})
+    scorer = TierScorer(weights=str(path))
+    rng = np.random.default_rng(0)
+    data = np.zeros((60, 60, 60), np.float32)
+    data[10:50, 10:50, 10:50] = 0.6 + 0.1 * rng.random((40, 40, 40))
+    vol = volume_from_array(data, (1.0, 1.0, 1.0))
+    own = evaluate_tiers(scorer, [vol], draws=1)
+    other = evaluate_tiers(scorer, [vol], draws=1, noise_reference_mm=0.0)
+    assert own["noise_reference_mm"] == 1.0 and other["noise_reference_mm"] == 0.0
+    assert own["n_samples"] == other["n_samples"]

@@ -142,10 +142,20 @@ class TierConfig:
     #: 3.8 mm voxels at 64^3). > 0: a cube of this voxel size hung around the head
     #: (:meth:`Volume.cube`), which keeps noise texture and ringing visible at the same cost.
     voxel_mm: float = 0.0
+    #: What the noise grades mean (training and benchmark simulation, not the input). 0: Rician
+    #: noise of the calibrated SD added to the model's cube itself (weights before this field);
+    #: > 0: added at this isotropic resolution (paper 003: 1 mm volumes) and averaged into the
+    #: cube as resampling averages acquisition noise, so a paper-strength noise added to a 1 mm
+    #: scan is graded as such (:func:`bids_qa.training.tiers.noise_average_n`).
+    noise_reference_mm: float = 0.0
 
     def __post_init__(self) -> None:
         if self.voxel_mm < 0:
             raise ValueError(f"voxel_mm must be >= 0, got {self.voxel_mm}")
+        if self.noise_reference_mm < 0:
+            raise ValueError(f"noise_reference_mm must be >= 0, got {self.noise_reference_mm}")
+        if self.noise_reference_mm > 0 and self.voxel_mm == 0:
+            raise ValueError("noise_reference_mm needs a fixed-voxel cube (voxel_mm > 0)")
 
     def input_cube(self, volume: Volume) -> np.ndarray:
         """The network's input for ``volume`` (cached on the volume)."""
@@ -162,6 +172,7 @@ class TierConfig:
             first_stride=int(d["first_stride"]),
             dropout=float(d["dropout"]),
             voxel_mm=float(d.get("voxel_mm", 0.0)),
+            noise_reference_mm=float(d.get("noise_reference_mm", 0.0)),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -172,6 +183,7 @@ class TierConfig:
             "first_stride": self.first_stride,
             "dropout": self.dropout,
             "voxel_mm": self.voxel_mm,
+            "noise_reference_mm": self.noise_reference_mm,
         }
 
     def trunk_output_size(self) -> int:

@@ -33,6 +33,7 @@ the severe (0-1 vs 2) and moderate (0 vs 1) tasks per artifact and of the tier t
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 import warnings
@@ -210,12 +211,14 @@ def corrupt_cube(
     grades: dict[str, int],
     voxel_mm: float,
     rng: np.random.Generator,
+    noise_reference_mm: float = 0.0,
 ) -> tuple[np.ndarray, dict[str, dict]]:
     """Apply the paper's simulated artifacts at the given grades; returns (cube, params used).
 
     Parameters come from :func:`bids_qa.artifacts.sample_tier_params` (paper 003 Table 3 ranges,
     calibrated to our intensity scale) and are applied in :data:`APPLY_ORDER`; the result is
-    renormalised with :func:`renormalise_like`.
+    renormalised with :func:`renormalise_like`. With ``noise_reference_mm > 0`` the noise is that
+    of a scan at that resolution, averaged into the cube (:func:`noise_average_n`).
     """
     from bids_qa import artifacts
 
@@ -226,11 +229,64 @@ def corrupt_cube(
         if grade == 0:
             continue
         params = artifacts.sample_tier_params(artifact, LEVELS[grade], rng, ndim=3)
-        out = apply_tier_artifact(out, artifact, params, (voxel_mm,) * 3)
+        if artifact == "noise" and noise_reference_mm > 0:
+            params["reference_mm"] = noise_reference_mm
+            out = reference_noise(
+                out, params["std"], voxel_mm, noise_reference_mm, int(params["seed"])
+            )
+        else:
+            out = apply_tier_artifact(out, artifact, params, (voxel_mm,) * 3)
         used[artifact] = params
     if used:
         out = renormalise_like(out, cube, mask)
     return out.astype(np.float32, copy=False), used
+
+
+@functools.lru_cache(maxsize=4)
+def _resampled_noise(voxel_mm: float, reference_mm: float, grid: int) -> tuple[np.ndarray, float]:
+    """Unit white noise at ``reference_mm`` taken through :func:`bids_qa.volume.cube_at_spacing`
+    (block averaging, then trilinear sampling) onto ``grid``^3 voxels of ``voxel_mm``: the field
+    rescaled to unit variance (it keeps the resampling's spatial correlation), and the number of
+    independent reference voxels one cube voxel averages (1 / its variance). Deterministic."""
+    from bids_qa.volume import cube_at_spacing
+
+    side = int(np.ceil(grid * voxel_mm / reference_mm)) + 4
+    noise = np.random.default_rng(0).standard_normal((side,) * 3).astype(np.float32)
+    cube = cube_at_spacing(noise, np.ones(noise.shape, dtype=bool), (reference_mm,) * 3, grid, voxel_mm)
+    var = float(cube.var())
+    return ((cube - cube.mean()) / np.sqrt(var)).astype(np.float32), 1.0 / var
+
+
+def noise_average_n(voxel_mm: float, reference_mm: float, grid: int = 32) -> float:
+    """How many independent voxels of a ``reference_mm`` scan one ``voxel_mm`` cube voxel averages
+    when the scan is resampled as the scorer does (1 for voxels no larger than the reference)."""
+    if voxel_mm <= reference_mm:
+        return 1.0
+    return _resampled_noise(float(voxel_mm), float(reference_mm), int(grid))[1]
+
+
+def reference_noise(
+    cube: np.ndarray, std: float, voxel_mm: float, reference_mm: float, seed: int
+) -> np.ndarray:
+    """Rician noise of ``std`` added to a ``reference_mm`` scan, as it appears on the cube.
+
+    The spatially correlated noise field comes from :func:`_resampled_noise` (made once per cube
+    size), moved by a random circular shift and axis flips drawn from ``seed``, so every sample
+    gets its own noise at the cost of a copy; :func:`bids_qa.artifacts.averaged_rician` adds it.
+    """
+    from bids_qa import artifacts
+
+    if voxel_mm <= reference_mm:
+        return artifacts.apply_artifact(cube, "noise", {"std": std, "rician": True, "seed": seed})
+    field, n = _resampled_noise(float(voxel_mm), float(reference_mm), int(cube.shape[0]))
+    if field.shape != cube.shape:
+        raise ValueError(f"reference noise needs a cube, got shape {cube.shape}")
+    rng = np.random.default_rng(seed)
+    field = np.roll(field, tuple(int(k) for k in rng.integers(0, cube.shape[0], 3)), axis=(0, 1, 2))
+    flips = tuple(a for a in range(3) if rng.random() < 0.5)
+    if flips:
+        field = np.flip(field, flips)
+    return artifacts.averaged_rician(cube, std, n, field)
 
 
 def apply_tier_artifact(
@@ -277,7 +333,13 @@ class TierSampleMaker:
     times: as simulated, then as random flips/permutations of itself.
     """
 
-    def __init__(self, sources: list[CubeSource], augment: bool = True, views: int = 2) -> None:
+    def __init__(
+        self,
+        sources: list[CubeSource],
+        augment: bool = True,
+        views: int = 2,
+        noise_reference_mm: float = 0.0,
+    ) -> None:
         if not sources:
             raise ValueError("no training volumes: TierSampleMaker needs at least one CubeSource")
         if views < 1:
@@ -285,6 +347,7 @@ class TierSampleMaker:
         self.sources = sources
         self.augment = augment
         self.views = views
+        self.noise_reference_mm = noise_reference_mm
 
     def __call__(self, rng: np.random.Generator):
         src = self.sources[int(rng.integers(len(self.sources)))]
@@ -293,7 +356,7 @@ class TierSampleMaker:
             aug, mask = augment_cube(cube, mask, rng)
             cube = renormalise_like(aug, cube, mask)
         grades = draw_grades(rng)
-        out, _ = corrupt_cube(cube, mask, grades, src.voxel_mm, rng)
+        out, _ = corrupt_cube(cube, mask, grades, src.voxel_mm, rng, self.noise_reference_mm)
         cubes = [out] + [random_view(out, rng) for _ in range(self.views - 1)]
         g = np.array([grades[a] for a in ARTIFACTS], dtype=np.int64)
         labels = np.stack([(g >= 1), (g >= 2)], axis=1).astype(np.float32)
@@ -406,7 +469,9 @@ def _draw_mixed(rng: np.random.Generator) -> dict[str, int]:
     return {a: int(rng.integers(1, 3)) if i in chosen else 0 for i, a in enumerate(ARTIFACTS)}
 
 
-def build_evaluation_set(sources: list[CubeSource], seed: int, draws: int):
+def build_evaluation_set(
+    sources: list[CubeSource], seed: int, draws: int, noise_reference_mm: float = 0.0
+):
     """Yield (cube, grades) for every source and plan entry; sample ``(k, j)`` uses
     ``default_rng([seed, k, j])`` so the set is identical across calls and runs."""
     for k, src in enumerate(sources):
@@ -414,7 +479,9 @@ def build_evaluation_set(sources: list[CubeSource], seed: int, draws: int):
             rng = np.random.default_rng([seed, k, j])
             if "mixed" in grades:
                 grades = _draw_mixed(rng)
-            cube, _ = corrupt_cube(src.cube, src.mask, grades, src.voxel_mm, rng)
+            cube, _ = corrupt_cube(
+                src.cube, src.mask, grades, src.voxel_mm, rng, noise_reference_mm
+            )
             yield cube, np.array([grades[a] for a in ARTIFACTS], dtype=np.int64)
 
 
@@ -445,6 +512,7 @@ def evaluate_tiers(
     seed: int | np.random.Generator = 20260,
     draws: int = 4,
     batch_size: int = 8,
+    noise_reference_mm: float | None = None,
 ) -> dict[str, Any]:
     """The paper's balanced accuracies on fixed-seed corrupted copies of clean volumes.
 
@@ -460,6 +528,9 @@ def evaluate_tiers(
         Every volume gets ``draws`` copies of each class of :func:`evaluation_plan` (clean, each
         artifact moderate and severe, random mixtures), drawn from ``default_rng([seed, k, j])``;
         a Generator passed as ``seed`` supplies that integer.
+    noise_reference_mm
+        What the noise grades mean (:class:`~bids_qa.models.tiers.TierConfig`); default: the
+        model's own definition. Give the other one to compare weights trained under either.
 
     Returns
     -------
@@ -472,6 +543,8 @@ def evaluate_tiers(
     if isinstance(seed, np.random.Generator):
         seed = int(seed.integers(0, 2**31 - 1))
     grid, voxel_mm = model.config.grid, model.config.voxel_mm
+    if noise_reference_mm is None:
+        noise_reference_mm = model.config.noise_reference_mm
     sources = []
     for k, item in enumerate(volumes):
         if isinstance(item, tuple):
@@ -486,7 +559,7 @@ def evaluate_tiers(
     cubes, grades = [], []
     probs = []
     net_time = 0.0
-    for cube, g in build_evaluation_set(sources, seed, draws):
+    for cube, g in build_evaluation_set(sources, seed, draws, noise_reference_mm):
         cubes.append(cube)
         grades.append(g)
         if len(cubes) == batch_size:
@@ -503,6 +576,7 @@ def evaluate_tiers(
     single = (true_grades > 0).sum(axis=1) <= 1
     out = metrics_from_predictions(true_grades, p, single)
     out["net_s_per_volume"] = net_time / max(1, len(true_grades))
+    out["noise_reference_mm"] = noise_reference_mm
     out["draws"] = draws
     out["seed"] = seed
     out["n_volumes"] = len(sources)
@@ -516,16 +590,20 @@ def evaluate_weights(
     draws: int = 4,
     seed: int = 20260,
     device: str = "cpu",
+    noise_reference_mm: float | None = None,
 ) -> dict[str, Any]:
     """:func:`evaluate_tiers` of a weights file on one split of the clean-data manifest (what
-    ``docs/models/tiers.md`` reports, for ``bids_qa evaluate``)."""
+    ``docs/models/tiers.md`` reports, for ``bids_qa evaluate``); noise grades as the weights
+    define them unless ``noise_reference_mm`` is given."""
     from bids_qa.models.tiers import TierScorer
 
     scorer = TierScorer(device=device, weights=str(weights))
     sources = sources_from_data(
         str(data_dir), split, 0, 0, scorer.config.grid, scorer.config.voxel_mm
     )
-    out = evaluate_tiers(scorer, sources, seed=seed, draws=draws)
+    out = evaluate_tiers(
+        scorer, sources, seed=seed, draws=draws, noise_reference_mm=noise_reference_mm
+    )
     out["split"] = split
     out["weights_version"] = scorer.version
     return out
@@ -543,6 +621,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         help="input cube of this voxel size around the head (0: whole field of view in the grid)",
+    )
+    p.add_argument(
+        "--noise-reference-mm",
+        type=float,
+        default=0.0,
+        help="noise grades refer to Rician noise added at this isotropic resolution and averaged "
+        "into the cube (paper 003: 1 mm); 0: noise added to the cube itself",
     )
     p.add_argument(
         "--channels", type=int, nargs=5, default=[16, 32, 48, 64, 96], help="conv block widths"
@@ -635,7 +720,9 @@ def train(
     pos_weight = torch.from_numpy(positive_weights()).to(settings.device)
 
     val_x, val_g = [], []
-    for cube, g in build_evaluation_set(val_sources, settings.seed + 7919, val_draws):
+    for cube, g in build_evaluation_set(
+        val_sources, settings.seed + 7919, val_draws, config.noise_reference_mm
+    ):
         val_x.append(cube.astype(np.float16))
         val_g.append(g)
     val_cubes = (
@@ -654,7 +741,9 @@ def train(
         single = (val_grades > 0).sum(axis=1) <= 1
         return {"val_loss": float(loss), **metrics_from_predictions(val_grades, probs, single)}
 
-    maker = TierSampleMaker(train_sources, views=views)
+    maker = TierSampleMaker(
+        train_sources, views=views, noise_reference_mm=config.noise_reference_mm
+    )
     if start == 0 and len(val_cubes):  # the untrained baseline, for the record (never kept as best)
         log.write({"step": 0, "validation": validate()})
     t0 = time.time()
@@ -761,6 +850,7 @@ def main(argv: list[str] | None = None) -> int:
         channels=tuple(args.channels),
         fc=tuple(args.fc),  # type: ignore[arg-type]
         voxel_mm=args.voxel_mm,
+        noise_reference_mm=args.noise_reference_mm,
     )
     t0 = time.time()
     train_sources = sources_from_data(
