@@ -304,17 +304,25 @@ def test_shipped_weights_reproduce_regression_fixture():
 def test_severe_noise_phantom_is_tier_3():
     from nilearn.datasets import load_mni152_template
 
-    from bids_qa import artifacts
-    from bids_qa.training.tiers import apply_tier_artifact, make_cube_source
+    from bids_qa.training.tiers import corrupt_cube, make_cube_source
 
     img = load_mni152_template(resolution=2)
     clean = volume_from_array(
         np.asarray(img.get_fdata(), np.float32), tuple(float(z) for z in img.header.get_zooms()[:3])
     )
     scorer = TierScorer()
+    assert scorer.score(clean).values["tier"] == 1
     src = make_cube_source(clean, scorer.config.grid, voxel_mm=scorer.config.voxel_mm)
-    params = artifacts.sample_tier_params("noise", "severe", np.random.default_rng(3), ndim=3)
-    noisy = apply_tier_artifact(src.cube, "noise", params, (src.voxel_mm,) * 3)
+    # severe noise as the shipped weights define it (their cube, their noise reference)
+    noisy, used = corrupt_cube(
+        src.cube,
+        src.mask,
+        {"motion": 0, "noise": 2, "contrast": 0},
+        src.voxel_mm,
+        np.random.default_rng(3),
+        scorer.config.noise_reference_mm,
+    )
+    assert set(used) == {"noise"}
     values = scorer.score(volume_from_array(noisy, (src.voxel_mm,) * 3)).values
     assert values["noise_grade"] == 2, values
     assert values["tier"] == 3 and "noise: severe" in values["tier_reason"]
