@@ -13,7 +13,9 @@ Sample ``i`` is drawn from ``default_rng([seed, i])`` (see :mod:`bids_qa.trainin
    scans with the other artifacts;
 4. the paper's simulation (Table 3) through :mod:`bids_qa.artifacts`, in the order contrast ->
    motion -> noise (tissue contrast exists before the acquisition, motion happens during it,
-   thermal noise is added on top);
+   thermal noise is added on top). The noise is added to the cube itself, or, with
+   ``TierConfig.noise_reference_mm`` > 0, as the noise of a scan at that resolution looks after
+   resampling into the cube (:func:`reference_noise`);
 5. renormalisation: the corrupted cube is rescaled as :func:`bids_qa.volume.normalise` would have
    rescaled the corrupted scan (0.5th percentile -> 0, head 99th percentile -> 1, relative to the
    clean cube, so clean cubes are left exactly as the scorer sees them);
