@@ -114,16 +114,18 @@ class Volume:
             lambda: slices_at_spacing(self.data, self.mask, self.zooms, axis, size, pixel_mm),
         )
 
-    def cube(self, size: int, voxel_mm: float) -> np.ndarray:
-        """A ``size``^3 cube of ``voxel_mm`` voxels around the head (:func:`cube_at_spacing`)."""
+    def cube(self, size: int, voxel_mm: float = 0.0) -> np.ndarray:
+        """A ``size``^3 cube (:func:`resample_to_cube`): ``voxel_mm`` voxels around the head, or
+        with ``voxel_mm = 0`` the whole field of view (:meth:`grid`); the one place 3D scorers
+        choose their view."""
+        key = ("cube", size, float(voxel_mm)) if voxel_mm > 0 else ("grid", size)
         return self.view(
-            ("cube", size, float(voxel_mm)),
-            lambda: cube_at_spacing(self.data, self.mask, self.zooms, size, voxel_mm),
+            key, lambda: resample_to_cube(self.data, self.mask, self.zooms, size, voxel_mm)
         )
 
     def grid(self, size: int) -> np.ndarray:
         """The whole volume padded to a cube in mm and resized to ``size``^3 (float32)."""
-        return self.view(("grid", size), lambda: volume_to_cube(self.data, self.zooms, size))
+        return self.cube(size)
 
     def scored_slices(self, size: int) -> tuple[np.ndarray, np.ndarray]:
         """(slices, indices): the anatomy-bearing slices of :meth:`slice_stack` in the reading plane,
@@ -400,6 +402,17 @@ def cube_at_spacing(
     grid = torch.stack([g2, g1, g0], dim=-1)[None]  # grid_sample wants (W, H, D) order
     out = F.grid_sample(t, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return out[0, 0].numpy()
+
+
+def resample_to_cube(
+    data: np.ndarray, mask: np.ndarray, zooms: tuple[float, ...], size: int, voxel_mm: float = 0.0
+) -> np.ndarray:
+    """``data`` on a ``size``^3 cube: :func:`cube_at_spacing` around ``mask`` when ``voxel_mm > 0``,
+    else :func:`volume_to_cube` (the whole field of view). Used for an image and for its head mask
+    alike, so both land on the same voxels."""
+    if voxel_mm > 0:
+        return cube_at_spacing(data, mask, zooms, size, voxel_mm)
+    return volume_to_cube(data, zooms, size)
 
 
 def volume_to_cube(data: np.ndarray, zooms: tuple[float, ...], size: int) -> np.ndarray:

@@ -159,9 +159,7 @@ class TierConfig:
 
     def input_cube(self, volume: Volume) -> np.ndarray:
         """The network's input for ``volume`` (cached on the volume)."""
-        if self.voxel_mm > 0:
-            return volume.cube(self.grid, self.voxel_mm)
-        return volume.grid(self.grid)
+        return volume.cube(self.grid, self.voxel_mm)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TierConfig:

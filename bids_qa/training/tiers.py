@@ -82,25 +82,20 @@ class CubeSource:
 def make_cube_source(volume, grid: int, name: str = "", voxel_mm: float = 0.0) -> CubeSource:
     """Resample a :class:`~bids_qa.volume.Volume` once onto the ``grid``^3 cube the scorer reads.
 
-    The cube is exactly the scorer's input (:meth:`Volume.grid`, or :meth:`Volume.cube` when
-    ``voxel_mm > 0``), so a clean training sample *is* a scorer input; the head mask follows the
-    same resampling; the voxel size is the padded field of view / grid (or ``voxel_mm``).
+    The cube is exactly the scorer's input (:meth:`Volume.cube`), so a clean training sample *is*
+    a scorer input; the head mask goes through the same resampling (:func:`resample_to_cube`); the
+    voxel size is ``voxel_mm`` (or the padded field of view / grid).
     """
-    from bids_qa.volume import cube_at_spacing, volume_to_cube
+    from bids_qa.volume import resample_to_cube
 
-    if voxel_mm > 0:
-        cube = np.ascontiguousarray(volume.cube(grid, voxel_mm), dtype=np.float32)
-        mask = (
-            cube_at_spacing(
-                volume.mask.astype(np.float32), volume.mask, volume.zooms, grid, voxel_mm
-            )
-            > 0.5
-        )
-        extent = voxel_mm * grid
-    else:
-        cube = np.ascontiguousarray(volume.grid(grid), dtype=np.float32)
-        mask = volume_to_cube(volume.mask.astype(np.float32), volume.zooms, grid) > 0.5
-        extent = max(d * z for d, z in zip(volume.shape, volume.zooms, strict=True))
+    cube = np.ascontiguousarray(volume.cube(grid, voxel_mm), dtype=np.float32)
+    mask_data = volume.mask.astype(np.float32)
+    mask = resample_to_cube(mask_data, volume.mask, volume.zooms, grid, voxel_mm) > 0.5
+    extent = (
+        voxel_mm * grid
+        if voxel_mm > 0
+        else max(d * z for d, z in zip(volume.shape, volume.zooms, strict=True))
+    )
     if mask.sum() < 50:
         raise ValueError(
             f"volume {name!r}: head mask nearly empty on the {grid}^3 grid; cannot train on it"
