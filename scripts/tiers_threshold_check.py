@@ -19,15 +19,20 @@ def probabilities(scorer, data_dir: str, split: str, seed: int):
     from bids_qa.training.tiers import (
         build_evaluation_set,
         predict_probabilities,
+        source_side_input,
         sources_from_data,
     )
 
     sources = sources_from_data(data_dir, split, 0, 0, scorer.config.grid, scorer.config.voxel_mm)
-    cubes, grades = [], []
-    for cube, g in build_evaluation_set(sources, seed, 4, scorer.config.noise_reference_mm):
+    cubes, grades, sides = [], [], []
+    for cube, g, k in build_evaluation_set(
+        sources, seed, 4, scorer.config.noise_reference_mm, scorer.config.native_noise
+    ):
         cubes.append(cube)
         grades.append(g)
-    return predict_probabilities(scorer, np.stack(cubes)), np.stack(grades)
+        sides.append(source_side_input(sources[k], scorer.config.native_noise))
+    side = np.stack(sides) if scorer.config.side_features else None
+    return predict_probabilities(scorer, np.stack(cubes), side=side), np.stack(grades)
 
 
 def task_samples(grades: np.ndarray, a: int) -> np.ndarray:

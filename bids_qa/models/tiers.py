@@ -148,6 +148,11 @@ class TierConfig:
     #: cube as resampling averages acquisition noise, so a paper-strength noise added to a 1 mm
     #: scan is graded as such (:func:`bids_qa.training.tiers.noise_average_n`).
     noise_reference_mm: float = 0.0
+    #: True: noise grades refer to Rician noise added to each *acquired* voxel of the scan (so a
+    #: 1 mm scan and a 2 mm scan with the same per-voxel SNR get the same grade), simulated at each
+    #: scan's own voxel size; the network is told how many acquired voxels one cube voxel
+    #: averages (:meth:`side_input`), because the cube alone cannot show it.
+    native_noise: bool = False
 
     def __post_init__(self) -> None:
         if self.voxel_mm < 0:
@@ -156,10 +161,26 @@ class TierConfig:
             raise ValueError(f"noise_reference_mm must be >= 0, got {self.noise_reference_mm}")
         if self.noise_reference_mm > 0 and self.voxel_mm == 0:
             raise ValueError("noise_reference_mm needs a fixed-voxel cube (voxel_mm > 0)")
+        if self.native_noise and (self.voxel_mm == 0 or self.noise_reference_mm > 0):
+            raise ValueError(
+                "native_noise needs a fixed-voxel cube (voxel_mm > 0) and no noise_reference_mm"
+            )
 
     def input_cube(self, volume: Volume) -> np.ndarray:
         """The network's input for ``volume`` (cached on the volume)."""
         return volume.cube(self.grid, self.voxel_mm)
+
+    @property
+    def side_features(self) -> int:
+        """How many scalars enter the network beside the cube (0 or 1)."""
+        return 1 if self.native_noise else 0
+
+    def side_input(self, volume: Volume) -> np.ndarray | None:
+        """The scalars the network reads beside ``volume``'s cube, or None (see
+        :func:`noise_averaging_feature`)."""
+        if not self.native_noise:
+            return None
+        return np.array([noise_averaging_feature(self.voxel_mm, volume.zooms)], dtype=np.float32)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TierConfig:
@@ -171,6 +192,7 @@ class TierConfig:
             dropout=float(d["dropout"]),
             voxel_mm=float(d.get("voxel_mm", 0.0)),
             noise_reference_mm=float(d.get("noise_reference_mm", 0.0)),
+            native_noise=bool(d.get("native_noise", False)),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -182,6 +204,7 @@ class TierConfig:
             "dropout": self.dropout,
             "voxel_mm": self.voxel_mm,
             "noise_reference_mm": self.noise_reference_mm,
+            "native_noise": self.native_noise,
         }
 
     def trunk_output_size(self) -> int:
@@ -194,11 +217,26 @@ class TierConfig:
         return size
 
 
+def noise_averaging_feature(voxel_mm: float, zooms: Sequence[float]) -> float:
+    """``log(n) / log(64)``, where ``n`` is how many acquired voxels of size ``zooms`` one cube
+    voxel of ``voxel_mm`` averages (:func:`bids_qa.volume.resampled_unit_noise`, measured on a
+    small cube): 0.05 for a 2 mm scan on the 2.5 mm cube, 0.8 for a 1 mm one. Noise added to
+    the acquired voxels shrinks by ``sqrt(n)`` in the cube, so this is what a network needs to
+    grade per-voxel noise from the cube."""
+    from bids_qa.volume import resampled_unit_noise
+
+    key = tuple(round(float(z), 2) for z in zooms)
+    n = resampled_unit_noise(float(voxel_mm), key, 24)[1]  # type: ignore[arg-type]
+    return float(np.log(max(n, 1.0)) / np.log(64.0))
+
+
 def build_network(config: TierConfig):
     """Shared Conv5FC3 trunk + one head per artifact; ``(B, 1, G, G, G) -> (B, 3, 2)`` logits.
 
     Logit ``[:, a, 0]`` is artifact ``ARTIFACTS[a]``'s moderate task (grade >= 1), ``[:, a, 1]``
-    its severe task (grade 2).
+    its severe task (grade 2). With ``config.side_features`` the network also takes ``(B, k)``
+    scalars (``forward(x, side)``), added to FC 1 through a linear map that starts at zero, so
+    weights without it warm-start the network exactly.
     """
     from torch import nn
 
@@ -220,9 +258,11 @@ def build_network(config: TierConfig):
             flat = cin * config.trunk_output_size() ** 3
             h1, h2 = config.fc
             # FC 1 is shared; FC 2 and FC 3 belong to each artifact (three FC layers per path).
-            self.shared = nn.Sequential(
-                nn.Flatten(), nn.Dropout(config.dropout), nn.Linear(flat, h1), nn.ReLU(inplace=True)
-            )
+            self.shared = nn.Sequential(nn.Flatten(), nn.Dropout(config.dropout), nn.Linear(flat, h1))
+            self.side = nn.Linear(config.side_features, h1) if config.side_features else None
+            if self.side is not None:
+                nn.init.zeros_(self.side.weight)
+                nn.init.zeros_(self.side.bias)
             self.heads = nn.ModuleList(
                 nn.Sequential(
                     nn.Dropout(config.dropout),
@@ -233,10 +273,15 @@ def build_network(config: TierConfig):
                 for _ in ARTIFACTS
             )
 
-        def forward(self, x):
+        def forward(self, x, side=None):
             import torch
 
             z = self.shared(self.trunk(x))
+            if self.side is not None:
+                if side is None:
+                    raise ValueError("this tiers network needs its side input (native voxel size)")
+                z = z + self.side(side.to(z.dtype))
+            z = torch.relu(z)
             return torch.stack([head(z) for head in self.heads], dim=1)
 
     net = Conv5FC3()
@@ -278,12 +323,22 @@ class TierScorer:
         self.batch_size = int(batch_size)
         self._torch = torch
 
-    def probabilities(self, grids) -> np.ndarray:
+    def probabilities(self, grids, side: np.ndarray | None = None) -> np.ndarray:
         """Sigmoid outputs ``(n, 3, 2)`` for a stack of model-grid cubes ``(n, G, G, G)`` (or a
-        list of such stacks, taken as their concatenation)."""
+        list of such stacks, taken as their concatenation), with their side inputs ``(n, k)``
+        when the network takes them (:meth:`TierConfig.side_input`)."""
         from bids_qa.models.weights import predict_batched
 
-        probs = predict_batched(self.net, grids, self.batch_size, self.device, post=self._torch.sigmoid)
+        if self.config.side_features and side is None:
+            raise ValueError("these tiers weights need the scans' side input (native voxel size)")
+        probs = predict_batched(
+            self.net,
+            grids,
+            self.batch_size,
+            self.device,
+            post=self._torch.sigmoid,
+            side=side if self.config.side_features else None,
+        )
         return probs.reshape(len(probs), len(ARTIFACTS), len(TASKS))
 
     def prepare(self, volume: Volume) -> None:
@@ -296,5 +351,10 @@ class TierScorer:
     def score_many(self, volumes: Sequence[Volume]) -> list[ScanScores]:
         """Grade several volumes with one batched pass over their grids."""
         grids = [self.config.input_cube(v)[None] for v in volumes]
-        probs = self.probabilities(grids)
+        side = (
+            np.stack([self.config.side_input(v) for v in volumes])
+            if self.config.side_features
+            else None
+        )
+        probs = self.probabilities(grids, side)
         return [ScanScores(scorer=NAME, values=scores_from_probabilities(p)) for p in probs]

@@ -77,6 +77,8 @@ class CubeSource:
     mask: np.ndarray
     voxel_mm: float
     name: str = ""
+    #: The scan's acquired voxel sizes, in the cube's axis order (for noise simulated at them).
+    zooms: tuple[float, float, float] | None = None
 
 
 def make_cube_source(volume, grid: int, name: str = "", voxel_mm: float = 0.0) -> CubeSource:
@@ -100,7 +102,10 @@ def make_cube_source(volume, grid: int, name: str = "", voxel_mm: float = 0.0) -
         raise ValueError(
             f"volume {name!r}: head mask nearly empty on the {grid}^3 grid; cannot train on it"
         )
-    return CubeSource(cube=cube, mask=mask, voxel_mm=float(extent / grid), name=name)
+    zooms = tuple(float(z) for z in volume.zooms)
+    return CubeSource(
+        cube=cube, mask=mask, voxel_mm=float(extent / grid), name=name, zooms=zooms  # type: ignore[arg-type]
+    )
 
 
 def _robust_range(x: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
@@ -130,7 +135,18 @@ def renormalise_like(corrupted: np.ndarray, reference: np.ndarray, mask: np.ndar
 def augment_cube(
     cube: np.ndarray, mask: np.ndarray, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Geometry and smooth-intensity augmentation of a clean cube (never a gamma).
+    """Geometry and smooth-intensity augmentation of a clean cube (never a gamma); see
+    :func:`augment_cube_axes`."""
+    cube, mask, _ = augment_cube_axes(cube, mask, rng)
+    return cube, mask
+
+
+def augment_cube_axes(
+    cube: np.ndarray, mask: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int]]:
+    """Geometry and smooth-intensity augmentation of a clean cube (never a gamma), and the axis
+    permutation it applied (output axis ``i`` is input axis ``perm[i]``), so that noise simulated
+    at the scan's voxel sizes can follow its axes.
 
     Flips (each axis, p=0.5), an axis permutation (p=0.5), with p=0.5 a random affine (rotation
     up to 12 degrees about each axis, isotropic scale 0.9-1.1, shift up to 6 % of the field) plus an
@@ -143,8 +159,9 @@ def augment_cube(
     for axis in range(3):
         if rng.random() < 0.5:
             cube, mask = np.flip(cube, axis), np.flip(mask, axis)
+    perm: tuple[int, int, int] = (0, 1, 2)
     if rng.random() < 0.5:
-        perm = tuple(int(a) for a in rng.permutation(3))
+        perm = tuple(int(a) for a in rng.permutation(3))  # type: ignore[assignment]
         cube, mask = np.transpose(cube, perm), np.transpose(mask, perm)
     cube = np.ascontiguousarray(cube, dtype=np.float32)
     mask = np.ascontiguousarray(mask)
@@ -177,7 +194,7 @@ def augment_cube(
             + (b[2] * axis + b[5] * axis**2)[None, None, :]
         )
         cube = cube * np.exp(field)
-    return cube.astype(np.float32, copy=False), mask
+    return cube.astype(np.float32, copy=False), mask, perm
 
 
 def draw_grades(rng: np.random.Generator) -> dict[str, int]:
@@ -209,13 +226,18 @@ def corrupt_cube(
     voxel_mm: float,
     rng: np.random.Generator,
     noise_reference_mm: float = 0.0,
+    native_zooms: tuple[float, float, float] | None = None,
+    native_axes: tuple[int, int, int] | None = None,
 ) -> tuple[np.ndarray, dict[str, dict]]:
     """Apply the paper's simulated artifacts at the given grades; returns (cube, params used).
 
     Parameters come from :func:`bids_qa.artifacts.sample_tier_params` (paper 003 Table 3 ranges,
     calibrated to our intensity scale) and are applied in :data:`APPLY_ORDER`; the result is
-    renormalised with :func:`renormalise_like`. With ``noise_reference_mm > 0`` the noise is that
-    of a scan at that resolution, averaged into the cube (:func:`noise_average_n`).
+    renormalised with :func:`renormalise_like`. Where the noise is added: to the cube itself
+    (default); with ``native_zooms``, to the scan's acquired voxels of those sizes (cube axis
+    order; ``native_axes``: how the cube's axes were permuted since), as it looks after
+    resampling into the cube (:func:`native_noise`); with
+    ``noise_reference_mm > 0``, to a scan at that isotropic resolution.
     """
     from bids_qa import artifacts
 
@@ -226,7 +248,12 @@ def corrupt_cube(
         if grade == 0:
             continue
         params = artifacts.sample_tier_params(artifact, LEVELS[grade], rng, ndim=3)
-        if artifact == "noise" and noise_reference_mm > 0:
+        if artifact == "noise" and native_zooms is not None:
+            params["native_zooms"] = [float(z) for z in native_zooms]
+            out = native_noise(
+                out, params["std"], voxel_mm, native_zooms, int(params["seed"]), native_axes
+            )
+        elif artifact == "noise" and noise_reference_mm > 0:
             params["reference_mm"] = noise_reference_mm
             out = reference_noise(
                 out, params["std"], voxel_mm, noise_reference_mm, int(params["seed"])
@@ -239,19 +266,11 @@ def corrupt_cube(
     return out.astype(np.float32, copy=False), used
 
 
-@functools.lru_cache(maxsize=4)
 def _resampled_noise(voxel_mm: float, reference_mm: float, grid: int) -> tuple[np.ndarray, float]:
-    """Unit white noise at ``reference_mm`` taken through :func:`bids_qa.volume.cube_at_spacing`
-    (block averaging, then trilinear sampling) onto ``grid``^3 voxels of ``voxel_mm``: the field
-    rescaled to unit variance (it keeps the resampling's spatial correlation), and the number of
-    independent reference voxels one cube voxel averages (1 / its variance). Deterministic."""
-    from bids_qa.volume import cube_at_spacing
+    """:func:`bids_qa.volume.resampled_unit_noise` for an isotropic ``reference_mm`` scan."""
+    from bids_qa.volume import resampled_unit_noise
 
-    side = int(np.ceil(grid * voxel_mm / reference_mm)) + 4
-    noise = np.random.default_rng(0).standard_normal((side,) * 3).astype(np.float32)
-    cube = cube_at_spacing(noise, np.ones(noise.shape, dtype=bool), (reference_mm,) * 3, grid, voxel_mm)
-    var = float(cube.var())
-    return ((cube - cube.mean()) / np.sqrt(var)).astype(np.float32), 1.0 / var
+    return resampled_unit_noise(float(voxel_mm), (float(reference_mm),) * 3, int(grid))
 
 
 def noise_average_n(voxel_mm: float, reference_mm: float, grid: int = 32) -> float:
@@ -276,8 +295,40 @@ def reference_noise(
     if voxel_mm <= reference_mm:
         return artifacts.apply_artifact(cube, "noise", {"std": std, "rician": True, "seed": seed})
     field, n = _resampled_noise(float(voxel_mm), float(reference_mm), int(cube.shape[0]))
+    return _add_resampled_noise(cube, std, field, n, seed)
+
+
+def native_noise(
+    cube: np.ndarray,
+    std: float,
+    voxel_mm: float,
+    zooms: tuple[float, float, float],
+    seed: int,
+    axes: tuple[int, int, int] | None = None,
+) -> np.ndarray:
+    """Rician noise of ``std`` added to every acquired voxel of a scan with voxel sizes ``zooms``,
+    as it appears on the cube: averaged over the ``n`` voxels one cube voxel covers
+    (:func:`bids_qa.volume.resampled_unit_noise`; ~28 for a 1 mm scan on a 2.5 mm cube, ~2 for a
+    2 mm scan), with the resampling's spatial correlation. ``axes``: the permutation the cube's
+    axes went through since resampling (:func:`augment_cube_axes`), applied to the noise field."""
+    from bids_qa.volume import resampled_unit_noise
+
+    key = tuple(round(float(z), 2) for z in zooms)
+    field, n = resampled_unit_noise(float(voxel_mm), key, int(cube.shape[0]))  # type: ignore[arg-type]
+    if axes is not None and tuple(axes) != (0, 1, 2):
+        field = np.transpose(field, axes)
+    return _add_resampled_noise(cube, std, field, n, seed)
+
+
+def _add_resampled_noise(
+    cube: np.ndarray, std: float, field: np.ndarray, n: float, seed: int
+) -> np.ndarray:
+    """:func:`bids_qa.artifacts.averaged_rician` with the resampled unit field moved by a random
+    circular shift and axis flips drawn from ``seed`` (a new noise draw at the cost of a copy)."""
+    from bids_qa import artifacts
+
     if field.shape != cube.shape:
-        raise ValueError(f"reference noise needs a cube, got shape {cube.shape}")
+        raise ValueError(f"resampled noise needs a cube, got shape {cube.shape}")
     rng = np.random.default_rng(seed)
     field = np.roll(field, tuple(int(k) for k in rng.integers(0, cube.shape[0], 3)), axis=(0, 1, 2))
     flips = tuple(a for a in range(3) if rng.random() < 0.5)
@@ -324,10 +375,12 @@ def random_view(cube: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 class TierSampleMaker:
-    """Picklable sample factory: ``rng -> (cubes (V, 1, G, G, G), labels (V, 3, 2), grades (V, 3))``.
+    """Picklable sample factory: ``rng -> (cubes (V, 1, G, G, G), labels (V, 3, 2), grades (V, 3),
+    side (V, k))`` (``side``: the network's side input; one unused zero when it takes none).
 
     Simulating motion dominates the cost of a sample, so each corrupted cube is used ``views``
-    times: as simulated, then as random flips/permutations of itself.
+    times: as simulated, then as random flips/permutations of itself. With ``native_noise`` the
+    noise is simulated at the source scan's own voxel sizes (:func:`native_noise`).
     """
 
     def __init__(
@@ -336,6 +389,7 @@ class TierSampleMaker:
         augment: bool = True,
         views: int = 2,
         noise_reference_mm: float = 0.0,
+        native_noise: bool = False,
     ) -> None:
         if not sources:
             raise ValueError("no training volumes: TierSampleMaker needs at least one CubeSource")
@@ -345,20 +399,43 @@ class TierSampleMaker:
         self.augment = augment
         self.views = views
         self.noise_reference_mm = noise_reference_mm
+        self.native_noise = native_noise
+        if native_noise and any(src.zooms is None for src in sources):
+            raise ValueError("native noise needs every source's voxel sizes (CubeSource.zooms)")
 
     def __call__(self, rng: np.random.Generator):
         src = self.sources[int(rng.integers(len(self.sources)))]
         cube, mask = src.cube, src.mask
+        axes: tuple[int, int, int] = (0, 1, 2)
         if self.augment:
-            aug, mask = augment_cube(cube, mask, rng)
+            aug, mask, axes = augment_cube_axes(cube, mask, rng)
             cube = renormalise_like(aug, cube, mask)
         grades = draw_grades(rng)
-        out, _ = corrupt_cube(cube, mask, grades, src.voxel_mm, rng, self.noise_reference_mm)
+        zooms = src.zooms if self.native_noise else None
+        out, _ = corrupt_cube(
+            cube, mask, grades, src.voxel_mm, rng, self.noise_reference_mm, zooms, axes
+        )
         cubes = [out] + [random_view(out, rng) for _ in range(self.views - 1)]
         g = np.array([grades[a] for a in ARTIFACTS], dtype=np.int64)
         labels = np.stack([(g >= 1), (g >= 2)], axis=1).astype(np.float32)
         v = self.views
-        return np.stack(cubes)[:, None], np.repeat(labels[None], v, 0), np.repeat(g[None], v, 0)
+        side = source_side_input(src, self.native_noise)
+        return (
+            np.stack(cubes)[:, None],
+            np.repeat(labels[None], v, 0),
+            np.repeat(g[None], v, 0),
+            np.repeat(side[None], v, 0),
+        )
+
+
+def source_side_input(src: CubeSource, native_noise: bool) -> np.ndarray:
+    """The network's side input for a source (:meth:`TierConfig.side_input`), or one zero."""
+    from bids_qa.models.tiers import noise_averaging_feature
+
+    if not native_noise:
+        return np.zeros(1, dtype=np.float32)
+    assert src.zooms is not None
+    return np.array([noise_averaging_feature(src.voxel_mm, src.zooms)], dtype=np.float32)
 
 
 # ----------------------------------------------------------------------------- loss, metrics
@@ -467,28 +544,45 @@ def _draw_mixed(rng: np.random.Generator) -> dict[str, int]:
 
 
 def build_evaluation_set(
-    sources: list[CubeSource], seed: int, draws: int, noise_reference_mm: float = 0.0
+    sources: list[CubeSource],
+    seed: int,
+    draws: int,
+    noise_reference_mm: float = 0.0,
+    native_noise: bool = False,
 ):
-    """Yield (cube, grades) for every source and plan entry; sample ``(k, j)`` uses
-    ``default_rng([seed, k, j])`` so the set is identical across calls and runs."""
+    """Yield (cube, grades, k) for every source ``k`` and plan entry; sample ``(k, j)`` uses
+    ``default_rng([seed, k, j])`` so the set is identical across calls and runs. The noise
+    definition (``noise_reference_mm``, ``native_noise``) is as in :func:`corrupt_cube`."""
     for k, src in enumerate(sources):
         for j, grades in enumerate(evaluation_plan(draws)):
             rng = np.random.default_rng([seed, k, j])
             if "mixed" in grades:
                 grades = _draw_mixed(rng)
             cube, _ = corrupt_cube(
-                src.cube, src.mask, grades, src.voxel_mm, rng, noise_reference_mm
+                src.cube,
+                src.mask,
+                grades,
+                src.voxel_mm,
+                rng,
+                noise_reference_mm,
+                src.zooms if native_noise else None,
             )
-            yield cube, np.array([grades[a] for a in ARTIFACTS], dtype=np.int64)
+            yield cube, np.array([grades[a] for a in ARTIFACTS], dtype=np.int64), k
 
 
-def predict_probabilities(model, cubes: np.ndarray, batch_size: int = 8) -> np.ndarray:
+def predict_probabilities(
+    model, cubes: np.ndarray, batch_size: int = 8, side: np.ndarray | None = None
+) -> np.ndarray:
     """Sigmoid outputs ``(n, 3, 2)`` from a :class:`~bids_qa.models.tiers.TierScorer` or a bare
-    network (evaluated in eval mode on CPU, restored to its previous mode afterwards)."""
+    network (evaluated in eval mode on CPU, restored to its previous mode afterwards); ``side``
+    ``(n, k)`` is used only by networks that take a side input."""
     if hasattr(model, "probabilities"):
-        return model.probabilities(cubes)
+        return model.probabilities(cubes, side)
     import torch
 
+    takes_side = bool(model.config.side_features)
+    if takes_side and side is None:
+        raise ValueError("this network needs its side input")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -498,7 +592,13 @@ def predict_probabilities(model, cubes: np.ndarray, batch_size: int = 8) -> np.n
             x = torch.from_numpy(np.ascontiguousarray(cubes[s : s + batch_size], dtype=np.float32))[
                 :, None
             ].to(device)
-            out.append(torch.sigmoid(model(x).float()).cpu().numpy())
+            if takes_side:
+                assert side is not None
+                extra = torch.from_numpy(np.asarray(side[s : s + batch_size], np.float32)).to(device)
+                y = model(x, extra)
+            else:
+                y = model(x)
+            out.append(torch.sigmoid(y.float()).cpu().numpy())
     model.train(was_training)
     return np.concatenate(out) if out else np.zeros((0, len(ARTIFACTS), len(TASKS)), np.float32)
 
@@ -510,6 +610,7 @@ def evaluate_tiers(
     draws: int = 4,
     batch_size: int = 8,
     noise_reference_mm: float | None = None,
+    native_noise: bool | None = None,
 ) -> dict[str, Any]:
     """The paper's balanced accuracies on fixed-seed corrupted copies of clean volumes.
 
@@ -528,6 +629,9 @@ def evaluate_tiers(
     noise_reference_mm
         What the noise grades mean (:class:`~bids_qa.models.tiers.TierConfig`); default: the
         model's own definition. Give the other one to compare weights trained under either.
+    native_noise
+        Noise added at each volume's own voxel sizes (:func:`native_noise`); default: the
+        model's own definition (it overrides ``noise_reference_mm``).
 
     Returns
     -------
@@ -540,8 +644,10 @@ def evaluate_tiers(
     if isinstance(seed, np.random.Generator):
         seed = int(seed.integers(0, 2**31 - 1))
     grid, voxel_mm = model.config.grid, model.config.voxel_mm
+    if native_noise is None:
+        native_noise = model.config.native_noise
     if noise_reference_mm is None:
-        noise_reference_mm = model.config.noise_reference_mm
+        noise_reference_mm = 0.0 if native_noise else model.config.noise_reference_mm
     sources = []
     for k, item in enumerate(volumes):
         if isinstance(item, tuple):
@@ -553,27 +659,36 @@ def evaluate_tiers(
         )
     if any(src.cube.shape != (grid,) * 3 for src in sources):
         raise ValueError(f"cube sources must be on the model's {grid}^3 grid")
-    cubes, grades = [], []
+    model_native = bool(model.config.native_noise)
+    cubes, grades, sides = [], [], []
     probs = []
     net_time = 0.0
-    for cube, g in build_evaluation_set(sources, seed, draws, noise_reference_mm):
+
+    def predict() -> None:
+        nonlocal net_time
+        t0 = time.perf_counter()
+        side = np.stack(sides) if model_native else None
+        probs.append(predict_probabilities(model, np.stack(cubes), batch_size, side))
+        net_time += time.perf_counter() - t0
+
+    for cube, g, k in build_evaluation_set(
+        sources, seed, draws, noise_reference_mm, native_noise
+    ):
         cubes.append(cube)
         grades.append(g)
+        sides.append(source_side_input(sources[k], model_native))
         if len(cubes) == batch_size:
-            t0 = time.perf_counter()
-            probs.append(predict_probabilities(model, np.stack(cubes), batch_size))
-            net_time += time.perf_counter() - t0
-            cubes = []
+            predict()
+            cubes, sides = [], []
     if cubes:
-        t0 = time.perf_counter()
-        probs.append(predict_probabilities(model, np.stack(cubes), batch_size))
-        net_time += time.perf_counter() - t0
+        predict()
     true_grades = np.stack(grades)
     p = np.concatenate(probs)
     single = (true_grades > 0).sum(axis=1) <= 1
     out = metrics_from_predictions(true_grades, p, single)
     out["net_s_per_volume"] = net_time / max(1, len(true_grades))
     out["noise_reference_mm"] = noise_reference_mm
+    out["native_noise"] = bool(native_noise)
     out["draws"] = draws
     out["seed"] = seed
     out["n_volumes"] = len(sources)
@@ -588,10 +703,11 @@ def evaluate_weights(
     seed: int = 20260,
     device: str = "cpu",
     noise_reference_mm: float | None = None,
+    native_noise: bool | None = None,
 ) -> dict[str, Any]:
     """:func:`evaluate_tiers` of a weights file on one split of the clean-data manifest (what
     ``docs/models/tiers.md`` reports, for ``bids_qa evaluate``); noise grades as the weights
-    define them unless ``noise_reference_mm`` is given."""
+    define them unless ``noise_reference_mm`` or ``native_noise`` is given."""
     from bids_qa.models.tiers import TierScorer
 
     scorer = TierScorer(device=device, weights=str(weights))
@@ -599,7 +715,12 @@ def evaluate_weights(
         str(data_dir), split, 0, 0, scorer.config.grid, scorer.config.voxel_mm
     )
     out = evaluate_tiers(
-        scorer, sources, seed=seed, draws=draws, noise_reference_mm=noise_reference_mm
+        scorer,
+        sources,
+        seed=seed,
+        draws=draws,
+        noise_reference_mm=noise_reference_mm,
+        native_noise=native_noise,
     )
     out["split"] = split
     out["weights_version"] = scorer.version
@@ -625,6 +746,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="noise grades refer to Rician noise added at this isotropic resolution and averaged "
         "into the cube (paper 003: 1 mm); 0: noise added to the cube itself",
+    )
+    p.add_argument(
+        "--native-noise",
+        action="store_true",
+        help="noise grades refer to noise added to each acquired voxel, simulated at every "
+        "training scan's own voxel sizes; the network also reads how many acquired voxels one "
+        "cube voxel averages (needs --voxel-mm)",
     )
     p.add_argument(
         "--channels", type=int, nargs=5, default=[16, 32, 48, 64, 96], help="conv block widths"
@@ -716,12 +844,18 @@ def train(
     log = loop.RunLog(run_dir)
     pos_weight = torch.from_numpy(positive_weights()).to(settings.device)
 
-    val_x, val_g = [], []
-    for cube, g in build_evaluation_set(
-        val_sources, settings.seed + 7919, val_draws, config.noise_reference_mm
+    val_x, val_g, val_s = [], [], []
+    for cube, g, k in build_evaluation_set(
+        val_sources,
+        settings.seed + 7919,
+        val_draws,
+        config.noise_reference_mm,
+        config.native_noise,
     ):
         val_x.append(cube.astype(np.float16))
         val_g.append(g)
+        val_s.append(source_side_input(val_sources[k], config.native_noise))
+    val_side = np.stack(val_s) if val_s else np.zeros((0, 1), np.float32)
     val_cubes = (
         np.stack(val_x)
         if val_x
@@ -731,7 +865,7 @@ def train(
     val_labels = np.stack([(val_grades >= 1), (val_grades >= 2)], axis=2).astype(np.float32)
 
     def validate() -> dict[str, Any]:
-        probs = predict_probabilities(net, val_cubes.astype(np.float32))
+        probs = predict_probabilities(net, val_cubes.astype(np.float32), side=val_side)
         p = torch.from_numpy(np.clip(probs, 1e-6, 1 - 1e-6))
         logits = torch.log(p) - torch.log1p(-p)
         loss, _ = tier_loss(logits, torch.from_numpy(val_labels), pos_weight.cpu())
@@ -739,7 +873,10 @@ def train(
         return {"val_loss": float(loss), **metrics_from_predictions(val_grades, probs, single)}
 
     maker = TierSampleMaker(
-        train_sources, views=views, noise_reference_mm=config.noise_reference_mm
+        train_sources,
+        views=views,
+        noise_reference_mm=config.noise_reference_mm,
+        native_noise=config.native_noise,
     )
     if start == 0 and len(val_cubes):  # the untrained baseline, for the record (never kept as best)
         log.write({"step": 0, "validation": validate()})
@@ -748,14 +885,14 @@ def train(
     step = start
     stopped_early = False
     saved_rng = extra.get("torch_rng")
-    for step, (x, labels, _g) in loop.batches(maker, settings, start):
+    for step, (x, labels, _g, side) in loop.batches(maker, settings, start):
         if saved_rng is not None:  # resume dropout's random stream where the checkpoint left it
             torch.set_rng_state(torch.tensor(saved_rng, dtype=torch.uint8))
             saved_rng = None
         # (batch, views, 1, G, G, G) -> (batch * views, 1, G, G, G)
         x = x.flatten(0, 1).to(settings.device)
         labels = labels.flatten(0, 1).to(settings.device)
-        logits = net(x)
+        logits = net(x, side.flatten(0, 1).to(settings.device)) if config.side_features else net(x)
         loss, parts = tier_loss(logits, labels, pos_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -848,6 +985,7 @@ def main(argv: list[str] | None = None) -> int:
         fc=tuple(args.fc),  # type: ignore[arg-type]
         voxel_mm=args.voxel_mm,
         noise_reference_mm=args.noise_reference_mm,
+        native_noise=args.native_noise,
     )
     t0 = time.time()
     train_sources = sources_from_data(
