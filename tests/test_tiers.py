@@ -483,3 +483,150 @@ def test_noise_reference_is_part_of_the_config_and_of_the_evaluation(tmp_path):
     other = evaluate_tiers(scorer, [vol], draws=1, noise_reference_mm=0.0)
     assert own["noise_reference_mm"] == 1.0 and other["noise_reference_mm"] == 0.0
     assert own["n_samples"] == other["n_samples"]
+
+
+# ----------------------------------------------------------------------------- native-noise grades
+
+
+def test_resampled_unit_noise_counts_the_acquired_voxels_a_cube_voxel_averages():
+    from bids_qa.volume import resampled_unit_noise
+
+    field, n = resampled_unit_noise(2.0, (1.0, 1.0, 1.0), 24)
+    assert field.shape == (24, 24, 24)
+    assert field.std() == pytest.approx(1.0, rel=1e-3) and abs(field.mean()) < 1e-3
+    assert n == pytest.approx(8.0, rel=0.05)  # 2x2x2 blocks, aligned
+    n_coarse = resampled_unit_noise(2.5, (2.0, 2.0, 2.0), 24)[1]
+    n_fine = resampled_unit_noise(2.5, (1.0, 1.0, 1.0), 24)[1]
+    n_clinical = resampled_unit_noise(2.5, (0.5, 0.5, 4.0), 24)[1]
+    assert 1.0 <= n_coarse < 5 < 20 < n_fine < n_clinical  # 0.5 x 0.5 mm pixels average ~25 each
+
+
+def test_noise_averaging_feature_orders_scans_by_how_much_noise_the_cube_averages_away():
+    from bids_qa.models.tiers import noise_averaging_feature
+
+    f = [noise_averaging_feature(2.5, z) for z in [(2.5,) * 3, (2.0,) * 3, (1.0,) * 3, (0.7,) * 3]]
+    assert f[0] == pytest.approx(0.0, abs=0.02)
+    assert f == sorted(f) and f[-1] - f[1] > 0.6
+    # the order of the axes does not matter, sub-0.01 mm differences are rounded away
+    assert noise_averaging_feature(2.5, (0.5, 0.5, 4.0)) == noise_averaging_feature(2.5, (4.0, 0.5, 0.5))
+    assert noise_averaging_feature(2.5, (1.0, 1.0, 1.0)) == noise_averaging_feature(2.5, (1.001, 1.0, 0.999))
+
+
+def test_native_noise_matches_noise_added_to_the_acquired_voxels_then_resampled():
+    """Per-voxel noise: on the cube, a 1 mm scan shows ~sqrt(n) less of it than a 2 mm scan,
+    and the simulation matches noise added to the scan itself and resampled."""
+    from bids_qa import artifacts
+    from scipy import ndimage
+
+    from bids_qa.training.tiers import make_cube_source, native_noise
+    from bids_qa.volume import cube_at_spacing
+
+    std = 0.04
+    spreads = {}
+    for mm, n_vox in ((1.0, 90), (2.0, 45)):
+        data = np.zeros((n_vox,) * 3, np.float32)
+        lo, hi = n_vox // 6, n_vox - n_vox // 6
+        data[lo:hi, lo:hi, lo:hi] = 0.7
+        vol = volume_from_array(data, (mm,) * 3)
+        src = make_cube_source(vol, 32, voxel_mm=2.5)
+        assert src.zooms == (mm,) * 3
+        noisy = artifacts.apply_artifact(vol.data, "noise", {"std": std, "rician": True, "seed": 1})
+        clean_cube = cube_at_spacing(vol.data, vol.mask, vol.zooms, 32, 2.5)
+        real = cube_at_spacing(noisy, vol.mask, vol.zooms, 32, 2.5)  # same placement as clean
+        # the head's interior: at its edge the air's Rician floor is averaged in (not noise)
+        inside = ndimage.binary_erosion(src.mask, iterations=2)
+        real_sd = (real - clean_cube)[inside].std()
+        sim = native_noise(clean_cube, std, 2.5, src.zooms, seed=2)
+        sim_sd = (sim - clean_cube)[inside].std()
+        assert sim_sd == pytest.approx(real_sd, rel=0.2), (mm, sim_sd, real_sd)
+        spreads[mm] = sim_sd
+    assert spreads[2.0] > 2.0 * spreads[1.0]
+
+
+def test_native_noise_follows_the_cube_axes_of_an_anisotropic_scan():
+    """Thick slices are interpolated into the cube (smooth noise along that axis), thin pixels
+    averaged (white noise): the field turns with the cube when augmentation permutes its axes."""
+    from bids_qa.training.tiers import native_noise
+
+    cube = np.full((32, 32, 32), 0.7, np.float32)
+
+    def lag1(x: np.ndarray, axis: int) -> float:
+        a = np.moveaxis(x - x.mean(), axis, 0)
+        return float((a[1:] * a[:-1]).mean() / a.var())
+
+    plain = native_noise(cube, 0.05, 2.5, (0.5, 0.5, 5.0), seed=0)
+    turned = native_noise(cube, 0.05, 2.5, (0.5, 0.5, 5.0), seed=0, axes=(2, 0, 1))
+    assert lag1(plain, 2) > lag1(plain, 0) + 0.2
+    assert lag1(turned, 0) > lag1(turned, 2) + 0.2
+
+
+def test_native_noise_config_network_and_scorer(tmp_path):
+    """The side input: part of the config, zero at the start (a legacy network warm-starts it
+    exactly), required by forward, and fed per scan by the scorer, batched or not."""
+    import torch
+
+    from bids_qa.models.weights import save_weights
+    from bids_qa.training import loop
+
+    cfg = TierConfig(grid=32, channels=TINY.channels, fc=TINY.fc, voxel_mm=2.5, native_noise=True)
+    assert TierConfig.from_dict(cfg.to_dict()) == cfg and cfg.side_features == 1
+    assert TierConfig(grid=32, voxel_mm=2.5).side_features == 0
+    legacy = {k: v for k, v in cfg.to_dict().items() if k != "native_noise"}
+    assert TierConfig.from_dict(legacy).native_noise is False
+    with pytest.raises(ValueError, match="native_noise"):
+        TierConfig(native_noise=True)
+    with pytest.raises(ValueError, match="native_noise"):
+        TierConfig(voxel_mm=2.5, noise_reference_mm=1.0, native_noise=True)
+
+    torch.manual_seed(0)
+    old_cfg = TierConfig(grid=32, channels=TINY.channels, fc=TINY.fc, voxel_mm=2.5)
+    old = build_network(old_cfg).eval()
+    old_path = tmp_path / "old.safetensors"
+    save_weights(old_path, old.state_dict(), {"config": old_cfg.to_dict(), "version": "old"})
+    new = build_network(cfg).eval()
+    assert loop.warm_start(new, str(old_path), partial=True) == ["side.bias", "side.weight"]
+    x = torch.rand(3, 1, 32, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(old(x), new(x, torch.tensor([[0.1], [0.5], [0.9]])))
+        with pytest.raises(ValueError, match="side input"):
+            new(x)
+        new.side.weight.fill_(3.0)  # a network that uses the voxel size
+    path = tmp_path / "native.safetensors"
+    save_weights(path, new.state_dict(), {"config": cfg.to_dict(), "version": "native"})
+    scorer = TierScorer(weights=str(path))
+    data = head_phantom(n=48, voxel=4.0)
+    vols = [volume_from_array(data, (4.0,) * 3), volume_from_array(data, (1.0, 1.0, 16.0))]
+    assert scorer.config.side_input(vols[0]).shape == (1,)
+    together = scorer.score_many(vols)
+    alone = [scorer.score(v) for v in vols]
+    for a, b in zip(together, alone, strict=True):
+        for key in ("noise_p_moderate", "motion_p_severe"):
+            assert a.values[key] == pytest.approx(b.values[key], abs=1e-5)
+    # same image, other acquired voxels: the network is told, and answers differently
+    assert together[0].values["noise_p_moderate"] != pytest.approx(
+        together[1].values["noise_p_moderate"], abs=1e-4
+    )
+    with pytest.raises(ValueError, match="side input"):
+        scorer.probabilities(np.zeros((1, 32, 32, 32), np.float32))
+
+
+def test_native_noise_training_samples_and_evaluation(tmp_path):
+    from bids_qa.models.tiers import noise_averaging_feature
+    from bids_qa.training.tiers import TierSampleMaker, evaluate_tiers, make_cube_source
+
+    sources = phantom_sources()
+    maker = TierSampleMaker(sources, views=2, native_noise=True)
+    x, labels, grades, side = maker(np.random.default_rng([1, 0]))
+    assert x.shape == (2, 1, 32, 32, 32) and side.shape == (2, 1)
+    assert side[0, 0] == pytest.approx(noise_averaging_feature(sources[0].voxel_mm, (4.0,) * 3))
+    no_zooms = [make_cube_source(volume_from_array(head_phantom(), (4.0,) * 3), 32)]
+    no_zooms[0].zooms = None
+    with pytest.raises(ValueError, match="voxel sizes"):
+        TierSampleMaker(no_zooms, native_noise=True)
+    net = build_network(TierConfig(grid=32, channels=TINY.channels, fc=TINY.fc, voxel_mm=2.5,
+                                   native_noise=True))
+    vol = volume_from_array(head_phantom(n=48, voxel=4.0), (4.0,) * 3)
+    own = evaluate_tiers(net, [vol], draws=1)
+    assert own["native_noise"] is True and own["noise_reference_mm"] == 0.0
+    cube_def = evaluate_tiers(net, [vol], draws=1, native_noise=False)
+    assert cube_def["native_noise"] is False and cube_def["n_samples"] == own["n_samples"]

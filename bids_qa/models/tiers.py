@@ -225,7 +225,8 @@ def noise_averaging_feature(voxel_mm: float, zooms: Sequence[float]) -> float:
     grade per-voxel noise from the cube."""
     from bids_qa.volume import resampled_unit_noise
 
-    key = tuple(round(float(z), 2) for z in zooms)
+    # sorted: the axis order changes only the sampling phase of the measurement, not the scan
+    key = tuple(sorted(round(float(z), 2) for z in zooms))
     n = resampled_unit_noise(float(voxel_mm), key, 24)[1]  # type: ignore[arg-type]
     return float(np.log(max(n, 1.0)) / np.log(64.0))
 
