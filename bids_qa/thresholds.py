@@ -27,11 +27,14 @@ import hashlib
 import json
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from bids_qa.scoring import ScanScores
 
@@ -45,6 +48,7 @@ _FIELDS = {
     "review_values",
     "fail_values",
     "description",
+    "explain",
 }
 _SEVERITY = {"n/a": 0, "pass": 1, "review": 2, "fail": 3}
 
@@ -69,6 +73,10 @@ class Threshold:
         Labels flagged by a categorical threshold.
     description
         What the metric is and why the cut-off is where it is.
+    explain
+        Appended to a flag's reason: what such a flag usually means for this scan; ``{name}``
+        is replaced by the same model's value of ``name`` (e.g. ``{tier_reason}``), so the
+        reason says *why* in the scan's own numbers. A name the model did not report reads n/a.
     """
 
     review: float | None = None
@@ -78,6 +86,7 @@ class Threshold:
     review_values: tuple[str, ...] = ()
     fail_values: tuple[str, ...] = ()
     description: str = ""
+    explain: str = ""
 
     @property
     def active(self) -> bool:
@@ -131,6 +140,8 @@ class Threshold:
             out["fail_values"] = list(self.fail_values)
         if self.description:
             out["description"] = self.description
+        if self.explain:
+            out["explain"] = self.explain
         return out
 
 
@@ -278,6 +289,9 @@ def parse_threshold(spec: Mapping[str, Any], where: str) -> Threshold:
     description = spec.get("description", "")
     if not isinstance(description, str):
         raise ThresholdError(f"{where}.description must be text")
+    explain = spec.get("explain", "")
+    if not isinstance(explain, str):
+        raise ThresholdError(f"{where}.explain must be text")
     return Threshold(
         review=review,
         fail=fail,
@@ -286,6 +300,7 @@ def parse_threshold(spec: Mapping[str, Any], where: str) -> Threshold:
         review_values=values["review_values"],
         fail_values=values["fail_values"],
         description=description,
+        explain=explain,
     )
 
 
@@ -342,9 +357,42 @@ def _fmt(value: float) -> str:
     return f"{value:.4g}"
 
 
-def reason_message(key: str, value: Any, threshold: Threshold, flag: str, cut: float | None) -> str:
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def fill_explanation(template: str, values: dict[str, Any]) -> str:
+    """``template`` with each ``{name}`` replaced by ``values[name]`` (numbers to 4 significant
+    digits); a name the model did not report reads ``n/a``, so a user's text never breaks a run."""
+
+    def one(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in values:
+            return "n/a"
+        value = values[name]
+        if isinstance(value, (float, np.floating)):
+            return _fmt(float(value))
+        return str(value)
+
+    return _PLACEHOLDER.sub(one, template)
+
+
+def reason_message(
+    key: str,
+    value: Any,
+    threshold: Threshold,
+    flag: str,
+    cut: float | None,
+    values: dict[str, Any] | None = None,
+) -> str:
     """One-line explanation, e.g. ``iqm.cjv = 0.812 is above the review threshold 0.6 (higher is
-    worse)``."""
+    worse)``, followed by the threshold's ``explain`` text filled from the model's ``values``."""
+    base = _comparison(key, value, threshold, flag, cut)
+    if threshold.explain:
+        return f"{base}: {fill_explanation(threshold.explain, values or {})}"
+    return base
+
+
+def _comparison(key: str, value: Any, threshold: Threshold, flag: str, cut: float | None) -> str:
     if threshold.direction == "categorical":
         return f"{key} = {value} is listed as a {flag} value"
     shown = _fmt(float(value))
@@ -428,7 +476,7 @@ def judge(
                         "value": value,
                         "threshold": cut,
                         "flag": flag,
-                        "message": reason_message(key, value, thr, flag, cut),
+                        "message": reason_message(key, value, thr, flag, cut, result.values),
                     }
                 )
     reasons.sort(key=lambda r: -_SEVERITY[r["flag"]])

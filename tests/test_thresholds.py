@@ -172,9 +172,11 @@ def test_judge_verdict_reasons_and_rows():
         ("ssim", "ssim_mean", "fail"),
         ("header", "anisotropy", "review"),
     ]
-    assert (
-        reasons[0]["message"]
-        == "ssim.ssim_mean = 0.55 is below the fail threshold 0.6 (lower is worse)"
+    # the comparison, then the threshold's explanation filled from the same model's values
+    # (names the model did not report read n/a)
+    assert reasons[0]["message"].startswith(
+        "ssim.ssim_mean = 0.55 is below the fail threshold 0.6 (lower is worse): "
+        "lowest predicted SSIM 0.3 at slice n/a (5th percentile n/a)"
     )
     assert (
         reasons[1]["message"]
@@ -216,7 +218,7 @@ def test_inclusive_message_and_worst_flag():
     assert (
         verdict == "review"
         and reasons[0]["message"]
-        == "tiers.tier = 2 is at or above the review threshold 2 (higher is worse)"
+        == "tiers.tier = 2 is at or above the review threshold 2 (higher is worse): graded n/a"
     )
     assert thr.as_dict() == {
         "direction": "higher_is_worse",
@@ -225,3 +227,36 @@ def test_inclusive_message_and_worst_flag():
         "inclusive": True,
     }
     assert worst_flag(["n/a", "pass", "review"]) == "review" and worst_flag(["n/a"]) == "pass"
+
+
+def test_explanations_fill_in_the_scans_own_values(tmp_path):
+    from bids_qa.thresholds import fill_explanation
+
+    assert fill_explanation("graded {tier_reason}", {"tier_reason": "noise: severe"}) == (
+        "graded noise: severe"
+    )
+    assert fill_explanation("{a} and {b} {not a name}", {"a": 0.123456, "b": 3}) == (
+        "0.1235 and 3 {not a name}"
+    )
+    table = load_thresholds(
+        write_json(
+            tmp_path / "t.json",
+            {"default": {"flow.flag_5pct": {"explain": "only {percentile}% <b>{missing}</b>"}}},
+        )
+    )
+    thr = table.lookup("T1w", "flow.flag_5pct")
+    assert thr.review == 1 and thr.explain == "only {percentile}% <b>{missing}</b>"
+    assert thr.as_dict()["explain"] == thr.explain
+    _, reasons, _ = judge(
+        [ScanScores("flow", {"flag_5pct": 1, "percentile": 0.0, "m1": 1.5})], "T1w", table
+    )
+    assert reasons[0]["message"].endswith(": only 0% <b>n/a</b>")
+    shipped = load_thresholds()
+    _, reasons, _ = judge(
+        [ScanScores("tiers", {"tier": 3, "tier_reason": "noise: severe; motion: moderate"})],
+        "T2w",
+        shipped,
+    )
+    assert reasons[0]["message"].endswith("graded noise: severe; motion: moderate")
+    with pytest.raises(ThresholdError, match="explain must be text"):
+        load_thresholds(write_json(tmp_path / "x.json", {"default": {"a.b": {"explain": 3}}}))
