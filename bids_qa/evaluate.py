@@ -263,8 +263,17 @@ def benchmark_tiers(
         device=device,
     )
     paper = {"motion": (99.54, 100.0), "noise": (87.35, 97.78), "contrast": (90.17, 97.57)}
+    if res.get("native_noise"):
+        noise_def = "noise added to each scan's acquired voxels, then resampled into the cube"
+    elif res.get("noise_reference_mm"):
+        noise_def = f"noise of a {res['noise_reference_mm']:g} mm scan, resampled into the cube"
+    else:
+        noise_def = "noise added to the model's input cube"
     lines = [
         "### Tiers (paper 003, synthetic test set)",
+        "",
+        f"Weights {res.get('weights_version', '?')}; noise grades: {noise_def} (the weights' own "
+        "definition).",
         "",
         "| task | ours (balanced accuracy, %) | paper |",
         "|---|---|---|",
