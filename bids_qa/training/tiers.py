@@ -755,6 +755,15 @@ def build_parser() -> argparse.ArgumentParser:
         "cube voxel averages (needs --voxel-mm)",
     )
     p.add_argument(
+        "--coarse-copies",
+        type=float,
+        nargs="*",
+        default=[],
+        metavar="MM",
+        help="also train on each real training volume block-averaged to these voxel sizes (clean "
+        "coarse acquisitions: with --native-noise, what a clean 2 mm scan looks like)",
+    )
+    p.add_argument(
         "--channels", type=int, nargs=5, default=[16, 32, 48, 64, 96], help="conv block widths"
     )
     p.add_argument(
@@ -951,18 +960,51 @@ def train(
     return best
 
 
+def coarsened_volume(volume, target_mm: float):
+    """``volume`` as a coarser acquisition of the same head would record it: voxels block-averaged
+    to about ``target_mm`` along every axis finer than that (kernel ``round(target / zoom)``), so
+    its acquisition noise is averaged too (a larger voxel has a higher SNR). Teaches a network that
+    reads the native voxel size what clean coarse scans look like; None if no axis changes."""
+    import torch
+    import torch.nn.functional as F
+
+    from bids_qa.volume import volume_from_array
+
+    kernel = [max(1, int(round(target_mm / z))) for z in volume.zooms]
+    if max(kernel) == 1:
+        return None
+    t = torch.from_numpy(np.ascontiguousarray(volume.data, dtype=np.float32))[None, None]
+    pooled = F.avg_pool3d(t, kernel_size=kernel, stride=kernel, ceil_mode=True)[0, 0].numpy()
+    zooms = tuple(float(z) * k for z, k in zip(volume.zooms, kernel, strict=True))
+    return volume_from_array(pooled, zooms)  # type: ignore[arg-type]
+
+
 def sources_from_data(
-    data_dir: str, split: str, n_synthetic: int, seed: int, grid: int, voxel_mm: float = 0.0
+    data_dir: str,
+    split: str,
+    n_synthetic: int,
+    seed: int,
+    grid: int,
+    voxel_mm: float = 0.0,
+    coarse_mm: tuple[float, ...] = (),
 ) -> list[CubeSource]:
     """Clean volumes of ``split`` (out-of-scope entries skipped) plus ``n_synthetic`` synthetic ones,
-    each resampled once to the model's input cube."""
+    each resampled once to the model's input cube; with ``coarse_mm``, each real volume also as
+    coarser acquisitions at those voxel sizes (:func:`coarsened_volume`)."""
     from bids_qa.training.data import clean_volumes, synthetic_volumes
 
-    sources = [
-        make_cube_source(vol, grid, name=str(entry.get("path", entry)), voxel_mm=voxel_mm)
-        for entry, vol in clean_volumes(data_dir, split)
-        if not entry.get("out_of_scope")
-    ]
+    sources = []
+    for entry, vol in clean_volumes(data_dir, split):
+        if entry.get("out_of_scope"):
+            continue
+        name = str(entry.get("path", entry))
+        sources.append(make_cube_source(vol, grid, name=name, voxel_mm=voxel_mm))
+        for mm in coarse_mm:
+            coarse = coarsened_volume(vol, mm)
+            if coarse is not None:
+                sources.append(
+                    make_cube_source(coarse, grid, name=f"{name}@{mm:g}mm", voxel_mm=voxel_mm)
+                )
     if n_synthetic:
         rng = np.random.default_rng([seed, 104729 if split == "train" else 130363])
         sources += [
@@ -989,7 +1031,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     t0 = time.time()
     train_sources = sources_from_data(
-        settings.data_dir, "train", args.synthetic, settings.seed, config.grid, config.voxel_mm
+        settings.data_dir,
+        "train",
+        args.synthetic,
+        settings.seed,
+        config.grid,
+        config.voxel_mm,
+        tuple(args.coarse_copies),
     )
     val_sources = sources_from_data(
         settings.data_dir, "validation", 0, settings.seed, config.grid, config.voxel_mm
