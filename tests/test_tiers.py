@@ -630,3 +630,21 @@ def test_native_noise_training_samples_and_evaluation(tmp_path):
     assert own["native_noise"] is True and own["noise_reference_mm"] == 0.0
     cube_def = evaluate_tiers(net, [vol], draws=1, native_noise=False)
     assert cube_def["native_noise"] is False and cube_def["n_samples"] == own["n_samples"]
+
+
+def test_coarsened_volume_is_a_coarser_acquisition_with_averaged_noise():
+    from bids_qa.training.tiers import coarsened_volume
+
+    rng = np.random.default_rng(0)
+    data = np.zeros((80, 80, 40), np.float32)
+    data[10:70, 10:70, 5:35] = 0.8
+    noisy = data + 0.05 * rng.standard_normal(data.shape).astype(np.float32) * (data > 0)
+    vol = volume_from_array(noisy, (0.5, 0.5, 2.0))
+    coarse = coarsened_volume(vol, 2.0)
+    assert coarse is not None and coarse.zooms == pytest.approx((2.0, 2.0, 2.0))
+    assert coarse.shape == (20, 20, 40)
+    inner = (slice(4, 16), slice(4, 16), slice(8, 32))
+    fine_sd = vol.data[10:70, 10:70, 8:32].std()
+    coarse_sd = coarse.data[inner].std()
+    assert coarse_sd == pytest.approx(fine_sd / 4, rel=0.15)  # 4 x 4 voxels averaged
+    assert coarsened_volume(vol, 0.6) is None  # no axis gets coarser
