@@ -62,6 +62,9 @@ N_ARTIFACT_PROBS: tuple[float, ...] = (0.25, 0.45, 0.20, 0.10)
 SEVERE_PROBABILITY = 0.5
 #: Order in which artifacts are applied to one cube.
 APPLY_ORDER: tuple[str, ...] = ("contrast", "motion", "noise")
+#: Noise SD range (normalised scale) of the clean coarse copies (:func:`coarsened_volume`): a
+#: clean scan's per-voxel noise, below the paper's moderate noise (0.0206-0.0311 on this scale).
+COARSE_CLEAN_NOISE: tuple[float, float] = (0.003, 0.012)
 #: Levels of the paper's three-level scale, by grade.
 LEVELS: tuple[str, ...] = ("none", "moderate", "severe")
 
@@ -960,11 +963,13 @@ def train(
     return best
 
 
-def coarsened_volume(volume, target_mm: float):
+def coarsened_volume(volume, target_mm: float, noise_std: float = 0.0, seed: int = 0):
     """``volume`` as a coarser acquisition of the same head would record it: voxels block-averaged
-    to about ``target_mm`` along every axis finer than that (kernel ``round(target / zoom)``), so
-    its acquisition noise is averaged too (a larger voxel has a higher SNR). Teaches a network that
-    reads the native voxel size what clean coarse scans look like; None if no axis changes."""
+    to about ``target_mm`` along every axis finer than that (kernel ``round(target / zoom)``);
+    None if no axis changes. Averaging also removes most of the acquisition noise, which a real
+    coarse scan would have (protocols spend a larger voxel's SNR on speed), so ``noise_std``
+    (normalised scale) adds Rician noise back. Teaches a network that reads the native voxel size
+    what clean coarse scans look like."""
     import torch
     import torch.nn.functional as F
 
@@ -976,7 +981,13 @@ def coarsened_volume(volume, target_mm: float):
     t = torch.from_numpy(np.ascontiguousarray(volume.data, dtype=np.float32))[None, None]
     pooled = F.avg_pool3d(t, kernel_size=kernel, stride=kernel, ceil_mode=True)[0, 0].numpy()
     zooms = tuple(float(z) * k for z, k in zip(volume.zooms, kernel, strict=True))
-    return volume_from_array(pooled, zooms)  # type: ignore[arg-type]
+    if noise_std > 0:
+        from bids_qa import artifacts
+
+        pooled = artifacts.apply_artifact(
+            pooled, "noise", {"std": float(noise_std), "rician": True, "seed": int(seed)}
+        )
+    return volume_from_array(np.asarray(pooled, dtype=np.float32), zooms)  # type: ignore[arg-type]
 
 
 def sources_from_data(
@@ -990,17 +1001,20 @@ def sources_from_data(
 ) -> list[CubeSource]:
     """Clean volumes of ``split`` (out-of-scope entries skipped) plus ``n_synthetic`` synthetic ones,
     each resampled once to the model's input cube; with ``coarse_mm``, each real volume also as
-    coarser acquisitions at those voxel sizes (:func:`coarsened_volume`)."""
+    coarser acquisitions at those voxel sizes (:func:`coarsened_volume`) with a clean scan's noise
+    (SD drawn from :data:`COARSE_CLEAN_NOISE`)."""
     from bids_qa.training.data import clean_volumes, synthetic_volumes
 
     sources = []
-    for entry, vol in clean_volumes(data_dir, split):
+    for k, (entry, vol) in enumerate(clean_volumes(data_dir, split)):
         if entry.get("out_of_scope"):
             continue
         name = str(entry.get("path", entry))
         sources.append(make_cube_source(vol, grid, name=name, voxel_mm=voxel_mm))
         for mm in coarse_mm:
-            coarse = coarsened_volume(vol, mm)
+            rng = np.random.default_rng([seed, k, int(round(mm * 100))])
+            std = float(rng.uniform(*COARSE_CLEAN_NOISE))
+            coarse = coarsened_volume(vol, mm, std, int(rng.integers(2**31)))
             if coarse is not None:
                 sources.append(
                     make_cube_source(coarse, grid, name=f"{name}@{mm:g}mm", voxel_mm=voxel_mm)
