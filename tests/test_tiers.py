@@ -648,3 +648,9 @@ def test_coarsened_volume_is_a_coarser_acquisition_with_averaged_noise():
     coarse_sd = coarse.data[inner].std()
     assert coarse_sd == pytest.approx(fine_sd / 4, rel=0.15)  # 4 x 4 voxels averaged
     assert coarsened_volume(vol, 0.6) is None  # no axis gets coarser
+    # a real coarse scan keeps noise of its own: added back on request, reproducibly
+    renoised = coarsened_volume(vol, 2.0, noise_std=0.03, seed=4)
+    again = coarsened_volume(vol, 2.0, noise_std=0.03, seed=4)
+    assert np.array_equal(renoised.data, again.data)
+    extra = np.sqrt(max(renoised.data[inner].std() ** 2 - coarse_sd**2, 0.0))
+    assert extra == pytest.approx(0.03 * coarse.data[inner].mean() / renoised.data[inner].mean(), rel=0.3)
