@@ -414,7 +414,7 @@ def resampled_unit_noise(
     resampling's spatial correlation) and ``n``, the number of independent acquired voxels one
     cube voxel averages (1 / the resampled variance; below 1 never happens, interpolation only
     averages). Tells how much of a scan's acquisition noise survives in a fixed-voxel cube: a
-    1 mm scan on a 2.5 mm cube averages ~28 voxels, a 2 mm scan ~2. Deterministic; cached."""
+    1 mm scan on a 2.5 mm cube averages ~28 voxels, a 2 mm scan ~3.5. Deterministic; cached."""
     shape = tuple(int(np.ceil(size * voxel_mm / z)) + 4 for z in zooms)
     noise = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     cube = cube_at_spacing(noise, np.ones(shape, dtype=bool), tuple(zooms), size, voxel_mm)

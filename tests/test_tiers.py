@@ -515,9 +515,9 @@ def test_noise_averaging_feature_orders_scans_by_how_much_noise_the_cube_average
 def test_native_noise_matches_noise_added_to_the_acquired_voxels_then_resampled():
     """Per-voxel noise: on the cube, a 1 mm scan shows ~sqrt(n) less of it than a 2 mm scan,
     and the simulation matches noise added to the scan itself and resampled."""
-    from bids_qa import artifacts
     from scipy import ndimage
 
+    from bids_qa import artifacts
     from bids_qa.training.tiers import make_cube_source, native_noise
     from bids_qa.volume import cube_at_spacing
 

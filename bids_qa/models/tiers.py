@@ -220,7 +220,7 @@ class TierConfig:
 def noise_averaging_feature(voxel_mm: float, zooms: Sequence[float]) -> float:
     """``log(n) / log(64)``, where ``n`` is how many acquired voxels of size ``zooms`` one cube
     voxel of ``voxel_mm`` averages (:func:`bids_qa.volume.resampled_unit_noise`, measured on a
-    small cube): 0.05 for a 2 mm scan on the 2.5 mm cube, 0.8 for a 1 mm one. Noise added to
+    small cube): 0.30 for a 2 mm scan on the 2.5 mm cube, 0.80 for a 1 mm one. Noise added to
     the acquired voxels shrinks by ``sqrt(n)`` in the cube, so this is what a network needs to
     grade per-voxel noise from the cube."""
     from bids_qa.volume import resampled_unit_noise

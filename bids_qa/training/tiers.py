@@ -35,7 +35,6 @@ the severe (0-1 vs 2) and moderate (0 vs 1) tasks per artifact and of the tier t
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import time
 import warnings
@@ -311,7 +310,7 @@ def native_noise(
 ) -> np.ndarray:
     """Rician noise of ``std`` added to every acquired voxel of a scan with voxel sizes ``zooms``,
     as it appears on the cube: averaged over the ``n`` voxels one cube voxel covers
-    (:func:`bids_qa.volume.resampled_unit_noise`; ~28 for a 1 mm scan on a 2.5 mm cube, ~2 for a
+    (:func:`bids_qa.volume.resampled_unit_noise`; ~28 for a 1 mm scan on a 2.5 mm cube, ~3.5 for a
     2 mm scan), with the resampling's spatial correlation. ``axes``: the permutation the cube's
     axes went through since resampling (:func:`augment_cube_axes`), applied to the noise field."""
     from bids_qa.volume import resampled_unit_noise
