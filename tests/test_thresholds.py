@@ -178,9 +178,9 @@ def test_judge_verdict_reasons_and_rows():
         "ssim.ssim_mean = 0.55 is below the fail threshold 0.6 (lower is worse): "
         "lowest predicted SSIM 0.3 at slice n/a (5th percentile n/a)"
     )
-    assert (
-        reasons[1]["message"]
-        == "header.anisotropy = 5.5 is above the review threshold 2 (higher is worse)"
+    assert reasons[1]["message"] == (
+        "header.anisotropy = 5.5 is above the review threshold 2 (higher is worse): "
+        "voxels n/a mm, a 2D acquisition"
     )
     assert reasons[0]["threshold"] == 0.6 and reasons[0]["value"] == 0.55
     by_key = {(r["model"], r["metric"]): r for r in rows}
