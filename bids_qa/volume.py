@@ -18,6 +18,7 @@ resolution itself is reported as its own metric (see :class:`bids_qa.iqms.Header
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,7 +69,17 @@ class Volume:
     affine: np.ndarray
     slice_axis: int
     warnings: list[str] = field(default_factory=list)
-    _cache: dict[Any, Any] = field(default_factory=dict, repr=False)
+    _cache: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
+    _lock: Any = field(default_factory=threading.RLock, repr=False, compare=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_lock"] = None  # a lock cannot be pickled; each copy gets its own
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -89,11 +100,15 @@ class Volume:
         Every resampled view (slice stacks, cubes) and every scorer's prepared input lives here, so
         a view made in a loader thread is found by the inference thread, scorers asking for the
         same key share one copy, and all of it is freed with the volume. Keys are tuples that
-        start with a view name.
+        start with a view name. Thread-safe: a view asked for by two threads at once is computed
+        once (the volume's re-entrant lock; a view may build on other views).
         """
-        if key not in self._cache:
-            self._cache[key] = compute()
-        return self._cache[key]
+        if key in self._cache:
+            return self._cache[key]
+        with self._lock:
+            if key not in self._cache:
+                self._cache[key] = compute()
+            return self._cache[key]
 
     def slice_stack(self, size: int, axis: int | None = None, pixel_mm: float = 0.0) -> np.ndarray:
         """Slices along ``axis`` (default: :attr:`slice_axis`), each padded to a square field of

@@ -153,6 +153,36 @@ def test_volume_view_computes_once_and_works_without_a_cache():
     assert holder.view(("y",), compute) == 4
 
 
+def test_volume_view_is_computed_once_when_two_threads_ask_at_once():
+    import pickle
+    import threading
+    import time
+
+    from bids_qa.volume import volume_from_array
+
+    vol = volume_from_array(np.random.default_rng(1).random((8, 8, 8), np.float32), (1.0,) * 3)
+    calls = []
+
+    def slow():
+        calls.append(threading.get_ident())
+        time.sleep(0.2)
+        return len(calls)
+
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(vol.view(("slow",), slow))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and results == [1, 1, 1, 1]
+    # a view may build on another view of the same volume (the lock is re-entrant)
+    assert vol.view(("outer",), lambda: vol.view(("inner",), lambda: 7) + 1) == 8
+    # volumes still cross process boundaries; the copy has its own lock and the cached views
+    copy = pickle.loads(pickle.dumps(vol))
+    assert copy.view(("slow",), slow) == 1 and len(calls) == 1
+    assert copy._lock is not vol._lock
+
+
 def test_score_many_default_loops_and_checks_the_result():
     class Simple:
         name = "simple"
