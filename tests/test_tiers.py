@@ -654,3 +654,4 @@ def test_coarsened_volume_is_a_coarser_acquisition_with_averaged_noise():
     assert np.array_equal(renoised.data, again.data)
     extra = np.sqrt(max(renoised.data[inner].std() ** 2 - coarse_sd**2, 0.0))
     assert extra == pytest.approx(0.03 * coarse.data[inner].mean() / renoised.data[inner].mean(), rel=0.3)
+

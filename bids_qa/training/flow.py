@@ -305,8 +305,7 @@ def train_encoder(settings: loop.TrainSettings, maker: ContrastiveMaker, val_mak
     opt = torch.optim.Adam(net.parameters(), lr=settings.lr, weight_decay=1e-5)
     start, extra = loop.load_checkpoint(run_dir, net, opt)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, settings.steps), eta_min=settings.lr * 0.05)
-    for _ in range(start):
-        sched.step()
+    loop.fast_forward(sched, start)
     best = extra.get("best", {"objective": -1e9})
     log = loop.RunLog(run_dir)
     val_items = [val_maker(np.random.default_rng([settings.seed + 7919, i])) for i in range(val_size)]

@@ -86,6 +86,18 @@ def export_weights(weights: str | Path, export: str | None) -> None:
     print(f"weights exported to {export}")
 
 
+def fast_forward(scheduler, steps: int) -> None:
+    """Replay ``steps`` scheduler steps when a run resumes from its checkpoint, so the learning
+    rate continues where it stopped. This happens before any optimiser step of the new process,
+    which torch warns about; here that order is intended, so the warning is silenced."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(steps):
+            scheduler.step()
+
+
 def warm_start(net, init: str | None, partial: bool = False) -> list[str]:
     """Load ``init`` (a safetensors file of the same architecture) into ``net``; no-op for None.
 

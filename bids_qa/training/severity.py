@@ -302,8 +302,7 @@ def train(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(
         opt, T_max=max(1, settings.steps), eta_min=settings.lr * 0.05
     )
-    for _ in range(start):
-        sched.step()
+    loop.fast_forward(sched, start)
     best = extra.get("best", {"objective": -1e9})
     log = loop.RunLog(run_dir)
 

@@ -33,7 +33,6 @@ import argparse
 import dataclasses
 import json
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -557,10 +556,7 @@ def train(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(
         opt, T_max=max(1, settings.steps), eta_min=settings.lr * 0.05
     )
-    with warnings.catch_warnings():  # replaying the schedule on resume, before any optimiser step
-        warnings.simplefilter("ignore", UserWarning)
-        for _ in range(start):
-            sched.step()
+    loop.fast_forward(sched, start)
     best = extra.get("best", [{"val_mse": 1e9} for _ in nets])
     log = loop.RunLog(run_dir)
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -846,11 +845,7 @@ def train(
         return float(0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * min(1.0, frac))))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
-    # fast-forward the schedule on resume (before any optimizer step, which torch warns about)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        for _ in range(start):
-            sched.step()
+    loop.fast_forward(sched, start)
     best = extra.get("best", {"val_loss": 1e9})
     log = loop.RunLog(run_dir)
     pos_weight = torch.from_numpy(positive_weights()).to(settings.device)
