@@ -749,7 +749,8 @@ def collect_group_rows(
             "suffix": suffix,
             "source": scan.get("source"),
             "verdict": outputs.sidecar.get("verdict", "error"),
-            "reasons": "; ".join(reasons),
+            # " | ": a reason's own explanation may hold "; " (e.g. a tier's graded artifacts)
+            "reasons": " | ".join(reasons),
             "report": report.relative_to(out_dir).as_posix() if report.is_file() else None,
         }
         table = tables.setdefault(suffix, GroupTable(suffix, [], [], {}))

@@ -89,6 +89,11 @@ def test_demo_runs_both_levels(tmp_path, capsys):
         t1.loc["sub-02_T1w", "verdict"] in {"review", "fail"}
         and "iqm.fber" in t1.loc["sub-02_T1w", "reasons"]
     )
+    # one entry per flagged metric, " | "-separated, each explained in the scan's own numbers
+    parts = t1.loc["sub-02_T1w", "reasons"].split(" | ")
+    assert len(parts) >= 2 and all(" threshold " in p for p in parts)
+    fber = next(p for p in parts if p.startswith("iqm.fber"))
+    assert "Dietrich SNR" in fber and "n/a" not in fber
     assert t1.loc["sub-01_T1w", "verdict"] == "pass"
     # the ghosted scan: energy spread into the background
     assert t2.loc["sub-02_T2w", "iqm.efc"] > t2.loc["sub-01_T2w", "iqm.efc"]

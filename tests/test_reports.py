@@ -191,7 +191,7 @@ def make_derivatives(root: Path, with_rulers: bool = True) -> dict:
         report = (rel / f"{stem}_report.html").as_posix()
         vals = SCORES.get(key)
         group_rows.append([scan_id, sub, ses or "n/a", "n/a", "T1w", scan["source"], verdict,
-                           "; ".join(r["message"] for r in reasons) if reasons else (errors[0]["message"] if errors else "n/a"),
+                           " | ".join(r["message"] for r in reasons) if reasons else (errors[0]["message"] if errors else "n/a"),
                            report] + ([f"{v}" for v in vals] if vals else ["n/a"] * 6)
                           + (["0.4321"] if vals else ["n/a"]))
     write_tsv(out / "group_T1w.tsv",
