@@ -439,6 +439,14 @@ def resampled_unit_noise(
     return field, 1.0 / var
 
 
+def averaged_voxel_count(voxel_mm: float, zooms: tuple[float, ...]) -> float:
+    """How many acquired voxels of size ``zooms`` one cube voxel of ``voxel_mm`` averages when a
+    scan is resampled as the scorers do (:func:`resampled_unit_noise` on a 24^3 cube; axis order
+    and sub-0.01 mm differences only change the sampling phase, so they are normalised away)."""
+    key = tuple(sorted(round(float(z), 2) for z in zooms))
+    return resampled_unit_noise(float(voxel_mm), key, 24)[1]  # type: ignore[arg-type]
+
+
 def resample_to_cube(
     data: np.ndarray, mask: np.ndarray, zooms: tuple[float, ...], size: int, voxel_mm: float = 0.0
 ) -> np.ndarray:

@@ -146,7 +146,7 @@ class TierConfig:
     #: noise of the calibrated SD added to the model's cube itself (weights before this field);
     #: > 0: added at this isotropic resolution (paper 003: 1 mm volumes) and averaged into the
     #: cube as resampling averages acquisition noise, so a paper-strength noise added to a 1 mm
-    #: scan is graded as such (:func:`bids_qa.training.tiers.noise_average_n`).
+    #: scan is graded as such (:func:`bids_qa.volume.averaged_voxel_count`).
     noise_reference_mm: float = 0.0
     #: True: noise grades refer to Rician noise added to each *acquired* voxel of the scan (so a
     #: 1 mm scan and a 2 mm scan with the same per-voxel SNR get the same grade), simulated at each
@@ -219,15 +219,13 @@ class TierConfig:
 
 def noise_averaging_feature(voxel_mm: float, zooms: Sequence[float]) -> float:
     """``log(n) / log(64)``, where ``n`` is how many acquired voxels of size ``zooms`` one cube
-    voxel of ``voxel_mm`` averages (:func:`bids_qa.volume.resampled_unit_noise`, measured on a
-    small cube): 0.30 for a 2 mm scan on the 2.5 mm cube, 0.80 for a 1 mm one. Noise added to
-    the acquired voxels shrinks by ``sqrt(n)`` in the cube, so this is what a network needs to
-    grade per-voxel noise from the cube."""
-    from bids_qa.volume import resampled_unit_noise
+    voxel of ``voxel_mm`` averages (:func:`bids_qa.volume.averaged_voxel_count`): 0.30 for a
+    2 mm scan on the 2.5 mm cube, 0.80 for a 1 mm one. Noise added to the acquired voxels shrinks
+    by ``sqrt(n)`` in the cube, so this is what a network needs to grade per-voxel noise from the
+    cube."""
+    from bids_qa.volume import averaged_voxel_count
 
-    # sorted: the axis order changes only the sampling phase of the measurement, not the scan
-    key = tuple(sorted(round(float(z), 2) for z in zooms))
-    n = resampled_unit_noise(float(voxel_mm), key, 24)[1]  # type: ignore[arg-type]
+    n = averaged_voxel_count(voxel_mm, tuple(zooms))
     return float(np.log(max(n, 1.0)) / np.log(64.0))
 
 

@@ -267,36 +267,27 @@ def corrupt_cube(
     return out.astype(np.float32, copy=False), used
 
 
-def _resampled_noise(voxel_mm: float, reference_mm: float, grid: int) -> tuple[np.ndarray, float]:
-    """:func:`bids_qa.volume.resampled_unit_noise` for an isotropic ``reference_mm`` scan."""
-    from bids_qa.volume import resampled_unit_noise
-
-    return resampled_unit_noise(float(voxel_mm), (float(reference_mm),) * 3, int(grid))
-
-
-def noise_average_n(voxel_mm: float, reference_mm: float, grid: int = 32) -> float:
+def noise_average_n(voxel_mm: float, reference_mm: float) -> float:
     """How many independent voxels of a ``reference_mm`` scan one ``voxel_mm`` cube voxel averages
     when the scan is resampled as the scorer does (1 for voxels no larger than the reference)."""
+    from bids_qa.volume import averaged_voxel_count
+
     if voxel_mm <= reference_mm:
         return 1.0
-    return _resampled_noise(float(voxel_mm), float(reference_mm), int(grid))[1]
+    return averaged_voxel_count(voxel_mm, (reference_mm,) * 3)
 
 
 def reference_noise(
     cube: np.ndarray, std: float, voxel_mm: float, reference_mm: float, seed: int
 ) -> np.ndarray:
-    """Rician noise of ``std`` added to a ``reference_mm`` scan, as it appears on the cube.
-
-    The spatially correlated noise field comes from :func:`_resampled_noise` (made once per cube
-    size), moved by a random circular shift and axis flips drawn from ``seed``, so every sample
-    gets its own noise at the cost of a copy; :func:`bids_qa.artifacts.averaged_rician` adds it.
-    """
+    """Rician noise of ``std`` added to an isotropic ``reference_mm`` scan, as it appears on the
+    cube: :func:`native_noise` for that voxel size (noise added to the cube itself when its
+    voxels are no larger than the reference's)."""
     from bids_qa import artifacts
 
     if voxel_mm <= reference_mm:
         return artifacts.apply_artifact(cube, "noise", {"std": std, "rician": True, "seed": seed})
-    field, n = _resampled_noise(float(voxel_mm), float(reference_mm), int(cube.shape[0]))
-    return _add_resampled_noise(cube, std, field, n, seed)
+    return native_noise(cube, std, voxel_mm, (reference_mm,) * 3, seed)
 
 
 def native_noise(
@@ -308,28 +299,22 @@ def native_noise(
     axes: tuple[int, int, int] | None = None,
 ) -> np.ndarray:
     """Rician noise of ``std`` added to every acquired voxel of a scan with voxel sizes ``zooms``,
-    as it appears on the cube: averaged over the ``n`` voxels one cube voxel covers
-    (:func:`bids_qa.volume.resampled_unit_noise`; ~28 for a 1 mm scan on a 2.5 mm cube, ~3.5 for a
-    2 mm scan), with the resampling's spatial correlation. ``axes``: the permutation the cube's
-    axes went through since resampling (:func:`augment_cube_axes`), applied to the noise field."""
+    as it appears on the cube: averaged over the ``n`` voxels one cube voxel covers, with the
+    resampling's spatial correlation (:func:`bids_qa.artifacts.averaged_rician`; ~28 voxels for a
+    1 mm scan on a 2.5 mm cube, ~3.5 for a 2 mm scan). The unit field
+    (:func:`bids_qa.volume.resampled_unit_noise`) is made once per voxel sizes and cube size and
+    moved by a random circular shift and axis flips drawn from ``seed``: a new noise draw for every
+    sample at the cost of a copy. ``axes``: the permutation the cube's axes went through since
+    resampling (:func:`augment_cube_axes`), applied to the field."""
+    from bids_qa import artifacts
     from bids_qa.volume import resampled_unit_noise
 
     key = tuple(round(float(z), 2) for z in zooms)
     field, n = resampled_unit_noise(float(voxel_mm), key, int(cube.shape[0]))  # type: ignore[arg-type]
-    if axes is not None and tuple(axes) != (0, 1, 2):
-        field = np.transpose(field, axes)
-    return _add_resampled_noise(cube, std, field, n, seed)
-
-
-def _add_resampled_noise(
-    cube: np.ndarray, std: float, field: np.ndarray, n: float, seed: int
-) -> np.ndarray:
-    """:func:`bids_qa.artifacts.averaged_rician` with the resampled unit field moved by a random
-    circular shift and axis flips drawn from ``seed`` (a new noise draw at the cost of a copy)."""
-    from bids_qa import artifacts
-
     if field.shape != cube.shape:
         raise ValueError(f"resampled noise needs a cube, got shape {cube.shape}")
+    if axes is not None and tuple(axes) != (0, 1, 2):
+        field = np.transpose(field, axes)
     rng = np.random.default_rng(seed)
     field = np.roll(field, tuple(int(k) for k in rng.integers(0, cube.shape[0], 3)), axis=(0, 1, 2))
     flips = tuple(a for a in range(3) if rng.random() < 0.5)
@@ -581,27 +566,21 @@ def predict_probabilities(
         return model.probabilities(cubes, side)
     import torch
 
+    from bids_qa.models.weights import predict_batched
+
     takes_side = bool(model.config.side_features)
     if takes_side and side is None:
         raise ValueError("this network needs its side input")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    out = []
-    with torch.inference_mode():
-        for s in range(0, len(cubes), batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(cubes[s : s + batch_size], dtype=np.float32))[
-                :, None
-            ].to(device)
-            if takes_side:
-                assert side is not None
-                extra = torch.from_numpy(np.asarray(side[s : s + batch_size], np.float32)).to(device)
-                y = model(x, extra)
-            else:
-                y = model(x)
-            out.append(torch.sigmoid(y.float()).cpu().numpy())
-    model.train(was_training)
-    return np.concatenate(out) if out else np.zeros((0, len(ARTIFACTS), len(TASKS)), np.float32)
+    try:
+        probs = predict_batched(
+            model, cubes, batch_size, str(device), post=torch.sigmoid, side=side if takes_side else None
+        )
+    finally:
+        model.train(was_training)
+    return probs.reshape(len(probs), len(ARTIFACTS), len(TASKS))
 
 
 def evaluate_tiers(
