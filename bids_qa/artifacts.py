@@ -897,6 +897,28 @@ SLICE_MOTION_MODELS = ("torchio", "kspace")
 CONTRAST_AUGMENTATIONS = ("gamma", "log", "sigmoid", "clahe")
 
 
+def realised_change(clean: np.ndarray, corrupted: np.ndarray, mask: np.ndarray) -> float:
+    """How much an artifact actually changed an image: RMS of ``corrupted - clean`` inside
+    ``mask`` relative to the clean image's RMS there (0 = unchanged).
+
+    It needs the clean image, so no scorer can compute it; benchmarks report it beside an
+    artifact's severity (SS) or grade to show how far the simulation's label tracks what became
+    visible (e.g. a motion's artifact energy depends on when in k-space the movement happens,
+    not only on its amplitude). Both images must be on the same intensity scale (normalised).
+    """
+    x = np.asarray(clean, dtype=np.float64)
+    y = np.asarray(corrupted, dtype=np.float64)
+    m = np.asarray(mask, dtype=bool)
+    if x.shape != y.shape or x.shape != m.shape:
+        raise ValueError(f"shapes differ: clean {x.shape}, corrupted {y.shape}, mask {m.shape}")
+    if not m.any():
+        raise ValueError("the mask is empty")
+    ref = float(np.sqrt(np.mean(x[m] ** 2)))
+    if not ref > 0:
+        raise ValueError("the clean image is zero inside the mask")
+    return float(np.sqrt(np.mean((y[m] - x[m]) ** 2)) / ref)
+
+
 def ssim(a: np.ndarray, b: np.ndarray, data_range: float) -> float:
     """Mean structural similarity index of two 2D images (Wang et al. 2004).
 

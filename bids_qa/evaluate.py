@@ -131,6 +131,9 @@ def evaluate_severity(
                 "ss": ss,
                 "score": float(value),
                 "seconds": time.perf_counter() - t0,
+                "change": artifacts.realised_change(vol.data, corrupted.data, vol.mask)
+                if artifact != "none"
+                else 0.0,
             }
             if iqm is not None:
                 iq = iqm.score(corrupted).values
@@ -158,10 +161,16 @@ def summarise_severity(rows: list[dict[str, Any]], levels: tuple[float, ...]) ->
     high = np.array([r["score"] for r in rows if r["artifact"] != "none" and r["ss"] >= 0.5])
     out["ss_ge_0.5_fraction_gt_1"] = float((high > 1.0).mean()) if high.size else float("nan")
     out["spearman"] = {}
+    out["spearman_change_ss"] = {}
+    out["spearman_score_change"] = {}
     out["table"] = {}
     for a in artifacts.ARTIFACTS_000:
         sel = [r for r in rows if r["artifact"] in ("none", a)]
         out["spearman"][a] = _spearman([r["ss"] for r in sel], [r["score"] for r in sel])
+        if all("change" in r for r in sel):
+            change = [r["change"] for r in sel]
+            out["spearman_change_ss"][a] = _spearman([r["ss"] for r in sel], change)
+            out["spearman_score_change"][a] = _spearman([r["score"] for r in sel], change)
         for s in levels:
             vals = np.array([r["score"] for r in rows if r["artifact"] == a and r["ss"] == s])
             cell = {"mean": float(vals.mean()), "sd": float(vals.std()), "n": int(len(vals))}
@@ -199,8 +208,30 @@ def severity_markdown(summary: dict[str, Any]) -> str:
             + " | ".join(fmt(cell.get(k)) for k in IQM_COLUMNS)
             + f" | {cell['mean']:.2f} ± {cell['sd']:.2f} | {cell['n']} |"
         )
-    lines += ["", "| artifact | Spearman(score, SS) |", "|---|---|"]
-    lines += [f"| {a} | {rho:.3f} |" for a, rho in summary["spearman"].items()]
+    change_ss = summary.get("spearman_change_ss", {})
+    score_change = summary.get("spearman_score_change", {})
+    if change_ss:
+        lines += [
+            "",
+            "| artifact | Spearman(score, SS) | Spearman(realised change, SS) "
+            "| Spearman(score, realised change) |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {a} | {rho:.3f} | {change_ss[a]:.3f} | {score_change[a]:.3f} |"
+            for a, rho in summary["spearman"].items()
+        ]
+        lines += [
+            "",
+            "Realised change: RMS difference between the corrupted and the clean normalised "
+            "volume inside the head, relative to the clean RMS (`artifacts.realised_change`). It "
+            "needs the clean scan, so no scorer can use it; where it rises less monotonically with "
+            "SS than the target asks, the simulation's SS, not the model, limits Spearman(score, "
+            "SS) for any score of visible damage.",
+        ]
+    else:
+        lines += ["", "| artifact | Spearman(score, SS) |", "|---|---|"]
+        lines += [f"| {a} | {rho:.3f} |" for a, rho in summary["spearman"].items()]
     lines += [
         "",
         f"Clean volumes: mean score {summary['clean_mean']:.3f} ± {summary['clean_sd']:.3f}, "
@@ -283,6 +314,22 @@ def benchmark_tiers(
         lines.append(f"| {a} severe (0-1 vs 2) | {res[f'{a}_severe_bacc']:.2f} | {sev} |")
     lines.append(f"| tier 1-2 vs 3 | {res['tier12_vs_3_bacc']:.2f} | 92.04 |")
     lines.append(f"| tier 1 vs 2 | {res['tier1_vs_2_bacc']:.2f} | 91.00 |")
+    sep = res.get("level_separation")
+    if sep:
+        lines += [
+            "",
+            "Moderate vs severe on samples with that artifact alone (ROC AUC): the model's "
+            "p_severe, and the realised change (RMS difference from the clean cube inside the "
+            "head, relative; it needs the clean scan). A change AUC near 0.5 means the two levels "
+            "barely differ in the image itself.",
+            "",
+            "| artifact | model AUC | realised-change AUC | n |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {a} | {v['model_auc']:.3f} | {v['change_auc']:.3f} | {v['n']} |"
+            for a, v in sep.items()
+        ]
     res["markdown"] = "\n".join(lines) + "\n"
     return res
 

@@ -31,6 +31,43 @@ def test_severity_summary_values():
     assert bad["ss_ge_0.5_fraction_gt_1"] == 0.0
     md = severity_markdown(good)
     assert "| noise | 0.5 |" in md and "Spearman" in md
+    assert good["spearman_change_ss"] == {}  # rows without a realised change: no such column
+    assert "realised change" not in md
+
+
+def test_severity_summary_compares_score_and_ss_with_the_realised_change():
+    rows = _rows(True)
+    for r in rows:  # the change falls with SS for ghosting only: a label the image contradicts
+        r["change"] = 0.0 if r["artifact"] == "none" else (
+            1.0 - r["ss"] if r["artifact"] == "ghosting" else r["ss"]
+        ) + 0.001 * r["score"]
+    summary = summarise_severity(rows, (0.1, 0.5, 0.9))
+    assert summary["spearman_change_ss"]["noise"] > 0.9
+    assert summary["spearman_change_ss"]["ghosting"] < 0.2
+    assert summary["spearman_score_change"]["noise"] > 0.9
+    md = severity_markdown(summary)
+    assert "| artifact | Spearman(score, SS) | Spearman(realised change, SS) |" in md
+    row = next(ln for ln in md.splitlines() if ln.startswith("| ghosting |") and ln.count("|") == 5)
+    assert float(row.split("|")[3]) == pytest.approx(
+        summary["spearman_change_ss"]["ghosting"], abs=1e-3
+    )
+
+
+def test_realised_change_measures_relative_rms_difference_in_the_mask():
+    from bids_qa.artifacts import realised_change
+
+    clean = np.zeros((8, 8, 8), np.float32)
+    clean[2:6, 2:6, 2:6] = 2.0
+    mask = clean > 0
+    assert realised_change(clean, clean, mask) == 0.0
+    assert realised_change(clean, clean * 1.1, mask) == pytest.approx(0.1, rel=1e-6)
+    outside = clean.copy()
+    outside[0, 0, 0] = 5.0  # outside the mask: ignored
+    assert realised_change(clean, outside, mask) == 0.0
+    with pytest.raises(ValueError):
+        realised_change(clean, clean[:4], mask)
+    with pytest.raises(ValueError):
+        realised_change(clean, clean, np.zeros_like(mask))
 
 
 def test_direction_dependent_artifacts_act_in_the_reading_plane():

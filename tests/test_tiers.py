@@ -483,6 +483,29 @@ def test_noise_reference_is_part_of_the_config_and_of_the_evaluation(tmp_path):
     other = evaluate_tiers(scorer, [vol], draws=1, noise_reference_mm=0.0)
     assert own["noise_reference_mm"] == 1.0 and other["noise_reference_mm"] == 0.0
     assert own["n_samples"] == other["n_samples"]
+    # one moderate and one severe sample of each artifact alone
+    assert {v["n"] for v in own["level_separation"].values()} == {2}
+
+
+def test_roc_auc_and_level_separation():
+    from bids_qa.training.tiers import level_separation, roc_auc
+
+    assert roc_auc([0, 0, 1, 1], [0.1, 0.2, 0.3, 0.4]) == 1.0
+    assert roc_auc([0, 0, 1, 1], [0.4, 0.3, 0.2, 0.1]) == 0.0
+    assert roc_auc([0, 1], [0.5, 0.5]) == 0.5
+    assert np.isnan(roc_auc([1, 1], [0.1, 0.2]))
+    # motion alone at grades 1, 2, 1, 2; noise alone at 1, 2; a mixture and a clean sample ignored
+    grades = np.array(
+        [[1, 0, 0], [2, 0, 0], [1, 0, 0], [2, 0, 0], [0, 1, 0], [0, 2, 0], [2, 2, 0], [0, 0, 0]]
+    )
+    probs = np.zeros((8, 3, 2))
+    probs[:, 0, 1] = [0.1, 0.9, 0.2, 0.8, 0.0, 0.0, 0.0, 0.9]  # motion p_severe: perfect
+    probs[:, 1, 1] = [0.0, 0.0, 0.0, 0.0, 0.7, 0.3, 0.0, 0.0]  # noise p_severe: inverted
+    change = np.array([0.5, 0.1, 0.1, 0.5, 0.1, 0.2, 0.9, 0.0])  # motion: no separation
+    sep = level_separation(grades, probs, change)
+    assert sep["motion"] == {"model_auc": 1.0, "change_auc": 0.5, "n": 4}
+    assert sep["noise"]["model_auc"] == 0.0 and sep["noise"]["change_auc"] == 1.0
+    assert sep["contrast"]["n"] == 0 and np.isnan(sep["contrast"]["model_auc"])
 
 
 # ----------------------------------------------------------------------------- native-noise grades

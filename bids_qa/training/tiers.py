@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from bids_qa.artifacts import realised_change
 from bids_qa.models.tiers import (
     ARTIFACTS,
     NAME,
@@ -451,6 +452,39 @@ def balanced_accuracy(truth: np.ndarray, pred: np.ndarray) -> float:
     return float(0.5 * (pred[truth].mean() + (~pred[~truth]).mean()))
 
 
+def roc_auc(truth: np.ndarray, score: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney, ties count half); NaN if a class is absent."""
+    from scipy.stats import rankdata
+
+    truth = np.asarray(truth, dtype=bool)
+    score = np.asarray(score, dtype=np.float64)
+    n_pos, n_neg = int(truth.sum()), int((~truth).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(score)
+    return float((ranks[truth].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def level_separation(
+    true_grades: np.ndarray, probs: np.ndarray, change: np.ndarray
+) -> dict[str, dict[str, float]]:
+    """Moderate vs severe, per artifact, on samples carrying only that artifact: ROC AUC of the
+    model's ``p_severe`` and of the realised change (:func:`bids_qa.artifacts.realised_change`,
+    which needs the clean cube). A low change AUC means the two simulated levels differ little
+    in the image itself, which bounds what any grader of visible damage can separate."""
+    out: dict[str, dict[str, float]] = {}
+    for a, artifact in enumerate(ARTIFACTS):
+        others_clean = (np.delete(true_grades, a, axis=1) == 0).all(axis=1)
+        use = others_clean & (true_grades[:, a] >= 1)
+        severe = true_grades[use, a] == 2
+        out[artifact] = {
+            "model_auc": roc_auc(severe, probs[use, a, 1]),
+            "change_auc": roc_auc(severe, change[use]),
+            "n": int(use.sum()),
+        }
+    return out
+
+
 def metrics_from_predictions(
     true_grades: np.ndarray, probs: np.ndarray, single: np.ndarray
 ) -> dict[str, Any]:
@@ -640,7 +674,7 @@ def evaluate_tiers(
     if any(src.cube.shape != (grid,) * 3 for src in sources):
         raise ValueError(f"cube sources must be on the model's {grid}^3 grid")
     model_native = bool(model.config.native_noise)
-    cubes, grades, sides = [], [], []
+    cubes, grades, sides, changes = [], [], [], []
     probs = []
     net_time = 0.0
 
@@ -657,6 +691,7 @@ def evaluate_tiers(
         cubes.append(cube)
         grades.append(g)
         sides.append(source_side_input(sources[k], model_native))
+        changes.append(realised_change(sources[k].cube, cube, sources[k].mask > 0))
         if len(cubes) == batch_size:
             predict()
             cubes, sides = [], []
@@ -666,6 +701,7 @@ def evaluate_tiers(
     p = np.concatenate(probs)
     single = (true_grades > 0).sum(axis=1) <= 1
     out = metrics_from_predictions(true_grades, p, single)
+    out["level_separation"] = level_separation(true_grades, p, np.asarray(changes))
     out["net_s_per_volume"] = net_time / max(1, len(true_grades))
     out["noise_reference_mm"] = noise_reference_mm
     out["native_noise"] = bool(native_noise)
