@@ -284,3 +284,21 @@ def test_fixed_pixel_encoder_reads_spacing_stack_in_training_and_scoring():
     m, names = reference_population(net, [("v", vol)], 32, pixel_mm=2.0)
     m0, _ = reference_population(net, [("v", vol)], 32)
     assert m.shape == m0.shape and not np.allclose(m, m0)
+
+
+@needs_weights
+def test_flow_evaluation_reports_the_realised_change_of_simulated_artifacts():
+    from bids_qa.training.flow import EVAL_ARTIFACTS, evaluate_flow
+
+    res = evaluate_flow(
+        F.FlowScorer(), [({"path": "mni.nii.gz"}, _phantom())], np.random.default_rng(0), 1
+    )
+    cases = {c["category"]: c for c in res["cases"]}
+    assert set(cases) == {"clean", "clean_variant", "truncated_fov", *EVAL_ARTIFACTS}
+    for cat in EVAL_ARTIFACTS:  # severity 0.7-1: every artifact changes the phantom visibly
+        assert 0.01 < cases[cat]["change"] < 2.0
+        assert res["per_category"][cat]["median_change"] == cases[cat]["change"]
+    for cat in ("clean", "clean_variant", "truncated_fov"):
+        assert np.isnan(cases[cat]["change"])
+        assert "median_change" not in res["per_category"][cat]
+    assert res["at_5pct"]["tp"] + res["at_5pct"]["fn"] == 6  # 4 artifacts + 2 truncations

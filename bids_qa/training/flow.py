@@ -432,7 +432,9 @@ def truncate_half(volume, axis: int = 0, crop: bool = False) -> np.ndarray:
 
 def evaluation_cases(volumes, rng: np.random.Generator, n_clean_variants: int = 3,
                      severity: tuple[float, float] = (0.7, 1.0)):
-    """Yield (name, category, is_artifact, Volume) for the evaluation (built lazily, one at a time).
+    """Yield (name, category, is_artifact, Volume, change) for the evaluation (built lazily, one at
+    a time); ``change`` is the simulated artifact's realised change
+    (:func:`bids_qa.artifacts.realised_change`, against the clean volume), NaN for other cases.
 
     Per in-scope validation volume: the volume itself and ``n_clean_variants`` benign variants
     (flips and gamma in [0.8, 1.25], counted as clean); each of :data:`EVAL_ARTIFACTS` at a severity
@@ -445,23 +447,28 @@ def evaluation_cases(volumes, rng: np.random.Generator, n_clean_variants: int = 
     for entry, vol in volumes:
         name = Path(str(entry.get("path", "volume"))).name
         if entry.get("out_of_scope"):
-            yield name, "non_brain", True, vol
+            yield name, "non_brain", True, vol, float("nan")
             continue
-        yield name, "clean", False, vol
+        yield name, "clean", False, vol, float("nan")
         for j in range(n_clean_variants):
             data = vol.data
             for ax in (0, 1):
                 if rng.random() < 0.5:
                     data = np.flip(data, axis=ax)
             gamma = float(np.exp(rng.uniform(np.log(0.8), np.log(1.25))))
-            yield f"{name}|variant{j}|gamma={gamma:.2f}", "clean_variant", False, _rebuild(np.clip(data, 0, None) ** gamma, vol.zooms)
+            yield (f"{name}|variant{j}|gamma={gamma:.2f}", "clean_variant", False,
+                   _rebuild(np.clip(data, 0, None) ** gamma, vol.zooms), float("nan"))
         for art in EVAL_ARTIFACTS:
             sev = float(rng.uniform(*severity))
             params = artifacts.sample_params(art, rng, severity=sev, ndim=3)
             corrupted = artifacts.apply_artifact(vol.data, art, params, zooms=vol.zooms)
-            yield f"{name}|{art}|severity={sev:.2f}", art, True, _rebuild(corrupted, vol.zooms)
-        yield f"{name}|truncated_lr", "truncated_fov", True, _rebuild(truncate_half(vol, axis=0), vol.zooms)
-        yield f"{name}|cropped_ap", "truncated_fov", True, _rebuild(truncate_half(vol, axis=1, crop=True), vol.zooms)
+            case = _rebuild(corrupted, vol.zooms)
+            change = artifacts.realised_change(vol.data, case.data, vol.mask)
+            yield f"{name}|{art}|severity={sev:.2f}", art, True, case, change
+        nan = float("nan")
+        yield f"{name}|truncated_lr", "truncated_fov", True, _rebuild(truncate_half(vol, axis=0), vol.zooms), nan
+        yield (f"{name}|cropped_ap", "truncated_fov", True,
+               _rebuild(truncate_half(vol, axis=1, crop=True), vol.zooms), nan)
 
 
 def evaluate_flow(scorer, volumes, rng: np.random.Generator, n_clean_variants: int = 3) -> dict:
@@ -486,11 +493,12 @@ def evaluate_flow(scorer, volumes, rng: np.random.Generator, n_clean_variants: i
     """
     cases = []
     times = []
-    for name, category, is_art, vol in evaluation_cases(volumes, rng, n_clean_variants):
+    for name, category, is_art, vol, change in evaluation_cases(volumes, rng, n_clean_variants):
         t0 = time.perf_counter()
         s = scorer.score(vol)
         times.append(time.perf_counter() - t0)
-        cases.append({"name": name, "category": category, "artifact": bool(is_art), **s.values})
+        cases.append({"name": name, "category": category, "artifact": bool(is_art),
+                      "change": change, **s.values})
     out: dict = {"n_cases": len(cases), "score_seconds_mean": float(np.mean(times)),
                  "score_seconds_max": float(np.max(times))}
     art = np.array([c["artifact"] for c in cases])
@@ -506,6 +514,9 @@ def evaluate_flow(scorer, volumes, rng: np.random.Generator, n_clean_variants: i
         per[cat] = {"n": len(sel), "flagged_5pct": float(np.mean([c["flag_5pct"] for c in sel])),
                     "flagged_3pct": float(np.mean([c["flag_3pct"] for c in sel])),
                     "median_log_density": float(np.median([c["log_density"] for c in sel]))}
+        changes = [c["change"] for c in sel if np.isfinite(c["change"])]
+        if changes:
+            per[cat]["median_change"] = float(np.median(changes))
     out["per_category"] = per
     out["cases"] = cases
     return out
