@@ -302,3 +302,35 @@ def test_flow_evaluation_reports_the_realised_change_of_simulated_artifacts():
         assert np.isnan(cases[cat]["change"])
         assert "median_change" not in res["per_category"][cat]
     assert res["at_5pct"]["tp"] + res["at_5pct"]["fn"] == 6  # 4 artifacts + 2 truncations
+
+
+def test_motion3d_queries_come_from_the_bank_with_the_clean_query_as_negative():
+    from bids_qa.artifacts import realised_change
+    from bids_qa.training.flow import MOTION3D, ContrastiveMaker, motion3d_bank
+    from bids_qa.training.slices import make_source
+    from bids_qa.volume import volume_from_array
+
+    yy, xx, zz = np.mgrid[:40, :40, :40]
+    head = (((yy - 20) ** 2 + (xx - 20) ** 2 + (zz - 20) ** 2) < 15**2).astype(np.float32)
+    texture = 0.5 + 0.3 * np.sin(xx / 2.0) * np.cos(yy / 3.0)  # edges for motion to smear
+    source = make_source(volume_from_array(head * texture, (1.0, 1.0, 1.0)))
+    bank = motion3d_bank([source], 2, seed=0)
+    assert len(bank) == 1 and len(bank[0]) == 2
+    assert bank[0][0][0].shape == source.volume.data.shape
+    assert 0.3 <= bank[0][0][1] <= 1.0
+    assert realised_change(source.volume.data, bank[0][0][0], source.volume.mask) > 0.02
+    arts = ("noise", MOTION3D)
+    maker = ContrastiveMaker([source], 32, arts, 1, 1.0, query_weights=(0.0, 1.0), motion3d=bank)
+    assert maker.negative_artifacts == ("noise",)
+    for i in range(4):
+        stack, k, level = maker(np.random.default_rng(i))
+        assert stack.shape == (3, 32, 32) and k == 0
+        assert int(level[0]) == 1
+        assert min(abs(float(level[1]) - c[1]) for c in bank[0]) < 1e-6
+        query, clean = stack[0], stack[2]  # first negative: the clean query (severity >= 0.3)
+        mask = clean > 0.05
+        moved = realised_change(clean, query, mask)
+        flipped = realised_change(clean, clean[::-1].copy(), mask)
+        assert 0 < moved < flipped  # same slice and flips, only the motion differs
+    with pytest.raises(ValueError, match="bank"):
+        ContrastiveMaker([source], 32, arts, 1, 1.0)

@@ -66,6 +66,11 @@ from bids_qa.training.slices import (
 #: field-of-view truncation, see the model card). ``truncation`` is simulated here
 #: (:func:`truncate_slice`), the others by :mod:`bids_qa.artifacts`.
 NEGATIVE_ARTIFACTS = ("noise", "motion", "ghosting", "bias", "truncation")
+#: Query artifact read from a volume corrupted with TorchIO's 3D motion (the benchmark's motion),
+#: drawn from a bank built once (:func:`motion3d_bank`); never used for simulated negatives.
+MOTION3D = "motion3d"
+#: Severity range of the 3D-motion bank's copies.
+MOTION3D_SEVERITY = (0.3, 1.0)
 #: Weight of the norm penalty.
 NORM_PENALTY = 1e-3
 #: Minimum severity gap between the query and a same-artifact negative.
@@ -97,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: uniform; validation always uniform)")
     p.add_argument("--both-motion-models", action="store_true",
                    help="simulate motion with TorchIO's model as well as our k-space one (50/50)")
+    p.add_argument("--motion3d-copies", type=int, default=0, metavar="K",
+                   help="also corrupt queries with TorchIO's 3D motion of the whole volume (the benchmark's "
+                        "motion): K copies per training volume, simulated once; adds the query artifact "
+                        f"'{MOTION3D}' after --artifacts (give --query-weights one more number)")
     return p
 
 
@@ -109,8 +118,15 @@ class ContrastiveMaker:
 
     def __init__(self, sources: list[SliceSource], size: int, artifacts: tuple[str, ...], n_neg: int,
                  corrupt_prob: float, both_motion_models: bool = False,
-                 query_weights: tuple[float, ...] | None = None, pixel_mm: float = 0.0) -> None:
+                 query_weights: tuple[float, ...] | None = None, pixel_mm: float = 0.0,
+                 motion3d: list[list[tuple[np.ndarray, float]]] | None = None) -> None:
         self.sources, self.size, self.artifacts = sources, size, tuple(artifacts)
+        #: per source, (3D-motion-corrupted normalised data, severity) copies (:func:`motion3d_bank`)
+        self.motion3d = motion3d
+        if MOTION3D in self.artifacts and (motion3d is None or len(motion3d) != len(sources)
+                                           or not all(motion3d)):
+            raise ValueError("the motion3d query artifact needs a bank with copies of every source")
+        self.negative_artifacts = tuple(a for a in self.artifacts if a != MOTION3D)
         #: see :class:`EncoderConfig` (``pixel_mm``); 0 keeps the whole-field-of-view inputs
         self.pixel_mm = float(pixel_mm)
         self.n_neg, self.corrupt_prob = n_neg, corrupt_prob
@@ -160,6 +176,26 @@ class ContrastiveMaker:
         mask2 = to_model_input(mask.astype(np.float32), zooms, work) > 0.5
         return img2, mask2, (extent / work, extent / work)
 
+    def _motion3d_pair(self, k: int, picks, gamma: float, geometry: dict, rng: np.random.Generator):
+        """Query and positive slices (at the working resolution) of one 3D-motion copy of source
+        ``k``: the same slices, contrast and flips as the clean pair, so the clean query stays its
+        negative; returns (query, positive, severity)."""
+        assert self.motion3d is not None
+        data, severity = self.motion3d[k][int(rng.integers(len(self.motion3d[k])))]
+        src = self.sources[k]
+        replay = np.random.default_rng()
+        replay.bit_generator.state = geometry
+        out = []
+        for pick in picks:
+            axis, index = src.choices[int(pick)]
+            _, mask, zooms = native_slice(src, axis, index)
+            img = np.take(data, index, axis=axis)
+            if gamma != 1.0:
+                img = np.clip(img, 0, None) ** gamma
+            img, mask, zooms = augment_geometry(img, mask, zooms, replay)
+            out.append(self._to_work(img, mask, zooms)[0])
+        return out[0], out[1], float(severity)
+
     def __call__(self, rng: np.random.Generator):
 
         k = int(rng.integers(len(self.sources)))
@@ -167,9 +203,11 @@ class ContrastiveMaker:
         picks = rng.choice(len(src.choices), size=2, replace=len(src.choices) < 2)
         q, qmask, qz = native_slice(src, *src.choices[int(picks[0])])
         p, pmask, pz = native_slice(src, *src.choices[int(picks[1])])
+        gamma = 1.0
         if rng.random() < 0.5:  # contrast diversity, a property of the volume: shared by q and p
-            g = float(np.exp(rng.uniform(-0.3, 0.3)))
-            q, p = np.clip(q, 0, None) ** g, np.clip(p, 0, None) ** g
+            gamma = float(np.exp(rng.uniform(-0.3, 0.3)))
+            q, p = np.clip(q, 0, None) ** gamma, np.clip(p, 0, None) ** gamma
+        geometry = rng.bit_generator.state  # replayed for a 3D-motion query (same flips as q, p)
         q, qmask, qz = augment_geometry(q, qmask, qz, rng)
         p, pmask, pz = augment_geometry(p, pmask, pz, rng)
         q, qmask, qz = self._to_work(q, qmask, qz)
@@ -179,11 +217,14 @@ class ContrastiveMaker:
         if rng.random() < self.corrupt_prob:
             art = str(rng.choice(self.artifacts, p=self.query_p))
             sev = float(rng.uniform(0.15, 1.0))
-            params = self._params(art, rng, sev)
-            q = self._corrupt(clean_q, qmask, qz, art, params)
-            if "seed" in params:  # same level, fresh noise realisation (no pattern to match)
-                params = {**params, "seed": int(rng.integers(0, 2**31 - 1))}
-            p = self._corrupt(p, pmask, pz, art, params)
+            if art == MOTION3D:
+                q, p, sev = self._motion3d_pair(k, picks, gamma, geometry, rng)
+            else:
+                params = self._params(art, rng, sev)
+                q = self._corrupt(clean_q, qmask, qz, art, params)
+                if "seed" in params:  # same level, fresh noise realisation (no pattern to match)
+                    params = {**params, "seed": int(rng.integers(0, 2**31 - 1))}
+                p = self._corrupt(p, pmask, pz, art, params)
         def final(x, zooms, mask):
             return to_model_input(x, zooms, self.size, mask, self.pixel_mm)
 
@@ -193,7 +234,7 @@ class ContrastiveMaker:
                 neg = clean_q  # clean vs corrupted: different artifact level
             else:
                 while True:
-                    art2 = str(rng.choice(self.artifacts))
+                    art2 = str(rng.choice(self.negative_artifacts))
                     sev2 = float(rng.uniform(0.25, 1.0))
                     if art is None or art2 != art or abs(sev2 - sev) >= SEVERITY_GAP:
                         break
@@ -202,6 +243,29 @@ class ContrastiveMaker:
         # the query's artifact level: -1 clean, else the artifact's index, and its severity
         level = np.array([-1 if art is None else self.artifacts.index(art), sev], dtype=np.float32)
         return np.stack(out).astype(np.float32), k, level
+
+
+def motion3d_bank(sources: list[SliceSource], copies: int, seed: int) -> list[list[tuple[np.ndarray, float]]]:
+    """``copies`` corrupted versions of every source volume, each with TorchIO's 3D motion (as the
+    benchmark simulates it) at a severity drawn in :data:`MOTION3D_SEVERITY` and normalised as a
+    loaded scan; copy ``c`` of source ``k`` comes from ``default_rng([seed, 31337, k, c])``.
+
+    3D motion costs seconds per volume, far more than a training step, so it is simulated once."""
+    from bids_qa import artifacts
+    from bids_qa.volume import normalise
+
+    bank = []
+    for k, src in enumerate(sources):
+        vol = src.volume
+        per = []
+        for c in range(copies):
+            rng = np.random.default_rng([seed, 31337, k, c])
+            severity = float(rng.uniform(*MOTION3D_SEVERITY))
+            params = artifacts.sample_params("motion", rng, severity=severity, ndim=3)
+            moved = artifacts.apply_artifact(vol.data, "motion", params, zooms=vol.zooms)
+            per.append((normalise(moved)[0].astype(np.float32), severity))
+        bank.append(per)
+    return bank
 
 
 def truncation_params(rng: np.random.Generator, severity: float) -> dict:
@@ -564,8 +628,16 @@ def main(argv: list[str] | None = None) -> int:
           f"volumes in {time.time() - t_load:.0f}s", flush=True)
     arts = tuple(args.artifacts)
     weights = tuple(args.query_weights) if args.query_weights else None
-    maker = ContrastiveMaker(train_sources, enc_config.input_size, arts, args.negatives, args.corrupt_prob,
-                             args.both_motion_models, weights, pixel_mm=enc_config.pixel_mm)
+    bank = None
+    query_arts = arts
+    if args.motion3d_copies > 0:
+        t_bank = time.time()
+        bank = motion3d_bank(train_sources, args.motion3d_copies, settings.seed)
+        query_arts = arts + (MOTION3D,)
+        print(f"3D-motion bank: {args.motion3d_copies} copies of {len(bank)} volumes in "
+              f"{time.time() - t_bank:.0f}s", flush=True)
+    maker = ContrastiveMaker(train_sources, enc_config.input_size, query_arts, args.negatives, args.corrupt_prob,
+                             args.both_motion_models, weights, pixel_mm=enc_config.pixel_mm, motion3d=bank)
     val_maker = ContrastiveMaker(val_sources, enc_config.input_size, arts, args.negatives, args.corrupt_prob,
                                  args.both_motion_models, pixel_mm=enc_config.pixel_mm)
     best = train_encoder(settings, maker, val_maker, enc_config, argv, mask_same_level=args.mask_same_level,
@@ -585,7 +657,8 @@ def main(argv: list[str] | None = None) -> int:
                           "negative_artifacts": list(arts), "corrupt_prob": args.corrupt_prob,
                           "negatives": args.negatives, "norm_penalty": NORM_PENALTY,
                           "mask_same_level": args.mask_same_level,
-                          "both_motion_models": args.both_motion_models}}
+                          "both_motion_models": args.both_motion_models,
+                          "motion3d_copies": args.motion3d_copies}}
     wstate, meta, fitted = build_weights(net, enc_config, flow_config, fit, ref_m, ref_names, extra)
     out_path = run_dir / "flow.safetensors"
     save_weights(out_path, wstate, meta)
