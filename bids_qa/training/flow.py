@@ -104,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="simulate motion with TorchIO's model as well as our k-space one (50/50)")
     p.add_argument("--motion3d-copies", type=int, default=0, metavar="K",
                    help="also corrupt queries with TorchIO's 3D motion of the whole volume (the benchmark's "
-                        "motion): K copies per training volume, simulated once; adds the query artifact "
+                        "motion): K copies per training volume, simulated once and held in memory (use --workers 0); "
+                        "adds the query artifact "
                         f"'{MOTION3D}' after --artifacts (give --query-weights one more number)")
     return p
 
@@ -498,7 +499,7 @@ def evaluation_cases(volumes, rng: np.random.Generator, n_clean_variants: int = 
                      severity: tuple[float, float] = (0.7, 1.0)):
     """Yield (name, category, is_artifact, Volume, change) for the evaluation (built lazily, one at
     a time); ``change`` is the simulated artifact's realised change
-    (:func:`bids_qa.artifacts.realised_change`, against the clean volume), NaN for other cases.
+    (:func:`bids_qa.artifacts.realised_change`, against the clean volume), None for other cases.
 
     Per in-scope validation volume: the volume itself and ``n_clean_variants`` benign variants
     (flips and gamma in [0.8, 1.25], counted as clean); each of :data:`EVAL_ARTIFACTS` at a severity
@@ -511,9 +512,9 @@ def evaluation_cases(volumes, rng: np.random.Generator, n_clean_variants: int = 
     for entry, vol in volumes:
         name = Path(str(entry.get("path", "volume"))).name
         if entry.get("out_of_scope"):
-            yield name, "non_brain", True, vol, float("nan")
+            yield name, "non_brain", True, vol, None
             continue
-        yield name, "clean", False, vol, float("nan")
+        yield name, "clean", False, vol, None
         for j in range(n_clean_variants):
             data = vol.data
             for ax in (0, 1):
@@ -521,7 +522,7 @@ def evaluation_cases(volumes, rng: np.random.Generator, n_clean_variants: int = 
                     data = np.flip(data, axis=ax)
             gamma = float(np.exp(rng.uniform(np.log(0.8), np.log(1.25))))
             yield (f"{name}|variant{j}|gamma={gamma:.2f}", "clean_variant", False,
-                   _rebuild(np.clip(data, 0, None) ** gamma, vol.zooms), float("nan"))
+                   _rebuild(np.clip(data, 0, None) ** gamma, vol.zooms), None)
         for art in EVAL_ARTIFACTS:
             sev = float(rng.uniform(*severity))
             params = artifacts.sample_params(art, rng, severity=sev, ndim=3)
@@ -529,10 +530,9 @@ def evaluation_cases(volumes, rng: np.random.Generator, n_clean_variants: int = 
             case = _rebuild(corrupted, vol.zooms)
             change = artifacts.realised_change(vol.data, case.data, vol.mask)
             yield f"{name}|{art}|severity={sev:.2f}", art, True, case, change
-        nan = float("nan")
-        yield f"{name}|truncated_lr", "truncated_fov", True, _rebuild(truncate_half(vol, axis=0), vol.zooms), nan
+        yield f"{name}|truncated_lr", "truncated_fov", True, _rebuild(truncate_half(vol, axis=0), vol.zooms), None
         yield (f"{name}|cropped_ap", "truncated_fov", True,
-               _rebuild(truncate_half(vol, axis=1, crop=True), vol.zooms), nan)
+               _rebuild(truncate_half(vol, axis=1, crop=True), vol.zooms), None)
 
 
 def evaluate_flow(scorer, volumes, rng: np.random.Generator, n_clean_variants: int = 3) -> dict:
@@ -578,7 +578,7 @@ def evaluate_flow(scorer, volumes, rng: np.random.Generator, n_clean_variants: i
         per[cat] = {"n": len(sel), "flagged_5pct": float(np.mean([c["flag_5pct"] for c in sel])),
                     "flagged_3pct": float(np.mean([c["flag_3pct"] for c in sel])),
                     "median_log_density": float(np.median([c["log_density"] for c in sel]))}
-        changes = [c["change"] for c in sel if np.isfinite(c["change"])]
+        changes = [c["change"] for c in sel if c["change"] is not None]
         if changes:
             per[cat]["median_change"] = float(np.median(changes))
     out["per_category"] = per
