@@ -400,6 +400,7 @@ def parse_weight_overrides(items: list[str]) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from bids_qa.derivatives import json_ready
     from bids_qa.scoring import REGISTRY
     from bids_qa.training.data import clean_volumes
 
@@ -458,8 +459,8 @@ def main(argv: list[str] | None = None) -> int:
         result["families"][family] = res
     result["seconds"] = round(time.time() - t0, 1)
     md.append(f"Total benchmark time: {result['seconds']:.0f} s.")
-    (out_dir / "benchmark.json").write_text(
-        json.dumps(result, indent=1, sort_keys=True, default=float)
+    (out_dir / "benchmark.json").write_text(  # strict JSON: a figure that could not be computed is null
+        json.dumps(json_ready(result), indent=1, sort_keys=True, allow_nan=False)
     )
     (out_dir / "benchmark.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
