@@ -334,3 +334,28 @@ def test_motion3d_queries_come_from_the_bank_with_the_clean_query_as_negative():
         assert 0 < moved < flipped  # same slice and flips, only the motion differs
     with pytest.raises(ValueError, match="bank"):
         ContrastiveMaker([source], 32, arts, 1, 1.0)
+
+
+def test_separation_loss_pulls_clean_together_and_pushes_corrupted_out():
+    from bids_qa.training.flow import separation_loss
+
+    m = torch.zeros(4, 5, 2)
+    m[2:, :2] = torch.tensor([3.0, 0.0])  # corrupted queries/positives far from the clean ones
+    level = torch.tensor([[-1.0, 0.0], [-1.0, 0.0], [0.0, 0.8], [1.0, 0.9]])
+    assert float(separation_loss(m, level, radius=1.5)) == pytest.approx(0.0)
+    near = m.clone()
+    near[2:, :2] = torch.tensor([0.5, 0.0])
+    near.requires_grad_(True)
+    loss = separation_loss(near, level, radius=1.5)
+    assert float(loss.detach()) == pytest.approx(1.0)  # (1.5 - 0.5)^2
+    loss.backward()
+    assert (near.grad[2:, :2, 0] < 0).all()  # descent moves them away from the clean centre
+    spread = m.clone()
+    spread[0, 0] = torch.tensor([1.0, 0.0])  # clean points apart: pulled together
+    assert float(separation_loss(spread, level, radius=1.5)) > 0
+    mild = level.clone()
+    mild[2:, 1] = 0.3  # below the severity the term pushes
+    assert float(separation_loss(near.detach(), mild, radius=1.5)) == pytest.approx(0.0)
+    no_clean = level.clone()
+    no_clean[:, 0] = 0.0
+    assert float(separation_loss(near.detach(), no_clean, radius=1.5)) == 0.0

@@ -102,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: uniform; validation always uniform)")
     p.add_argument("--both-motion-models", action="store_true",
                    help="simulate motion with TorchIO's model as well as our k-space one (50/50)")
+    p.add_argument("--separation-weight", type=float, default=0.0,
+                   help="weight of an auxiliary term (not in the paper) that pulls clean embeddings together "
+                        "and pushes corrupted ones (severity >= 0.5) out of their region (0: off)")
+    p.add_argument("--separation-radius", type=float, default=1.5,
+                   help="distance from the clean batch mean that corrupted embeddings are pushed to")
     p.add_argument("--motion3d-copies", type=int, default=0, metavar="K",
                    help="also corrupt queries with TorchIO's 3D motion of the whole volume (the benchmark's "
                         "motion): K copies per training volume, simulated once and held in memory (use --workers 0); "
@@ -338,6 +343,27 @@ def contrastive_loss(m, source, level=None):
                         "acc": float(0.5 * (acc1 + acc2).mean())}
 
 
+def separation_loss(m, level, radius: float, min_severity: float = 0.5):
+    """Auxiliary term (not in paper 001): clean queries and positives are pulled to their batch
+    mean ``c`` (squared distance), corrupted ones of severity >= ``min_severity`` are pushed to at
+    least ``radius`` from it (squared hinge). Eq. 1 only asks a corrupted slice to differ from its
+    own clean version; the density flags need it to leave the clean region. Returns 0 when the
+    batch holds no clean query."""
+    import torch
+
+    pair = m[:, :2]  # query and positive share the artifact level
+    clean = level[:, 0] < 0
+    if not bool(clean.any()):
+        return m.sum() * 0.0
+    centre = pair[clean].reshape(-1, 2).mean(0).detach()
+    pull = ((pair[clean] - centre) ** 2).sum(-1).mean()
+    strong = (~clean) & (level[:, 1] >= min_severity)
+    if not bool(strong.any()):
+        return pull
+    dist = ((pair[strong] - centre) ** 2).sum(-1).clamp(min=1e-12).sqrt()
+    return pull + (torch.relu(radius - dist) ** 2).mean()
+
+
 def validation_metrics(net, batch, device: str) -> dict[str, float]:
     """InfoNCE loss and top-1 accuracy on a fixed validation batch."""
     import torch
@@ -356,8 +382,10 @@ def validation_metrics(net, batch, device: str) -> dict[str, float]:
 
 def train_encoder(settings: loop.TrainSettings, maker: ContrastiveMaker, val_maker: ContrastiveMaker,
                   config: EncoderConfig, argv: list[str], val_size: int = 48,
-                  mask_same_level: bool = False, init: str | None = None) -> dict:
-    """Run (or resume) contrastive training; the best encoder goes to ``best_encoder.safetensors``."""
+                  mask_same_level: bool = False, init: str | None = None,
+                  separation: tuple[float, float] = (0.0, 1.5)) -> dict:
+    """Run (or resume) contrastive training; the best encoder goes to ``best_encoder.safetensors``.
+    ``separation`` = (weight, radius) of :func:`separation_loss` (weight 0: the paper's loss)."""
     import torch
 
     from bids_qa.models.weights import save_weights
@@ -385,6 +413,10 @@ def train_encoder(settings: loop.TrainSettings, maker: ContrastiveMaker, val_mak
         m = net(x.reshape(-1, 1, *x.shape[-2:])).reshape(x.shape[0], x.shape[1], 2)
         loss, parts = contrastive_loss(m, src.to(settings.device),
                                        level.to(settings.device) if mask_same_level else None)
+        if separation[0] > 0:
+            sep = separation_loss(m, level.to(settings.device), separation[1])
+            loss = loss + separation[0] * sep
+            parts["separation"] = float(sep.detach())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -641,7 +673,7 @@ def main(argv: list[str] | None = None) -> int:
     val_maker = ContrastiveMaker(val_sources, enc_config.input_size, arts, args.negatives, args.corrupt_prob,
                                  args.both_motion_models, pixel_mm=enc_config.pixel_mm)
     best = train_encoder(settings, maker, val_maker, enc_config, argv, mask_same_level=args.mask_same_level,
-                         init=args.init)
+                         init=args.init, separation=(args.separation_weight, args.separation_radius))
     print(f"encoder: best step {best.get('step')} {json.dumps(best.get('metrics'))}", flush=True)
 
     run_dir = Path(settings.run_dir)
@@ -658,7 +690,8 @@ def main(argv: list[str] | None = None) -> int:
                           "negatives": args.negatives, "norm_penalty": NORM_PENALTY,
                           "mask_same_level": args.mask_same_level,
                           "both_motion_models": args.both_motion_models,
-                          "motion3d_copies": args.motion3d_copies}}
+                          "motion3d_copies": args.motion3d_copies,
+                          "separation": [args.separation_weight, args.separation_radius]}}
     wstate, meta, fitted = build_weights(net, enc_config, flow_config, fit, ref_m, ref_names, extra)
     out_path = run_dir / "flow.safetensors"
     save_weights(out_path, wstate, meta)
