@@ -65,9 +65,8 @@ def metrics_at(p: np.ndarray, g: np.ndarray, thr: np.ndarray) -> dict:
 
 
 def main() -> None:
-    from sklearn.metrics import roc_auc_score
-
     from bids_qa.models.tiers import ARTIFACTS, TierScorer
+    from bids_qa.training.tiers import roc_auc as roc_auc_score
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("data_dir")
