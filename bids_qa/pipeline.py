@@ -350,13 +350,21 @@ def build_scorer_set(names: Sequence[str], device: str, batch_size: int) -> Scor
             f"no scorer to run: {', '.join(skipped) or 'the requested ones'} "
             f"{'are' if len(skipped) != 1 else 'is'} not installed (weights missing)",
         )
-    wants_suffix = {}
-    for scorer in scorers:
-        try:
-            wants_suffix[scorer.name] = "suffix" in inspect.signature(scorer.score).parameters
-        except (TypeError, ValueError):
-            wants_suffix[scorer.name] = False
+    wants_suffix = {scorer.name: scorer_wants_suffix(scorer) for scorer in scorers}
     return ScorerSet(scorers=scorers, skipped=skipped, wants_suffix=wants_suffix)
+
+
+def scorer_wants_suffix(scorer: Scorer) -> bool:
+    """Whether ``scorer.score`` is called with the scan's BIDS suffix: what the scorer declares
+    in a boolean ``needs_suffix`` (it may depend on its weights, as for contrast-aware tiers),
+    else whether ``score`` takes a ``suffix`` argument. Scorers that need it are not batched."""
+    declared = getattr(scorer, "needs_suffix", None)
+    if isinstance(declared, bool):
+        return declared
+    try:
+        return "suffix" in inspect.signature(scorer.score).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 #: Scans per group on CUDA when ``--scan-batch`` is ``auto``: eight 1 mm volumes give severity and

@@ -46,7 +46,7 @@ def main() -> None:
             variants.append((art, lvl, volume_from_array(data, vol.zooms)))
         for w, scorer in scorers.items():
             for art, lvl, v in variants:
-                values = scorer.score(v).values
+                values = scorer.score(v, entry.get("suffix")).values
                 rows[w].append(
                     {
                         "volume": str(entry.get("path")),

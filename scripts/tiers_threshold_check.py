@@ -30,7 +30,7 @@ def probabilities(scorer, data_dir: str, split: str, seed: int):
     ):
         cubes.append(cube)
         grades.append(g)
-        sides.append(source_side_input(sources[k], scorer.config.native_noise))
+        sides.append(source_side_input(sources[k], scorer.config))
     side = np.stack(sides) if scorer.config.side_features else None
     return predict_probabilities(scorer, np.stack(cubes), side=side), np.stack(grades)
 

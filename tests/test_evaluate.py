@@ -53,6 +53,26 @@ def test_severity_summary_compares_score_and_ss_with_the_realised_change():
     )
 
 
+def test_within_scan_spearman_ignores_offsets_between_scans():
+    # each scan's score rises with SS, but scan 1 starts where scan 0 ends: pooled < 1, within = 1
+    rows = []
+    for v in range(3):
+        rows.append({"volume": f"v{v}", "artifact": "none", "ss": 0.0, "score": 2.0 * v})
+        for s in (0.1, 0.5, 0.9):
+            for a in ("noise", "ghosting", "bias", "anisotropy", "motion"):
+                score = 2.0 * v + s if a != "bias" else 2.0 * v + 1.0 - s  # bias falls within
+                rows.append({"volume": f"v{v}", "artifact": a, "ss": s, "score": score})
+    summary = summarise_severity(rows, (0.1, 0.5, 0.9))
+    assert summary["spearman"]["noise"] < 0.5
+    within = summary["spearman_within_scan"]
+    assert within["noise"] == {"mean": 1.0, "median": 1.0, "min": 1.0, "n": 3}
+    assert within["bias"]["mean"] == pytest.approx(0.2)  # clean lowest, then falling: ranks 1,4,3,2
+    md = severity_markdown(summary)
+    row = next(ln for ln in md.splitlines() if ln.startswith("| noise |") and ln.count("|") == 6)
+    assert [c.strip() for c in row.split("|")[2:6]] == ["1.000", "1.000", "1.000", "3"]
+    assert summarise_severity(_rows(True), (0.1, 0.5, 0.9))["spearman_within_scan"] == {}
+
+
 def test_realised_change_measures_relative_rms_difference_in_the_mask():
     from bids_qa.artifacts import realised_change
 

@@ -638,14 +638,15 @@ def test_native_noise_training_samples_and_evaluation(tmp_path):
     from bids_qa.training.tiers import TierSampleMaker, evaluate_tiers, make_cube_source
 
     sources = phantom_sources()
-    maker = TierSampleMaker(sources, views=2, native_noise=True)
+    native_cfg = TierConfig(voxel_mm=2.5, native_noise=True)
+    maker = TierSampleMaker(sources, native_cfg, views=2)
     x, labels, grades, side = maker(np.random.default_rng([1, 0]))
     assert x.shape == (2, 1, 32, 32, 32) and side.shape == (2, 1)
     assert side[0, 0] == pytest.approx(noise_averaging_feature(sources[0].voxel_mm, (4.0,) * 3))
     no_zooms = [make_cube_source(volume_from_array(head_phantom(), (4.0,) * 3), 32)]
     no_zooms[0].zooms = None
     with pytest.raises(ValueError, match="voxel sizes"):
-        TierSampleMaker(no_zooms, native_noise=True)
+        TierSampleMaker(no_zooms, native_cfg)
     net = build_network(TierConfig(grid=32, channels=TINY.channels, fc=TINY.fc, voxel_mm=2.5,
                                    native_noise=True))
     vol = volume_from_array(head_phantom(n=48, voxel=4.0), (4.0,) * 3)
@@ -678,3 +679,83 @@ def test_coarsened_volume_is_a_coarser_acquisition_with_averaged_noise():
     extra = np.sqrt(max(renoised.data[inner].std() ** 2 - coarse_sd**2, 0.0))
     assert extra == pytest.approx(0.03 * coarse.data[inner].mean() / renoised.data[inner].mean(), rel=0.3)
 
+
+
+# ----------------------------------------------------------------------------- contrast input
+
+
+def test_contrast_code_maps_bids_suffixes_to_sequence_families():
+    from bids_qa.models.tiers import CONTRAST_FAMILIES, contrast_code
+
+    assert CONTRAST_FAMILIES == ("T1w", "T2w", "FLAIR", "PDw")
+    assert contrast_code("T1w").tolist() == [1, 0, 0, 0]
+    assert contrast_code("inplaneT2").tolist() == [0, 1, 0, 0]
+    assert contrast_code("FLAIR").tolist() == [0, 0, 1, 0]
+    assert contrast_code("PD").tolist() == [0, 0, 0, 1]
+    for unknown in ("T2starw", "", None, "t1w", "<script>"):
+        assert contrast_code(unknown).tolist() == [0, 0, 0, 0]
+    cfg = TierConfig(voxel_mm=2.5, contrast_input=True)
+    assert cfg.side_features == 4
+    assert TierConfig.from_dict(cfg.to_dict()) == cfg
+    assert TierConfig.from_dict({**cfg.to_dict(), "contrast_input": False}).side_features == 0
+    both = TierConfig(voxel_mm=2.5, native_noise=True, contrast_input=True)
+    vec = both.side_vector(2.5, (1.0, 1.0, 1.0), "FLAIR")
+    assert vec.shape == (5,) and vec[1:].tolist() == [0, 0, 1, 0] and vec[0] > 0.5
+
+
+def test_contrast_aware_scorer_reads_the_suffix_and_the_pipeline_passes_it(tmp_path):
+    import torch
+
+    from bids_qa.models.weights import save_weights
+    from bids_qa.pipeline import scorer_wants_suffix
+    from bids_qa.training import loop
+
+    torch.manual_seed(0)
+    old_cfg = TierConfig(grid=32, channels=TINY.channels, fc=TINY.fc, voxel_mm=5.0)
+    old = build_network(old_cfg).eval()
+    old_path = tmp_path / "old.safetensors"
+    save_weights(old_path, old.state_dict(), {"config": old_cfg.to_dict(), "version": "old"})
+    cfg = TierConfig(grid=32, channels=TINY.channels, fc=TINY.fc, voxel_mm=5.0, contrast_input=True)
+    new = build_network(cfg).eval()
+    assert loop.warm_start(new, str(old_path), partial=True) == ["side.bias", "side.weight"]
+    x = torch.rand(2, 1, 32, 32, 32)
+    with torch.no_grad():  # the zero-initialised side path leaves the warm-started network as it was
+        assert torch.equal(old(x), new(x, torch.eye(4)[:2]))
+        new.side.weight.normal_(0, 3.0)
+    path = tmp_path / "contrast.safetensors"
+    save_weights(path, new.state_dict(), {"config": cfg.to_dict(), "version": "contrast"})
+    scorer = TierScorer(weights=str(path))
+    plain = TierScorer(weights=str(old_path))
+    assert scorer.needs_suffix and not plain.needs_suffix
+    assert scorer_wants_suffix(scorer) and not scorer_wants_suffix(plain)
+    vol = volume_from_array(head_phantom(n=48, voxel=4.0), (4.0,) * 3)
+    t1, flair = scorer.score(vol, "T1w").values, scorer.score(vol, "FLAIR").values
+    assert t1["contrast_p_moderate"] != pytest.approx(flair["contrast_p_moderate"], abs=1e-4)
+    unknown = scorer.score(vol).values  # no suffix: the all-zero code
+    assert unknown["contrast_p_moderate"] == pytest.approx(
+        scorer.score(vol, "T2starw").values["contrast_p_moderate"], abs=1e-6
+    )
+    many = scorer.score_many([vol, vol], ["T1w", "FLAIR"])
+    assert many[0].values["contrast_p_moderate"] == pytest.approx(t1["contrast_p_moderate"], abs=1e-5)
+    assert many[1].values["contrast_p_moderate"] == pytest.approx(
+        flair["contrast_p_moderate"], abs=1e-5
+    )
+
+
+def test_contrast_input_training_samples_hide_the_suffix_at_the_dropout_rate():
+    from bids_qa.training.tiers import TierSampleMaker, make_cube_source, source_side_input
+
+    vol = volume_from_array(head_phantom(), (4.0, 4.0, 4.0))
+    src = make_cube_source(vol, 32, name="flair", suffix="FLAIR")
+    assert src.suffix == "FLAIR"
+    cfg = TierConfig(grid=32, contrast_input=True)
+    assert source_side_input(src, cfg).tolist() == [0, 0, 1, 0]
+    assert source_side_input(src, cfg, suffix="").tolist() == [0, 0, 0, 0]
+    assert source_side_input(src, TierConfig(grid=32)).tolist() == [0]  # no side input: one zero
+    maker = TierSampleMaker([src], cfg, views=2, suffix_dropout=0.3)
+    sides = [maker(np.random.default_rng([3, i]))[3] for i in range(60)]
+    assert all(s.shape == (2, 4) and (s[0] == s[1]).all() for s in sides)
+    hidden = sum(float(s[0].sum()) == 0 for s in sides)
+    assert 8 <= hidden <= 30  # ~18 of 60 expected
+    with pytest.raises(ValueError, match="suffix_dropout"):
+        TierSampleMaker([src], cfg, suffix_dropout=1.5)

@@ -55,6 +55,28 @@ TASKS: tuple[str, ...] = ("moderate", "severe")
 DECISION_THRESHOLD = 0.5
 #: Human-readable grade names (the reasons say "noise: severe").
 GRADE_NAMES: dict[int, str] = {0: "none", 1: "moderate", 2: "severe"}
+#: Sequence families a contrast-aware network is told about (one-hot side input); any other or
+#: unknown suffix (a plain NIfTI folder) is all zeros.
+CONTRAST_FAMILIES: tuple[str, ...] = ("T1w", "T2w", "FLAIR", "PDw")
+#: BIDS suffixes read as one of :data:`CONTRAST_FAMILIES`.
+SUFFIX_FAMILY: dict[str, str] = {
+    "T1w": "T1w",
+    "inplaneT1": "T1w",
+    "T2w": "T2w",
+    "inplaneT2": "T2w",
+    "FLAIR": "FLAIR",
+    "PDw": "PDw",
+    "PD": "PDw",
+}
+
+
+def contrast_code(suffix: str | None) -> np.ndarray:
+    """One-hot :data:`CONTRAST_FAMILIES` code of a scan's suffix (zeros when unknown)."""
+    code = np.zeros(len(CONTRAST_FAMILIES), dtype=np.float32)
+    family = SUFFIX_FAMILY.get(str(suffix or ""))
+    if family is not None:
+        code[CONTRAST_FAMILIES.index(family)] = 1.0
+    return code
 
 
 @dataclass(frozen=True)
@@ -153,6 +175,10 @@ class TierConfig:
     #: scan's own voxel size; the network is told how many acquired voxels one cube voxel
     #: averages (:meth:`side_input`), because the cube alone cannot show it.
     native_noise: bool = False
+    #: True: the network is also told the scan's sequence family (:func:`contrast_code` of its
+    #: BIDS suffix), because what a contrast change looks like depends on what the contrast
+    #: should be; scans of unknown suffix read as all zeros (seen in training too).
+    contrast_input: bool = False
 
     def __post_init__(self) -> None:
         if self.voxel_mm < 0:
@@ -172,15 +198,28 @@ class TierConfig:
 
     @property
     def side_features(self) -> int:
-        """How many scalars enter the network beside the cube (0 or 1)."""
-        return 1 if self.native_noise else 0
+        """How many scalars enter the network beside the cube (0, 1, 4 or 5)."""
+        return int(self.native_noise) + len(CONTRAST_FAMILIES) * int(self.contrast_input)
 
-    def side_input(self, volume: Volume) -> np.ndarray | None:
-        """The scalars the network reads beside ``volume``'s cube, or None (see
-        :func:`noise_averaging_feature`)."""
-        if not self.native_noise:
-            return None
-        return np.array([noise_averaging_feature(self.voxel_mm, volume.zooms)], dtype=np.float32)
+    def side_vector(
+        self, cube_voxel_mm: float, zooms: Sequence[float] | None, suffix: str | None
+    ) -> np.ndarray | None:
+        """The scalars the network reads beside a cube of ``cube_voxel_mm`` voxels made from a
+        scan of voxel sizes ``zooms`` and BIDS ``suffix`` (None when it reads none):
+        :func:`noise_averaging_feature` with ``native_noise``, then :func:`contrast_code` with
+        ``contrast_input``."""
+        parts = []
+        if self.native_noise:
+            if zooms is None:
+                raise ValueError("native_noise weights need the scan's voxel sizes")
+            parts.append(np.array([noise_averaging_feature(cube_voxel_mm, zooms)], np.float32))
+        if self.contrast_input:
+            parts.append(contrast_code(suffix))
+        return np.concatenate(parts) if parts else None
+
+    def side_input(self, volume: Volume, suffix: str | None = None) -> np.ndarray | None:
+        """The scalars the network reads beside ``volume``'s cube (:meth:`side_vector`)."""
+        return self.side_vector(self.voxel_mm, volume.zooms, suffix)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TierConfig:
@@ -193,6 +232,7 @@ class TierConfig:
             voxel_mm=float(d.get("voxel_mm", 0.0)),
             noise_reference_mm=float(d.get("noise_reference_mm", 0.0)),
             native_noise=bool(d.get("native_noise", False)),
+            contrast_input=bool(d.get("contrast_input", False)),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -205,6 +245,7 @@ class TierConfig:
             "voxel_mm": self.voxel_mm,
             "noise_reference_mm": self.noise_reference_mm,
             "native_noise": self.native_noise,
+            "contrast_input": self.contrast_input,
         }
 
     def trunk_output_size(self) -> int:
@@ -278,7 +319,7 @@ def build_network(config: TierConfig):
             z = self.shared(self.trunk(x))
             if self.side is not None:
                 if side is None:
-                    raise ValueError("this tiers network needs its side input (native voxel size)")
+                    raise ValueError("this tiers network needs its side input (TierConfig.side_vector)")
                 z = z + self.side(side.to(z.dtype))
             z = torch.relu(z)
             return torch.stack([head(z) for head in self.heads], dim=1)
@@ -329,7 +370,7 @@ class TierScorer:
         from bids_qa.models.weights import predict_batched
 
         if self.config.side_features and side is None:
-            raise ValueError("these tiers weights need the scans' side input (native voxel size)")
+            raise ValueError("these tiers weights need the scans' side input (TierConfig.side_vector)")
         probs = predict_batched(
             self.net,
             grids,
@@ -344,14 +385,24 @@ class TierScorer:
         """Cache the model's input cube on ``volume`` (loader threads)."""
         self.config.input_cube(volume)
 
-    def score(self, volume: Volume) -> ScanScores:
-        return self.score_many([volume])[0]
+    @property
+    def needs_suffix(self) -> bool:
+        """Whether the grades depend on the scan's BIDS suffix (contrast-aware weights)."""
+        return bool(self.config.contrast_input)
 
-    def score_many(self, volumes: Sequence[Volume]) -> list[ScanScores]:
-        """Grade several volumes with one batched pass over their grids."""
+    def score(self, volume: Volume, suffix: str | None = None) -> ScanScores:
+        return self.score_many([volume], [suffix])[0]
+
+    def score_many(
+        self, volumes: Sequence[Volume], suffixes: Sequence[str | None] | None = None
+    ) -> list[ScanScores]:
+        """Grade several volumes with one batched pass over their grids (``suffixes``: their
+        BIDS suffixes, read only by contrast-aware weights)."""
         grids = [self.config.input_cube(v)[None] for v in volumes]
+        if suffixes is None:
+            suffixes = [None] * len(volumes)
         side = (
-            np.stack([self.config.side_input(v) for v in volumes])
+            np.stack([self.config.side_input(v, s) for v, s in zip(volumes, suffixes, strict=True)])
             if self.config.side_features
             else None
         )

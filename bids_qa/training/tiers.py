@@ -81,9 +81,13 @@ class CubeSource:
     name: str = ""
     #: The scan's acquired voxel sizes, in the cube's axis order (for noise simulated at them).
     zooms: tuple[float, float, float] | None = None
+    #: The scan's BIDS suffix (what contrast-aware networks are told; "" when unknown).
+    suffix: str = ""
 
 
-def make_cube_source(volume, grid: int, name: str = "", voxel_mm: float = 0.0) -> CubeSource:
+def make_cube_source(
+    volume, grid: int, name: str = "", voxel_mm: float = 0.0, suffix: str = ""
+) -> CubeSource:
     """Resample a :class:`~bids_qa.volume.Volume` once onto the ``grid``^3 cube the scorer reads.
 
     The cube is exactly the scorer's input (:meth:`Volume.cube`), so a clean training sample *is*
@@ -106,7 +110,12 @@ def make_cube_source(volume, grid: int, name: str = "", voxel_mm: float = 0.0) -
         )
     zooms = tuple(float(z) for z in volume.zooms)
     return CubeSource(
-        cube=cube, mask=mask, voxel_mm=float(extent / grid), name=name, zooms=zooms  # type: ignore[arg-type]
+        cube=cube,
+        mask=mask,
+        voxel_mm=float(extent / grid),
+        name=name,
+        zooms=zooms,  # type: ignore[arg-type]
+        suffix=str(suffix or ""),
     )
 
 
@@ -366,28 +375,36 @@ class TierSampleMaker:
     side (V, k))`` (``side``: the network's side input; one unused zero when it takes none).
 
     Simulating motion dominates the cost of a sample, so each corrupted cube is used ``views``
-    times: as simulated, then as random flips/permutations of itself. With ``native_noise`` the
-    noise is simulated at the source scan's own voxel sizes (:func:`native_noise`).
+    times: as simulated, then as random flips/permutations of itself. ``config`` (default: a
+    plain :class:`~bids_qa.models.tiers.TierConfig`) says what the noise grades mean and which
+    side input the network reads: with ``native_noise`` the noise is simulated at the source
+    scan's own voxel sizes (:func:`native_noise`); with ``contrast_input`` the scan's suffix is
+    hidden (read as unknown) in a ``suffix_dropout`` share of the samples, so the network also
+    grades scans whose suffix is not known.
     """
 
     def __init__(
         self,
         sources: list[CubeSource],
+        config=None,
         augment: bool = True,
         views: int = 2,
-        noise_reference_mm: float = 0.0,
-        native_noise: bool = False,
+        suffix_dropout: float = 0.0,
     ) -> None:
+        from bids_qa.models.tiers import TierConfig
+
         if not sources:
             raise ValueError("no training volumes: TierSampleMaker needs at least one CubeSource")
         if views < 1:
             raise ValueError(f"views must be >= 1, got {views}")
+        if not 0.0 <= suffix_dropout <= 1.0:
+            raise ValueError(f"suffix_dropout must be in [0, 1], got {suffix_dropout}")
         self.sources = sources
+        self.config = config if config is not None else TierConfig()
         self.augment = augment
         self.views = views
-        self.noise_reference_mm = noise_reference_mm
-        self.native_noise = native_noise
-        if native_noise and any(src.zooms is None for src in sources):
+        self.suffix_dropout = float(suffix_dropout)
+        if self.config.native_noise and any(src.zooms is None for src in sources):
             raise ValueError("native noise needs every source's voxel sizes (CubeSource.zooms)")
 
     def __call__(self, rng: np.random.Generator):
@@ -398,15 +415,16 @@ class TierSampleMaker:
             aug, mask, axes = augment_cube_axes(cube, mask, rng)
             cube = renormalise_like(aug, cube, mask)
         grades = draw_grades(rng)
-        zooms = src.zooms if self.native_noise else None
+        zooms = src.zooms if self.config.native_noise else None
         out, _ = corrupt_cube(
-            cube, mask, grades, src.voxel_mm, rng, self.noise_reference_mm, zooms, axes
+            cube, mask, grades, src.voxel_mm, rng, self.config.noise_reference_mm, zooms, axes
         )
         cubes = [out] + [random_view(out, rng) for _ in range(self.views - 1)]
         g = np.array([grades[a] for a in ARTIFACTS], dtype=np.int64)
         labels = np.stack([(g >= 1), (g >= 2)], axis=1).astype(np.float32)
         v = self.views
-        side = source_side_input(src, self.native_noise)
+        hide = self.config.contrast_input and rng.random() < self.suffix_dropout
+        side = source_side_input(src, self.config, suffix="" if hide else None)
         return (
             np.stack(cubes)[:, None],
             np.repeat(labels[None], v, 0),
@@ -415,14 +433,11 @@ class TierSampleMaker:
         )
 
 
-def source_side_input(src: CubeSource, native_noise: bool) -> np.ndarray:
-    """The network's side input for a source (:meth:`TierConfig.side_input`), or one zero."""
-    from bids_qa.models.tiers import noise_averaging_feature
-
-    if not native_noise:
-        return np.zeros(1, dtype=np.float32)
-    assert src.zooms is not None
-    return np.array([noise_averaging_feature(src.voxel_mm, src.zooms)], dtype=np.float32)
+def source_side_input(src: CubeSource, config, suffix: str | None = None) -> np.ndarray:
+    """The network's side input for a source (:meth:`TierConfig.side_vector`; ``suffix``
+    overrides the source's), or one unused zero when ``config``'s network reads none."""
+    vec = config.side_vector(src.voxel_mm, src.zooms, src.suffix if suffix is None else suffix)
+    return np.zeros(1, dtype=np.float32) if vec is None else vec
 
 
 # ----------------------------------------------------------------------------- loss, metrics
@@ -664,16 +679,18 @@ def evaluate_tiers(
         noise_reference_mm = 0.0 if native_noise else model.config.noise_reference_mm
     sources = []
     for k, item in enumerate(volumes):
+        suffix = ""
         if isinstance(item, tuple):
+            suffix = str(item[0].get("suffix", "")) if isinstance(item[0], dict) else ""
             item = item[1]
         sources.append(
             item
             if isinstance(item, CubeSource)
-            else make_cube_source(item, grid, name=f"volume{k}", voxel_mm=voxel_mm)
+            else make_cube_source(item, grid, name=f"volume{k}", voxel_mm=voxel_mm, suffix=suffix)
         )
     if any(src.cube.shape != (grid,) * 3 for src in sources):
         raise ValueError(f"cube sources must be on the model's {grid}^3 grid")
-    model_native = bool(model.config.native_noise)
+    takes_side = bool(model.config.side_features)
     cubes, grades, sides, changes = [], [], [], []
     probs = []
     net_time = 0.0
@@ -681,7 +698,7 @@ def evaluate_tiers(
     def predict() -> None:
         nonlocal net_time
         t0 = time.perf_counter()
-        side = np.stack(sides) if model_native else None
+        side = np.stack(sides) if takes_side else None
         probs.append(predict_probabilities(model, np.stack(cubes), batch_size, side))
         net_time += time.perf_counter() - t0
 
@@ -690,7 +707,7 @@ def evaluate_tiers(
     ):
         cubes.append(cube)
         grades.append(g)
-        sides.append(source_side_input(sources[k], model_native))
+        sides.append(source_side_input(sources[k], model.config))
         changes.append(realised_change(sources[k].cube, cube, sources[k].mask > 0))
         if len(cubes) == batch_size:
             predict()
@@ -771,6 +788,18 @@ def build_parser() -> argparse.ArgumentParser:
         "cube voxel averages (needs --voxel-mm)",
     )
     p.add_argument(
+        "--contrast-input",
+        action="store_true",
+        help="the network also reads the scan's sequence family (one-hot T1w/T2w/FLAIR/PDw from "
+        "the BIDS suffix; unknown suffixes read as zeros)",
+    )
+    p.add_argument(
+        "--suffix-dropout",
+        type=float,
+        default=0.25,
+        help="with --contrast-input: share of training samples shown as of unknown suffix",
+    )
+    p.add_argument(
         "--coarse-copies",
         type=float,
         nargs="*",
@@ -833,8 +862,10 @@ def train(
     views: int = 2,
     init: str | None = None,
     init_partial: bool = False,
+    suffix_dropout: float = 0.25,
 ) -> dict[str, Any]:
-    """Run (or resume) training; returns the best validation record. Writes only into run_dir."""
+    """Run (or resume) training; returns the best validation record. Writes only into run_dir.
+    ``suffix_dropout``: share of samples whose suffix a contrast-aware network is not told."""
     import torch
 
     from bids_qa import __version__
@@ -875,7 +906,7 @@ def train(
     ):
         val_x.append(cube.astype(np.float16))
         val_g.append(g)
-        val_s.append(source_side_input(val_sources[k], config.native_noise))
+        val_s.append(source_side_input(val_sources[k], config))
     val_side = np.stack(val_s) if val_s else np.zeros((0, 1), np.float32)
     val_cubes = (
         np.stack(val_x)
@@ -893,12 +924,7 @@ def train(
         single = (val_grades > 0).sum(axis=1) <= 1
         return {"val_loss": float(loss), **metrics_from_predictions(val_grades, probs, single)}
 
-    maker = TierSampleMaker(
-        train_sources,
-        views=views,
-        noise_reference_mm=config.noise_reference_mm,
-        native_noise=config.native_noise,
-    )
+    maker = TierSampleMaker(train_sources, config, views=views, suffix_dropout=suffix_dropout)
     if start == 0 and len(val_cubes):  # the untrained baseline, for the record (never kept as best)
         log.write({"step": 0, "validation": validate()})
     t0 = time.time()
@@ -1019,19 +1045,28 @@ def sources_from_data(
         if entry.get("out_of_scope"):
             continue
         name = str(entry.get("path", entry))
-        sources.append(make_cube_source(vol, grid, name=name, voxel_mm=voxel_mm))
+        suffix = str(entry.get("suffix", ""))
+        sources.append(make_cube_source(vol, grid, name=name, voxel_mm=voxel_mm, suffix=suffix))
         for mm in coarse_mm:
             rng = np.random.default_rng([seed, k, int(round(mm * 100))])
             std = float(rng.uniform(*COARSE_CLEAN_NOISE))
             coarse = coarsened_volume(vol, mm, std, int(rng.integers(2**31)))
             if coarse is not None:
                 sources.append(
-                    make_cube_source(coarse, grid, name=f"{name}@{mm:g}mm", voxel_mm=voxel_mm)
+                    make_cube_source(
+                        coarse, grid, name=f"{name}@{mm:g}mm", voxel_mm=voxel_mm, suffix=suffix
+                    )
                 )
     if n_synthetic:
         rng = np.random.default_rng([seed, 104729 if split == "train" else 130363])
         sources += [
-            make_cube_source(vol, grid, name=str(entry["path"]), voxel_mm=voxel_mm)
+            make_cube_source(
+                vol,
+                grid,
+                name=str(entry["path"]),
+                voxel_mm=voxel_mm,
+                suffix=str(entry.get("suffix", "")),
+            )
             for entry, vol in synthetic_volumes(n_synthetic, rng)
         ]
     return sources
@@ -1051,6 +1086,7 @@ def main(argv: list[str] | None = None) -> int:
         voxel_mm=args.voxel_mm,
         noise_reference_mm=args.noise_reference_mm,
         native_noise=args.native_noise,
+        contrast_input=args.contrast_input,
     )
     t0 = time.time()
     train_sources = sources_from_data(
@@ -1081,6 +1117,7 @@ def main(argv: list[str] | None = None) -> int:
         views=args.views,
         init=args.init,
         init_partial=args.init_partial,
+        suffix_dropout=args.suffix_dropout,
     )
     print(json.dumps(best, indent=2, default=str), flush=True)
     run_dir = Path(settings.run_dir)
