@@ -62,7 +62,12 @@ class ScanScores:
 
 @runtime_checkable
 class Scorer(Protocol):
-    """A model family or metric set. ``name`` and ``version`` go into provenance."""
+    """A model family or metric set. ``name`` and ``version`` go into provenance.
+
+    A scorer whose values depend on the scan's BIDS suffix takes ``score(volume, suffix=...)``;
+    one for which that depends on its weights says so in a boolean ``needs_suffix``
+    (:func:`bids_qa.pipeline.scorer_wants_suffix`).
+    """
 
     name: str
     version: str
