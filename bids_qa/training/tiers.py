@@ -386,13 +386,11 @@ class TierSampleMaker:
     def __init__(
         self,
         sources: list[CubeSource],
-        config=None,
+        config: TierConfig | None = None,
         augment: bool = True,
         views: int = 2,
         suffix_dropout: float = 0.0,
     ) -> None:
-        from bids_qa.models.tiers import TierConfig
-
         if not sources:
             raise ValueError("no training volumes: TierSampleMaker needs at least one CubeSource")
         if views < 1:
@@ -433,7 +431,9 @@ class TierSampleMaker:
         )
 
 
-def source_side_input(src: CubeSource, config, suffix: str | None = None) -> np.ndarray:
+def source_side_input(
+    src: CubeSource, config: TierConfig, suffix: str | None = None
+) -> np.ndarray:
     """The network's side input for a source (:meth:`TierConfig.side_vector`; ``suffix``
     overrides the source's), or one unused zero when ``config``'s network reads none."""
     vec = config.side_vector(src.voxel_mm, src.zooms, src.suffix if suffix is None else suffix)
