@@ -946,6 +946,8 @@ class IQMScorer:
     version = "1.0"
     #: CPU-only numpy/scipy, no shared state: the pipeline runs it in the loader threads.
     in_loader = True
+    #: Some IQMs depend on the contrast (which tissue is bright): the pipeline passes the suffix.
+    needs_suffix = True
 
     def __init__(self, suffix: str | None = None, **kwargs: Any) -> None:
         self.suffix = suffix

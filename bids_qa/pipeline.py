@@ -356,15 +356,9 @@ def build_scorer_set(names: Sequence[str], device: str, batch_size: int) -> Scor
 
 def scorer_wants_suffix(scorer: Scorer) -> bool:
     """Whether ``scorer.score`` is called with the scan's BIDS suffix: what the scorer declares
-    in a boolean ``needs_suffix`` (it may depend on its weights, as for contrast-aware tiers),
-    else whether ``score`` takes a ``suffix`` argument. Scorers that need it are not batched."""
-    declared = getattr(scorer, "needs_suffix", None)
-    if isinstance(declared, bool):
-        return declared
-    try:
-        return "suffix" in inspect.signature(scorer.score).parameters
-    except (TypeError, ValueError):
-        return False
+    in a boolean ``needs_suffix`` (absent: no). It may depend on the scorer's weights, as for
+    contrast-aware tiers. Scorers that need it are not batched."""
+    return getattr(scorer, "needs_suffix", False) is True
 
 
 #: Scans per group on CUDA when ``--scan-batch`` is ``auto``: eight 1 mm volumes give severity and

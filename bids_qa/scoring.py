@@ -64,8 +64,8 @@ class ScanScores:
 class Scorer(Protocol):
     """A model family or metric set. ``name`` and ``version`` go into provenance.
 
-    A scorer whose values depend on the scan's BIDS suffix takes ``score(volume, suffix=...)``;
-    one for which that depends on its weights says so in a boolean ``needs_suffix``
+    A scorer whose values depend on the scan's BIDS suffix says so in a boolean ``needs_suffix``
+    (a property where it depends on the weights) and takes ``score(volume, suffix=...)``
     (:func:`bids_qa.pipeline.scorer_wants_suffix`).
     """
 

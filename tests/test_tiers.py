@@ -728,6 +728,9 @@ def test_contrast_aware_scorer_reads_the_suffix_and_the_pipeline_passes_it(tmp_p
     plain = TierScorer(weights=str(old_path))
     assert scorer.needs_suffix and not plain.needs_suffix
     assert scorer_wants_suffix(scorer) and not scorer_wants_suffix(plain)
+    from bids_qa.iqms import IQMScorer
+
+    assert scorer_wants_suffix(IQMScorer())  # contrast-dependent IQMs: declared, not inferred
     vol = volume_from_array(head_phantom(n=48, voxel=4.0), (4.0,) * 3)
     t1, flair = scorer.score(vol, "T1w").values, scorer.score(vol, "FLAIR").values
     assert t1["contrast_p_moderate"] != pytest.approx(flair["contrast_p_moderate"], abs=1e-4)
