@@ -21,6 +21,7 @@ from bids_qa.config import ANALYSIS_LEVELS, DEVICES, available_cpus
 HELPERS = {
     "demo": "bids_qa.demo",
     "simulate": "bids_qa.simulate",
+    "synthesize": "bids_qa.synthesize",
     "evaluate": "bids_qa.evaluate",
     "train": "bids_qa.training",
 }
@@ -44,6 +45,7 @@ _EPILOG = """\
 helper commands:
   bids_qa demo OUT                 build a small demo dataset in OUT and assess it
   bids_qa simulate ...             apply simulated artifacts to an image
+  bids_qa synthesize LABELS OUT    draw synthetic heads of any contrast from label maps
   bids_qa evaluate ...             measure the models on labelled data
   bids_qa train FAMILY ...         train a model family (severity, flow, ssim, tiers)
 

@@ -216,11 +216,13 @@ def draw_params(
     contrast: str = "random",
     classes: list[list[int]] | None = None,
     acquisition: str | None = None,
+    iso_mm: tuple[float, float] = ISO_MM,
 ) -> dict[str, Any]:
     """Every random choice of one head, as plain JSON (see docs/simulation.md for each entry).
 
     ``classes``: groups of labels sharing an intensity (default :func:`label_classes` of the labels
-    present, symmetric); ``acquisition``: ``"3d"``, ``"2d"`` or None (drawn, 2D with P = 0.4).
+    present, symmetric); ``acquisition``: ``"3d"``, ``"2d"`` or None (drawn, 2D with P = 0.4);
+    ``iso_mm``: range of the 3D voxel size (training narrows it to save memory).
     """
     if classes is None:
         classes = label_classes(np.unique(label_map.labels).astype(int).tolist())
@@ -239,7 +241,7 @@ def draw_params(
     if acquisition is None:
         acquisition = "2d" if rng.uniform() < P_2D else "3d"
     if acquisition == "3d":
-        iso = float(rng.uniform(*ISO_MM))
+        iso = float(rng.uniform(*iso_mm))
         acq = {"type": "3D", "plane": "3d", "voxel_mm": [iso, iso, iso], "slice_thickness_mm": iso}
     elif acquisition == "2d":
         plane = PLANES[int(rng.integers(len(PLANES)))]
@@ -449,9 +451,10 @@ def synthesize_head(
     classes: list[list[int]] | None = None,
     acquisition: str | None = None,
     with_labels: bool = False,
+    iso_mm: tuple[float, float] = ISO_MM,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Draw and render one head: ``(render output, params)``; ``replay(label_map, params)`` repeats it."""
-    params = draw_params(rng, label_map, contrast, classes, acquisition)
+    params = draw_params(rng, label_map, contrast, classes, acquisition, iso_mm)
     return render(label_map, params, with_labels=with_labels), params
 
 

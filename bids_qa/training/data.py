@@ -15,11 +15,16 @@ skull and scalp (the MNI template is skull-stripped, real scans are not), light 
 random affine and elastic deformation (TorchIO's fixed ``Affine`` / ``ElasticDeformation``, with
 parameters drawn from the caller's generator). They add anatomical and contrast diversity; they
 are not meant to look like any particular scanner.
+
+Synthetic heads from label maps (:class:`SyntheticMix`, ``--synthetic-share F --label-maps DIR`` on
+every ``bids_qa train`` command): :func:`clean_volumes` then returns a share F of heads drawn by
+:mod:`bids_qa.synthesis` from the manifest's ``label_maps`` of the split (or DIR) among its volumes.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -68,13 +73,147 @@ def manifest_entries(split: str, *, include_out_of_scope: bool = False) -> list[
     ]
 
 
+@dataclass(frozen=True)
+class SyntheticMix:
+    """Share of synthetic heads among the clean volumes (0: real volumes only, the old behaviour;
+    1: synthetic only) and where their label maps come from (None: the manifest's ``label_maps`` of
+    the split, under the data folder). Saved with the training settings."""
+
+    share: float = 0.0
+    label_maps: str | None = None
+    seed: int = 0
+
+
+#: Contrasts the synthetic heads of a mix cycle through.
+MIX_CONTRASTS = ("T1w", "T2w", "FLAIR", "PDw", "random")
+#: 3D voxel sizes of training heads: real training volumes are about 1 mm; finer heads cost memory.
+MIX_ISO_MM = (1.0, 1.5)
+
+
+def add_synthetic_mix_arguments(parser) -> None:
+    """``--synthetic-share`` and ``--label-maps`` (every ``bids_qa train`` command)."""
+    parser.add_argument(
+        "--synthetic-share",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="share of the clean volumes that are synthetic heads drawn from label maps "
+        "(0: real volumes only; 1: synthetic only)",
+    )
+    parser.add_argument(
+        "--label-maps",
+        default=None,
+        metavar="DIR",
+        help="folder of label maps for the synthetic heads (default: the manifest's label_maps "
+        "of each split under --data)",
+    )
+
+
+def synthetic_mix(settings) -> SyntheticMix:
+    """The mix of a run's settings (anything with ``synthetic_share``, ``label_maps``, ``seed``)."""
+    share = float(getattr(settings, "synthetic_share", 0.0))
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"--synthetic-share must lie in [0, 1], got {share}")
+    return SyntheticMix(share, getattr(settings, "label_maps", None), int(getattr(settings, "seed", 0)))
+
+
+def mix_count(n_real: int, share: float) -> int:
+    """Synthetic heads to add to ``n_real`` volumes so that they make ``share`` of the total
+    (share 1: as many heads as there were real volumes, at least one)."""
+    if share <= 0.0:
+        return 0
+    if share >= 1.0:
+        return max(1, n_real)
+    return max(1, int(round(share / (1.0 - share) * n_real)))
+
+
+def label_map_sources(data_dir: str | Path, split: str, label_maps: str | None = None):
+    """(label map paths, generation_labels, generation_classes, licence, attribution) for a split."""
+    from bids_qa.synthesis import load_generation_classes
+
+    if label_maps:
+        folder = Path(label_maps)
+        paths = sorted(p for p in folder.glob("*.nii*") if p.name.endswith((".nii", ".nii.gz")))
+        labels, classes = load_generation_classes(folder)
+        return paths, labels, classes, f"as the label maps in {folder}", f"label maps in {folder}"
+    info = load_manifest().get("label_maps") or {}
+    root = Path(data_dir)
+    paths = [root / e["path"] for e in info.get("entries", []) if e.get("split") == split]
+    labels = classes = None
+    if info.get("labels") and info.get("classes"):
+        lab, cls = root / info["labels"], root / info["classes"]
+        if lab.is_file() and cls.is_file():
+            labels, classes = np.load(lab), np.load(cls)
+    return paths, labels, classes, info.get("license", ""), info.get("attribution", "")
+
+
+def synthetic_head_volumes(
+    data_dir: str | Path, split: str, n: int, mix: SyntheticMix
+) -> list[tuple[dict[str, Any], Volume]]:
+    """``n`` synthetic heads as ``(entry, Volume)`` pairs: head ``i`` from label map ``i mod maps``,
+    contrast ``MIX_CONTRASTS[i mod 5]``, drawn from ``default_rng([seed, split, i])``; the entry
+    holds the drawn parameters (``synthesis``)."""
+    from bids_qa import synthesis
+
+    paths, gen_labels, gen_classes, licence, attribution = label_map_sources(data_dir, split, mix.label_maps)
+    missing = [str(p) for p in paths if not p.is_file()]
+    if not paths or missing:
+        raise FileNotFoundError(
+            f"synthetic heads for split {split!r} need label maps: "
+            + (f"missing {', '.join(missing[:3])}" if missing else "none found")
+            + " (--label-maps DIR or --data with the shared/data layout)"
+        )
+    out = []
+    maps: dict[Path, tuple[Any, list[list[int]]]] = {}
+    for i in range(n):
+        path = paths[i % len(paths)]
+        if path not in maps:
+            lm = synthesis.load_label_map(path)
+            present = np.unique(lm.labels).astype(int).tolist()
+            maps[path] = (lm, synthesis.label_classes(present, gen_labels, gen_classes))
+        lm, classes = maps[path]
+        rng = np.random.default_rng([mix.seed, SPLITS.index(split), i])
+        head, params = synthesis.synthesize_head(
+            lm, rng, MIX_CONTRASTS[i % len(MIX_CONTRASTS)], classes, iso_mm=MIX_ISO_MM
+        )
+        volume = _volume_from_head(head["image"], head["affine"])
+        stem = path.name.split(".")[0]
+        entry = {
+            "path": f"synthetic/{stem}/{i:03d}_{params['suffix']}",
+            "folder": "synthetic_heads",
+            "subject": f"synthetic/{stem}",
+            "suffix": params["suffix"],
+            "split": split,
+            "license": licence,
+            "attribution": attribution,
+            "body_part": "brain",
+            "out_of_scope": False,
+            "synthetic": True,
+            "synthesis": params,
+        }
+        out.append((entry, volume))
+    return out
+
+
+def _volume_from_head(image: np.ndarray, affine: np.ndarray) -> Volume:
+    """A head in RAS+ voxel order, as :func:`~bids_qa.volume.load_volume` would read its file."""
+    import nibabel as nib
+
+    img = nib.as_closest_canonical(nib.Nifti1Image(image, affine))
+    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    return volume_from_array(np.asanyarray(img.dataobj, dtype=np.float32), zooms)  # type: ignore[arg-type]
+
+
 def clean_volumes(
     data_dir: str | Path,
     split: str,
     *,
     include_out_of_scope: bool = False,
+    mix: SyntheticMix | None = None,
 ) -> list[tuple[dict[str, Any], Volume]]:
-    """Load every clean volume of a split as ``(entry, Volume)`` pairs, in manifest order.
+    """Load every clean volume of a split as ``(entry, Volume)`` pairs, in manifest order, then
+    (``mix``) synthetic heads so that they make ``mix.share`` of the in-scope volumes (share 1:
+    the real in-scope volumes are replaced by as many heads).
 
     Raises
     ------
@@ -84,6 +223,10 @@ def clean_volumes(
     """
     root = Path(data_dir)
     entries = manifest_entries(split, include_out_of_scope=include_out_of_scope)
+    share = mix.share if mix is not None else 0.0
+    n_real = sum(not e.get("out_of_scope", False) for e in entries)
+    if share >= 1.0:
+        entries = [e for e in entries if e.get("out_of_scope", False)]
     missing = [e["path"] for e in entries if not (root / e["path"]).is_file()]
     if missing:
         raise FileNotFoundError(
@@ -91,7 +234,10 @@ def clean_volumes(
             f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} "
             "(--data must point at the folder laid out like shared/data)"
         )
-    return [(e, load_volume(root / e["path"])) for e in entries]
+    real = [(e, load_volume(root / e["path"])) for e in entries]
+    if mix is None or share <= 0.0:
+        return real
+    return real + synthetic_head_volumes(root, split, mix_count(n_real, share), mix)
 
 
 #: nilearn's bundled MNI ICBM152 2009a (symmetric) maps, read directly with nibabel: importing

@@ -53,6 +53,7 @@ from bids_qa.models.flow import (
     fit_flow,
 )
 from bids_qa.training import loop
+from bids_qa.training.data import synthetic_mix
 from bids_qa.training.slices import (
     SliceSource,
     augment_geometry,
@@ -622,12 +623,12 @@ def evaluate_flow(scorer, volumes, rng: np.random.Generator, n_clean_variants: i
 # entry point
 
 
-def load_sources(data_dir: str, n_synthetic: int, seed: int):
+def load_sources(data_dir: str, n_synthetic: int, seed: int, mix=None):
     """(train sources, validation sources, train reference volumes [(name, Volume)], validation volumes)."""
     from bids_qa.training.data import clean_volumes, synthetic_volumes
 
-    train = clean_volumes(data_dir, "train")
-    val_all = clean_volumes(data_dir, "validation", include_out_of_scope=True)
+    train = clean_volumes(data_dir, "train", mix=mix)
+    val_all = clean_volumes(data_dir, "validation", include_out_of_scope=True, mix=mix)
     ref = [(str(e["path"]), v) for e, v in train]
     if n_synthetic:
         rng = np.random.default_rng([seed, 104729])
@@ -655,7 +656,8 @@ def main(argv: list[str] | None = None) -> int:
     flow_config = FlowConfig()
     fit = FitConfig(steps=args.flow_steps, seed=settings.seed)
     t_load = time.time()
-    train_sources, val_sources, ref, val_all = load_sources(settings.data_dir, args.synthetic, settings.seed)
+    train_sources, val_sources, ref, val_all = load_sources(settings.data_dir, args.synthetic, settings.seed,
+                                                           synthetic_mix(settings))
     print(f"loaded {len(train_sources)} training volumes ({args.synthetic} synthetic), {len(val_all)} validation "
           f"volumes in {time.time() - t_load:.0f}s", flush=True)
     arts = tuple(args.artifacts)

@@ -31,6 +31,10 @@ class TrainSettings:
     threads: int
     checkpoint_every: int
     validate_every: int
+    #: share of synthetic heads among the clean volumes (training/data.py, SyntheticMix)
+    synthetic_share: float = 0.0
+    #: label maps of the synthetic heads (None: the manifest's label_maps under data_dir)
+    label_maps: str | None = None
 
 
 def add_common_arguments(parser, *, steps: int, batch_size: int, lr: float) -> None:
@@ -74,6 +78,9 @@ def add_common_arguments(parser, *, steps: int, batch_size: int, lr: float) -> N
         help="warm start: begin from these weights (same architecture) instead of a random "
         "initialisation; a checkpoint already in --run-dir takes precedence",
     )
+    from bids_qa.training.data import add_synthetic_mix_arguments
+
+    add_synthetic_mix_arguments(parser)
 
 
 def export_weights(weights: str | Path, export: str | None) -> None:
@@ -137,6 +144,8 @@ def settings_from_args(args) -> TrainSettings:
         threads=args.threads,
         checkpoint_every=args.checkpoint_every,
         validate_every=args.validate_every,
+        synthetic_share=args.synthetic_share,
+        label_maps=str(Path(args.label_maps).resolve()) if args.label_maps else None,
     )
 
 

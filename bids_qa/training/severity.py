@@ -28,6 +28,7 @@ import numpy as np
 from bids_qa.artifacts import ARTIFACTS_000 as ARTIFACT_NAMES
 from bids_qa.models.severity import NAME, POOLINGS, SeverityConfig, build_encoder
 from bids_qa.training import loop
+from bids_qa.training.data import synthetic_mix
 from bids_qa.training.slices import (
     SliceSource,
     augment_geometry,
@@ -383,12 +384,12 @@ def train(
     return best
 
 
-def sources_from_data(data_dir: str, split: str, n_synthetic: int, seed: int) -> list[SliceSource]:
+def sources_from_data(data_dir: str, split: str, n_synthetic: int, seed: int, mix=None) -> list[SliceSource]:
     from bids_qa.training.data import clean_volumes, synthetic_volumes
 
     sources = [
         make_source(vol, name=str(entry.get("path", entry)))
-        for entry, vol in clean_volumes(data_dir, split)
+        for entry, vol in clean_volumes(data_dir, split, mix=mix)
         if not entry.get("out_of_scope")
     ]
     if n_synthetic:
@@ -409,8 +410,9 @@ def main(argv: list[str] | None = None) -> int:
         pooling=args.pooling,
         pixel_mm=args.pixel_mm,
     )
-    train_sources = sources_from_data(settings.data_dir, "train", args.synthetic, settings.seed)
-    val_sources = sources_from_data(settings.data_dir, "validation", 0, settings.seed)
+    mix = synthetic_mix(settings)  # --synthetic-share / --label-maps (training/data.py)
+    train_sources = sources_from_data(settings.data_dir, "train", args.synthetic, settings.seed, mix)
+    val_sources = sources_from_data(settings.data_dir, "validation", 0, settings.seed, mix)
     print(f"training on {len(train_sources)} volumes, validating on {len(val_sources)}", flush=True)
     best = train(
         settings,

@@ -48,6 +48,7 @@ from bids_qa.models.ssim import (
     class_clinical,
 )
 from bids_qa.training import loop
+from bids_qa.training.data import synthetic_mix
 from bids_qa.training.slices import (
     SliceSource,
     augment_geometry,
@@ -637,13 +638,13 @@ def train(
     return {"best": best, "elapsed_s": round(time.time() - t0, 1)}
 
 
-def sources_from_data(data_dir: str, split: str, n_synthetic: int, seed: int) -> list[SliceSource]:
+def sources_from_data(data_dir: str, split: str, n_synthetic: int, seed: int, mix=None) -> list[SliceSource]:
     """Slice sources from the clean volumes of ``split`` (out-of-scope scans skipped) + synthetic ones."""
     from bids_qa.training.data import clean_volumes, synthetic_volumes
 
     sources = [
         make_source(vol, name=str(entry.get("path", entry)), central_fraction=1.0)
-        for entry, vol in clean_volumes(data_dir, split)
+        for entry, vol in clean_volumes(data_dir, split, mix=mix)
         if not entry.get("out_of_scope")
     ]
     if n_synthetic:
@@ -688,8 +689,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = loop.settings_from_args(args)
     config = SSIMConfig(input_size=args.input_size, width=args.width, pixel_mm=args.pixel_mm)
-    train_sources = sources_from_data(settings.data_dir, "train", args.synthetic, settings.seed)
-    val_sources = sources_from_data(settings.data_dir, "validation", 0, settings.seed)
+    mix = synthetic_mix(settings)  # --synthetic-share / --label-maps (training/data.py)
+    train_sources = sources_from_data(settings.data_dir, "train", args.synthetic, settings.seed, mix)
+    val_sources = sources_from_data(settings.data_dir, "validation", 0, settings.seed, mix)
     if not val_sources:
         raise SystemExit("no validation volume found (split 'validation'); check --data")
     print(f"training on {len(train_sources)} volumes, validating on {len(val_sources)}", flush=True)

@@ -54,6 +54,7 @@ from bids_qa.models.tiers import (
     tier_from_grades,
 )
 from bids_qa.training import loop
+from bids_qa.training.data import synthetic_mix
 
 #: Probability that a sample carries 0, 1, 2 or 3 simulated artifacts.
 N_ARTIFACT_PROBS: tuple[float, ...] = (0.25, 0.45, 0.20, 0.10)
@@ -1033,6 +1034,7 @@ def sources_from_data(
     grid: int,
     voxel_mm: float = 0.0,
     coarse_mm: tuple[float, ...] = (),
+    mix=None,
 ) -> list[CubeSource]:
     """Clean volumes of ``split`` (out-of-scope entries skipped) plus ``n_synthetic`` synthetic ones,
     each resampled once to the model's input cube; with ``coarse_mm``, each real volume also as
@@ -1041,7 +1043,7 @@ def sources_from_data(
     from bids_qa.training.data import clean_volumes, synthetic_volumes
 
     sources = []
-    for k, (entry, vol) in enumerate(clean_volumes(data_dir, split)):
+    for k, (entry, vol) in enumerate(clean_volumes(data_dir, split, mix=mix)):
         if entry.get("out_of_scope"):
             continue
         name = str(entry.get("path", entry))
@@ -1097,9 +1099,10 @@ def main(argv: list[str] | None = None) -> int:
         config.grid,
         config.voxel_mm,
         tuple(args.coarse_copies),
+        synthetic_mix(settings),  # --synthetic-share / --label-maps (training/data.py)
     )
     val_sources = sources_from_data(
-        settings.data_dir, "validation", 0, settings.seed, config.grid, config.voxel_mm
+        settings.data_dir, "validation", 0, settings.seed, config.grid, config.voxel_mm, (), synthetic_mix(settings)
     )
     print(
         f"training on {len(train_sources)} volumes, validating on {len(val_sources)} "
