@@ -22,6 +22,7 @@ HELPERS = {
     "demo": "bids_qa.demo",
     "simulate": "bids_qa.simulate",
     "evaluate": "bids_qa.evaluate",
+    "calibrate": "bids_qa.calibrate",
     "train": "bids_qa.training",
 }
 TRAIN_FAMILIES = ("severity", "flow", "ssim", "tiers")
@@ -45,6 +46,7 @@ helper commands:
   bids_qa demo OUT                 build a small demo dataset in OUT and assess it
   bids_qa simulate ...             apply simulated artifacts to an image
   bids_qa evaluate ...             measure the models on labelled data
+  bids_qa calibrate OUT --ratings FILE ...  learn thresholds from a dataset's ratings
   bids_qa train FAMILY ...         train a model family (severity, flow, ssim, tiers)
 
 exit codes: 0 success; 1 internal failure; 16 invalid BIDS dataset; 17 unknown analysis level;

@@ -175,11 +175,11 @@ def test_judge_verdict_reasons_and_rows():
     # the comparison, then the threshold's explanation filled from the same model's values
     # (names the model did not report read n/a)
     assert reasons[0]["message"].startswith(
-        "ssim.ssim_mean = 0.55 is below the fail threshold 0.6 (lower is worse): "
+        "evidence: ssim.ssim_mean = 0.55 is below the fail threshold 0.6 (lower is worse): "
         "lowest predicted SSIM 0.3 at slice n/a (5th percentile n/a)"
     )
     assert reasons[1]["message"] == (
-        "header.anisotropy = 5.5 is above the review threshold 2 (higher is worse): "
+        "fact: header.anisotropy = 5.5 is above the review threshold 2 (higher is worse): "
         "voxels n/a mm, a 2D acquisition"
     )
     assert reasons[0]["threshold"] == 0.6 and reasons[0]["value"] == 0.55
@@ -218,7 +218,7 @@ def test_inclusive_message_and_worst_flag():
     assert (
         verdict == "review"
         and reasons[0]["message"]
-        == "tiers.tier = 2 is at or above the review threshold 2 (higher is worse): graded n/a"
+        == "evidence: tiers.tier = 2 is at or above the review threshold 2 (higher is worse): graded n/a"
     )
     assert thr.as_dict() == {
         "direction": "higher_is_worse",
