@@ -30,7 +30,7 @@ STANDARD_GRIDS = {
 #: Share of the background (outside the dilated head) that must be exact zeros for "zero-filled".
 ZERO_BACKGROUND_SHARE = 0.9
 #: Head volume (litres) below which a zero-background image holds a brain without scalp and skull.
-BRAIN_ONLY_LITRES = 2.2
+BRAIN_ONLY_LITRES = 2.0
 #: Share of exact zeros in the anterior-inferior background that marks a removed face.
 DEFACE_ZERO_SHARE = 0.5
 #: Metrics that need a real air background (prefixes of ``<model>.<metric>`` keys).
@@ -99,7 +99,8 @@ def describe(raw: np.ndarray, mask: np.ndarray, zooms: tuple[float, ...]) -> Inp
     background = ~grown
     zero = raw == 0
     share = float(zero[background].mean()) if background.any() else 0.0
-    litres = float(head.sum() * np.prod(zooms) / 1e6)
+    # the non-zero volume, not the Otsu head mask (which leaves out dark scalp and skull)
+    litres = float((raw != 0).sum() * np.prod(zooms) / 1e6)
     zero_bg = share >= ZERO_BACKGROUND_SHARE
     skull_stripped = bool(zero_bg and 0 < litres < BRAIN_ONLY_LITRES)
     defaced = False
@@ -117,7 +118,7 @@ def describe(raw: np.ndarray, mask: np.ndarray, zooms: tuple[float, ...]) -> Inp
     if skull_stripped:
         notes.append(
             f"skull-stripped input: {100 * share:.0f}% of the background is exact zeros and the "
-            f"head holds {litres:.2f} l (a brain without scalp and skull)"
+            f"non-zero region holds {litres:.2f} l (a brain without scalp and skull)"
         )
     elif zero_bg:
         notes.append(f"zero-filled background: {100 * share:.0f}% of the background is exact zeros")

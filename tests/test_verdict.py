@@ -9,14 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import noisy, write_nifti
 
 from bids_qa import input_kind, protocols
 from bids_qa.calibrate import main as calibrate_main
 from bids_qa.calibrate import read_ratings
 from bids_qa.scoring import ScanScores
 from bids_qa.thresholds import judge_scan, load_thresholds
-
-from conftest import noisy, write_nifti
 
 
 def _ellipsoid(shape=(60, 72, 60), radii=(26, 32, 24)) -> np.ndarray:
