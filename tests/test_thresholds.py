@@ -36,7 +36,8 @@ def test_shipped_defaults_match_the_papers():
     assert (tier.review, tier.fail, tier.inclusive) == (2, None, True)  # advisory until validated
     flow = table.lookup("PDw", "flow.flag_5pct")
     assert (flow.review, flow.inclusive) == (1, True)
-    assert table.lookup("T1w", "header.anisotropy").review == 2.0
+    assert table.lookup("T1w", "header.anisotropy") is None  # a fact: a note unless a user judges it
+    assert table.rule.agree == 2
     assert table.lookup("T1w", "iqm.efc") is None
     raw = json.loads(default_thresholds_path().read_text(encoding="utf-8"))
     for contrast, entries in raw.items():
