@@ -23,6 +23,7 @@ HELPERS = {
     "simulate": "bids_qa.simulate",
     "synthesize": "bids_qa.synthesize",
     "evaluate": "bids_qa.evaluate",
+    "calibrate": "bids_qa.calibrate",
     "train": "bids_qa.training",
 }
 TRAIN_FAMILIES = ("severity", "flow", "ssim", "tiers")
@@ -47,6 +48,7 @@ helper commands:
   bids_qa simulate ...             apply simulated artifacts to an image
   bids_qa synthesize LABELS OUT    draw synthetic heads of any contrast from label maps
   bids_qa evaluate ...             measure the models on labelled data
+  bids_qa calibrate OUT --ratings FILE ...  learn thresholds from a dataset's ratings
   bids_qa train FAMILY ...         train a model family (severity, flow, ssim, tiers)
 
 exit codes: 0 success; 1 internal failure; 16 invalid BIDS dataset; 17 unknown analysis level;

@@ -83,6 +83,8 @@ GROUP_COLUMNS: dict[str, str] = {
     "verdict": "pass, review, fail, or error when the scan could not be fully assessed.",
     "reasons": "Why the verdict is not pass: one message per flagged metric, then one per error, joined by "
     "'; '.",
+    "notes": "Facts that do not change the verdict (acquisition, resolution, processed input, "
+    "explained flags, protocol group too small), joined by ' | '.",
     "report": "Path of the scan's HTML report relative to the output folder; n/a when none was made.",
 }
 
@@ -751,7 +753,11 @@ def collect_group_rows(
             "verdict": outputs.sidecar.get("verdict", "error"),
             # " | ": a reason's own explanation may hold "; " (e.g. a tier's graded artifacts)
             "reasons": " | ".join(reasons),
+            "notes": " | ".join(
+                str(n.get("message", "")) for n in outputs.sidecar.get("notes") or []
+            ),
             "report": report.relative_to(out_dir).as_posix() if report.is_file() else None,
+            "_metadata": scan.get("metadata") or {},  # for protocol groups; not a column
         }
         table = tables.setdefault(suffix, GroupTable(suffix, [], [], {}))
         for model, metric, value in zip(

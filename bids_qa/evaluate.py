@@ -50,7 +50,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--split", default="validation", help="manifest split to corrupt (default: validation)"
     )
     p.add_argument("--out", default="benchmark", help="folder for benchmark.json and benchmark.md")
-    p.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
+    p.add_argument("--families", nargs="*", default=list(FAMILIES), choices=FAMILIES)
+    p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="score noise/ghosting/motion copies with every family and derive the verdict's "
+        "review/fail levels and combination rule (bids_qa.calibration_levels)",
+    )
+    p.add_argument(
+        "--calibrate-rows",
+        metavar="BENCHMARK_JSON",
+        help="with --calibrate: derive from the rows of an earlier benchmark.json, no rescoring",
+    )
+    p.add_argument(
+        "--calibrate-write",
+        metavar="THRESHOLDS_JSON",
+        help="with --calibrate: write the derived levels and rule into this thresholds file",
+    )
     p.add_argument("--levels", nargs="+", type=float, default=list(SEVERITY_LEVELS))
     p.add_argument("--no-iqms", action="store_true", help="skip the classical IQMs column (faster)")
     p.add_argument("--seed", type=int, default=0)
@@ -446,6 +462,28 @@ def parse_weight_overrides(items: list[str]) -> dict[str, str]:
     return out
 
 
+def _calibration(args: argparse.Namespace, volumes: list, result: dict[str, Any]) -> str:
+    """``--calibrate``: rows of every family on the same corrupted copies, the derived levels and
+    the three target figures (stored under ``result["calibration"]``); the Markdown section."""
+    from bids_qa import calibration_levels as cl
+
+    if args.calibrate_rows:
+        stored = json.loads(Path(args.calibrate_rows).read_text())
+        rows = stored["calibration"]["rows"]
+    else:
+        print("calibrating the verdict (every family on each corrupted copy) ...", file=sys.stderr)
+        rows = cl.score_cases(volumes, seed=args.seed, device=args.device)
+    res = cl.calibrate_from_rows(rows)
+    res["rows"] = rows
+    result["calibration"] = res
+    if args.calibrate_write:
+        from bids_qa import __version__
+
+        stamp = f"bids_qa {__version__}, {args.split} split, seed {args.seed}, {time.strftime('%Y-%m-%d')}"
+        cl.write_levels(res, args.calibrate_write, stamp)
+    return cl.markdown(res)
+
+
 def main(argv: list[str] | None = None) -> int:
     from bids_qa.derivatives import json_ready
     from bids_qa.scoring import REGISTRY
@@ -504,6 +542,8 @@ def main(argv: list[str] | None = None) -> int:
             md.append(res.get("markdown", ""))
         res["seconds"] = round(time.time() - tf, 1)
         result["families"][family] = res
+    if args.calibrate:
+        md.append(_calibration(args, volumes, result))
     result["seconds"] = round(time.time() - t0, 1)
     md.append(f"Total benchmark time: {result['seconds']:.0f} s.")
     (out_dir / "benchmark.json").write_text(  # strict JSON: a figure that could not be computed is null

@@ -68,7 +68,7 @@ from bids_qa.scoring import (
     runs_in_loader,
     score_many,
 )
-from bids_qa.thresholds import ThresholdError, ThresholdTable, judge, load_thresholds
+from bids_qa.thresholds import ThresholdError, ThresholdTable, judge_scan, load_thresholds
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -804,7 +804,11 @@ def assess_scan(
     volume = loaded.volume
 
     t0 = time.perf_counter()
-    verdict, reasons, rows = judge(results, scan.suffix, shared.thresholds)
+    from bids_qa.input_kind import describe_volume  # issue 23: processed-input facts, notes
+
+    input_kind = describe_volume(volume) if volume is not None else None
+    judgement = judge_scan(results, scan.suffix, shared.thresholds, loaded.metadata, input_kind)
+    verdict, reasons, rows = judgement.verdict, judgement.reasons, judgement.rows
     if errors:
         verdict = "error"
     used = shared.thresholds.for_contrast(scan.suffix)
@@ -860,6 +864,8 @@ def assess_scan(
             "scan": scan_info,
             "verdict": "error" if any(e["stage"] != "report" for e in errors) else verdict,
             "reasons": reasons,
+            "notes": judgement.notes,
+            "input_kind": input_kind.as_dict() if input_kind is not None else None,
             "errors": list(errors),
             "warnings": warnings,
             "thresholds": {k: t.as_dict() for k, t in used.items() if k in judged},
@@ -1227,6 +1233,14 @@ def _group(ctx: RunContext, thresholds: ThresholdTable | None) -> int:
         except Exception as err:  # the refit is an extra: never lose the group table over it
             LOGGER.debug("flow refit failed:\n%s", traceback.format_exc())
             LOGGER.error("%s: flow density refit failed: %s: %s", suffix, type(err).__name__, err)
+        try:  # issue 23: dataset-relative (protocol group) flags
+            from bids_qa.protocols import PROTOCOL_COLUMNS, apply_protocol_flags
+
+            group_provenance["protocols"] = apply_protocol_flags(table)
+            descriptions.update(PROTOCOL_COLUMNS)
+        except Exception as err:  # an extra, like the refit: never lose the group table over it
+            LOGGER.error("%s: protocol groups failed: %s: %s", suffix, type(err).__name__, err)
+        group_provenance["thresholds"] = thresholds.provenance()
         paths = deriv.write_group_table(out_dir, table, descriptions, group_provenance)
         counts: dict[str, int] = {}
         for row in table.rows:
