@@ -45,6 +45,7 @@ import numpy as np
 from scipy import ndimage
 
 from bids_qa.errors import ScanError
+from bids_qa.inu import inu_values
 from bids_qa.scoring import ScanScores
 from bids_qa.volume import ANISOTROPY_2D_RATIO, Volume
 
@@ -973,7 +974,10 @@ class IQMScorer:
                 "the image looks empty or is pure noise",
             )
         tissues = tissue_classes(img, tissue_region(img, regions, zooms), suffix)
-        return ScanScores(scorer=self.name, values=self._values(img, regions, tissues, stride))
+        values = self._values(img, regions, tissues, stride)
+        bright = [tissues.masks[t] for t in tissues.order[-2:]]  # the two brightest classes
+        values.update(inu_values(img, regions.head, bright, zooms))
+        return ScanScores(scorer=self.name, values=values)
 
     @staticmethod
     def _values(
