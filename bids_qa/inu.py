@@ -40,6 +40,10 @@ DEGREE = 2
 TRIM_SIGMAS = 2.5
 ROBUST_ITERATIONS = 2
 MIN_VOXELS = 50
+#: Alternations of tissue classification and field fit (as in EM segmentation with a bias field).
+EM_ITERATIONS = 4
+#: The field is fitted on the brightest classes (the darkest is noisy in log and holds the rim).
+N_FIT_CLASSES = 2
 #: (negative, positive) names of the canonical RAS axes.
 AXIS_NAMES = (("left", "right"), ("posterior", "anterior"), ("inferior", "superior"))
 #: Order in which direction words are joined (superior-left, not left-superior).
@@ -76,17 +80,43 @@ def direction_name(vector: np.ndarray) -> str:
     return "-".join(words)
 
 
+def _robust_fit(design: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Least squares, refitted on the voxels within TRIM_SIGMAS robust SDs of the fit."""
+    keep = np.ones(len(y), dtype=bool)
+    coef = np.zeros(design.shape[1])
+    for _ in range(ROBUST_ITERATIONS + 1):
+        coef, *_ = np.linalg.lstsq(design[keep], y[keep], rcond=None)
+        res = y - design @ coef
+        sigma = 1.4826 * float(np.median(np.abs(res[keep] - np.median(res[keep]))))
+        if not sigma > 0:
+            break
+        new = np.abs(res) <= TRIM_SIGMAS * sigma
+        if new.sum() < MIN_VOXELS:
+            break
+        keep = new
+    return coef
+
+
+def _kmeans_1d(y: np.ndarray, centres: np.ndarray, iterations: int = 10) -> np.ndarray:
+    for _ in range(iterations):
+        lab = np.argmin(np.abs(y[:, None] - centres[None]), axis=1)
+        centres = np.array(
+            [y[lab == k].mean() if np.any(lab == k) else centres[k] for k in range(len(centres))]
+        )
+    return np.sort(centres)
+
+
 def estimate_inu(
     img: np.ndarray,
     head: np.ndarray,
-    classes: list[np.ndarray],
+    tissue: np.ndarray,
     zooms: tuple[float, ...],
     grid_mm: float = GRID_MM,
     degree: int = DEGREE,
 ) -> InuEstimate:
-    """Fit the bias field of ``img`` from the tissue ``classes`` (boolean masks, one per class) and
-    summarise it over ``head`` (see the module docstring). Raises ValueError when too few tissue
-    voxels are left."""
+    """Fit the bias field of ``img`` from the voxels of ``tissue`` (boolean mask: the head without
+    scalp rim and air pockets) and summarise it over ``head`` (see the module docstring). Raises
+    ValueError when too few voxels are left."""
     step = tuple(max(1, int(round(grid_mm / float(z)))) for z in zooms)
     sub = tuple(slice(None, None, s) for s in step)
     x = np.asarray(img)[sub]
@@ -98,52 +128,46 @@ def estimate_inu(
     hi = np.array([i.max() for i in hidx], dtype=np.float64)
     half = np.maximum((hi - lo) / 2.0, 1.0)
     centre = (hi + lo) / 2.0
-
-    rows, labels = [], []
-    for k, cmask in enumerate(classes):
-        idx = np.nonzero(np.asarray(cmask, dtype=bool)[sub] & (x > 0))
-        rows.append(np.stack(idx, axis=1))
-        labels.append(np.full(len(idx[0]), k))
-    pts = np.concatenate(rows).astype(np.float64)
-    lab = np.concatenate(labels)
-    if len(pts) < MIN_VOXELS:
+    tidx = np.nonzero(np.asarray(tissue, dtype=bool)[sub] & (x > 0))
+    if len(tidx[0]) < MIN_VOXELS:
         raise ValueError("too few tissue voxels for an INU estimate")
-    y = np.log(x[tuple(pts.astype(int).T)].astype(np.float64))
-    poly = _monomials((pts - centre) / half, degree)
-    design = np.concatenate([poly, (lab[:, None] == np.arange(len(classes))).astype(float)], axis=1)
-    keep = np.ones(len(y), dtype=bool)
-    coef = np.zeros(design.shape[1])
-    for _ in range(ROBUST_ITERATIONS + 1):
-        coef, *_ = np.linalg.lstsq(design[keep], y[keep], rcond=None)
-        res = y - design @ coef
-        sigma = 1.4826 * float(np.median(np.abs(res[keep] - np.median(res[keep]))))
-        if not sigma > 0:
-            break
-        keep = np.abs(res) <= TRIM_SIGMAS * sigma
-        if keep.sum() < MIN_VOXELS:
-            break
+    y = np.log(x[tidx].astype(np.float64))
+    poly = _monomials((np.stack(tidx, axis=1) - centre) / half, degree)
+    field = np.zeros(len(y))
+    centres = np.quantile(y, [0.2, 0.5, 0.8])
+    coef = np.zeros(poly.shape[1])
+    for _ in range(EM_ITERATIONS):
+        # classes of the corrected intensities, then the field from the brightest two of them
+        centres = _kmeans_1d(y - field, centres)
+        lab = np.argmin(np.abs((y - field)[:, None] - centres[None]), axis=1)
+        sel = lab >= len(centres) - N_FIT_CLASSES
+        offsets = (lab[sel, None] == np.arange(len(centres) - N_FIT_CLASSES, len(centres))).astype(float)
+        if sel.sum() < MIN_VOXELS:
+            raise ValueError("too few voxels in the bright tissue classes")
+        coef = _robust_fit(np.concatenate([poly[sel], offsets], axis=1), y[sel])[: poly.shape[1]]
+        field = poly @ coef
     hp = np.stack(hidx, axis=1).astype(np.float64)
-    log_field = _monomials((hp - centre) / half, degree) @ coef[: poly.shape[1]]
-    field = np.exp(log_field - log_field.max())
-    field /= field.mean()
-    p05, p95 = np.percentile(field, [5, 95])
-    top = field >= np.percentile(field, 90)
+    log_field = _monomials((hp - centre) / half, degree) @ coef
+    b = np.exp(log_field - log_field.max())
+    b /= b.mean()
+    p05, p95 = np.percentile(b, [5, 95])
+    top = b >= np.percentile(b, 90)
     toward = (hp[top].mean(axis=0) - hp.mean(axis=0)) * np.asarray(zooms) * np.asarray(step)
     return InuEstimate(
         range=float(p95 - p05),
-        cv=float(field.std() / field.mean()),
+        cv=float(b.std() / b.mean()),
         direction=direction_name(toward),
-        n_voxels=int(keep.sum()),
+        n_voxels=int(len(y)),
     )
 
 
 def inu_values(
-    img: np.ndarray, head: np.ndarray, classes: list[np.ndarray], zooms: tuple[float, ...]
+    img: np.ndarray, head: np.ndarray, tissue: np.ndarray, zooms: tuple[float, ...]
 ) -> dict[str, float | str]:
     """The IQM entries ``inu_range``, ``inu_cv``, ``inu_direction`` (NaN and a ``*_note`` when
     the field cannot be estimated)."""
     try:
-        est = estimate_inu(img, head, classes, zooms)
+        est = estimate_inu(img, head, tissue, zooms)
     except (ValueError, np.linalg.LinAlgError) as err:
         note = f"no INU estimate: {err}"
         return {"inu_range": math.nan, "inu_range_note": note, "inu_cv": math.nan,

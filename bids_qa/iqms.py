@@ -973,10 +973,10 @@ class IQMScorer:
                 f"no head found: threshold {regions.threshold:g} left {n_head} voxels; "
                 "the image looks empty or is pure noise",
             )
-        tissues = tissue_classes(img, tissue_region(img, regions, zooms), suffix)
+        region = tissue_region(img, regions, zooms)
+        tissues = tissue_classes(img, region, suffix)
         values = self._values(img, regions, tissues, stride)
-        bright = [tissues.masks[t] for t in tissues.order[-2:]]  # the two brightest classes
-        values.update(inu_values(img, regions.head, bright, zooms))
+        values.update(inu_values(img, regions.head, region, zooms))
         return ScanScores(scorer=self.name, values=values)
 
     @staticmethod
