@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from itertools import combinations_with_replacement
 
 import numpy as np
@@ -52,12 +53,15 @@ NAME_ORDER = (2, 1, 0)
 
 @dataclass(frozen=True)
 class InuEstimate:
-    """A fitted bias field summarised: ``range`` (p95 - p5), ``cv`` and ``direction``."""
+    """A fitted bias field summarised: ``range`` (p95 - p5), ``cv`` and ``direction``; ``field``
+    holds the fitted field (mean 1) at the head voxels ``points`` (indices into the full grid)."""
 
     range: float
     cv: float
     direction: str
     n_voxels: int
+    field: np.ndarray = dataclass_field(repr=False, default_factory=lambda: np.empty(0))
+    points: np.ndarray = dataclass_field(repr=False, default_factory=lambda: np.empty((0, 3)))
 
 
 def _monomials(coords: np.ndarray, degree: int) -> np.ndarray:
@@ -158,6 +162,8 @@ def estimate_inu(
         cv=float(b.std() / b.mean()),
         direction=direction_name(toward),
         n_voxels=int(len(y)),
+        field=b,
+        points=(hp * np.asarray(step)).astype(int),
     )
 
 
