@@ -42,7 +42,9 @@ TRIM_SIGMAS = 2.5
 ROBUST_ITERATIONS = 2
 MIN_VOXELS = 50
 #: Alternations of tissue classification and field fit (as in EM segmentation with a bias field).
-EM_ITERATIONS = 4
+EM_ITERATIONS = 3
+#: Tissue voxels used in the fit at most (evenly thinned): bounds the cost on large heads.
+MAX_FIT_VOXELS = 12_000
 #: The field is fitted on the brightest classes (the darkest is noisy in log and holds the rim).
 N_FIT_CLASSES = 2
 #: (negative, positive) names of the canonical RAS axes.
@@ -101,7 +103,7 @@ def _robust_fit(design: np.ndarray, y: np.ndarray) -> np.ndarray:
     return coef
 
 
-def _kmeans_1d(y: np.ndarray, centres: np.ndarray, iterations: int = 10) -> np.ndarray:
+def _kmeans_1d(y: np.ndarray, centres: np.ndarray, iterations: int = 4) -> np.ndarray:
     for _ in range(iterations):
         lab = np.argmin(np.abs(y[:, None] - centres[None]), axis=1)
         centres = np.array(
@@ -135,6 +137,8 @@ def estimate_inu(
     tidx = np.nonzero(np.asarray(tissue, dtype=bool)[sub] & (x > 0))
     if len(tidx[0]) < MIN_VOXELS:
         raise ValueError("too few tissue voxels for an INU estimate")
+    thin = max(1, len(tidx[0]) // MAX_FIT_VOXELS)
+    tidx = tuple(i[::thin] for i in tidx)
     y = np.log(x[tidx].astype(np.float64))
     poly = _monomials((np.stack(tidx, axis=1) - centre) / half, degree)
     field = np.zeros(len(y))
