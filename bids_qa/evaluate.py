@@ -28,6 +28,8 @@ import numpy as np
 
 SEVERITY_LEVELS = (0.1, 0.3, 0.5, 0.7, 0.9)
 IQM_COLUMNS = ("cjv", "cnr", "efc", "fber", "snr_total")
+#: IQMs kept in the rows but not in the Table-2 layout (bids_qa.label_benchmark uses them).
+EXTRA_IQM_COLUMNS = ("inu_range", "inu_cv")
 FAMILIES = ("severity", "tiers", "ssim", "flow")
 
 #: Paper 000, Table 2 ("Ours" column) and paper-reported reference figures for the other families.
@@ -146,6 +148,7 @@ def evaluate_severity(
     """Score clean and corrupted copies of every volume; return rows and the summary figures."""
     from bids_qa import artifacts
     from bids_qa.iqms import IQMScorer
+    from bids_qa.label_benchmark import case_figures
     from bids_qa.models.severity import SeverityScorer
     from bids_qa.volume import volume_from_array
 
@@ -177,13 +180,14 @@ def evaluate_severity(
                 "change": artifacts.realised_change(vol.data, corrupted.data, vol.mask)
                 if artifact != "none"
                 else 0.0,
+                **case_figures(artifact, vol, corrupted.data),
             }
             if iqm is not None:
                 iq = iqm.score(corrupted).values
                 row.update(
                     {
                         k: float(iq[k]) if isinstance(iq.get(k), (int, float)) else float("nan")
-                        for k in IQM_COLUMNS
+                        for k in IQM_COLUMNS + EXTRA_IQM_COLUMNS
                     }
                 )
             rows.append(row)
@@ -193,6 +197,7 @@ def evaluate_severity(
 
 def summarise_severity(rows: list[dict[str, Any]], levels: tuple[float, ...]) -> dict[str, Any]:
     from bids_qa import artifacts
+    from bids_qa.label_benchmark import summarise_labels
 
     clean = np.array([r["score"] for r in rows if r["artifact"] == "none"])
     out: dict[str, Any] = {
@@ -234,10 +239,12 @@ def summarise_severity(rows: list[dict[str, Any]], levels: tuple[float, ...]) ->
         if np.isfinite(iq).any():
             cell[k] = {"mean": float(np.nanmean(iq)), "sd": float(np.nanstd(iq))}
     out["table"]["none@0"] = cell
+    out.update(summarise_labels(rows))
     return out
 
 
 def severity_markdown(summary: dict[str, Any]) -> str:
+    from bids_qa.label_benchmark import labels_markdown
     def fmt(c: dict | None) -> str:
         return "—" if not c else f"{c['mean']:.3g} ± {c['sd']:.2g}"
 
@@ -278,6 +285,7 @@ def severity_markdown(summary: dict[str, Any]) -> str:
     else:
         lines += ["", "| artifact | Spearman(score, SS) |", "|---|---|"]
         lines += [f"| {a} | {rho:.3f} |" for a, rho in summary["spearman"].items()]
+    lines.append(labels_markdown(summary))
     within = summary.get("spearman_within_scan", {})
     if within:
         lines += [

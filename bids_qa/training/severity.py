@@ -47,7 +47,10 @@ CLEAN_PULL = 0.1
 @dataclass(frozen=True)
 class Recipe:
     """Deviations from the paper's loss and sampling tried in sessions 3-4 (docs/models/severity.md);
-    the defaults are the paper's recipe and draw exactly the samples earlier runs drew."""
+    the defaults draw exactly the samples earlier runs drew. ``damage_margins`` (on by default
+    for new trainings; off for the shipped weights) labels the negatives with the damage-based SS
+    of :mod:`bids_qa.damage` instead of their parameter SS: same images, margins that follow the
+    damage visible on the slice."""
 
     #: see :func:`severity_loss`
     signed_triplet: bool = False
@@ -59,6 +62,8 @@ class Recipe:
     benign_blur_mm: float = 0.0
     #: weight of the pull of clean scores towards 0 (see :func:`severity_loss`)
     clean_pull: float = CLEAN_PULL
+    #: margins from the damage-based SS (bids_qa.damage) instead of the parameter SS
+    damage_margins: bool = True
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"weight of the pull of clean scores towards 0 (default {CLEAN_PULL})",
     )
     p.add_argument(
+        "--parameter-margins",
+        action="store_true",
+        help="triplet margins from the parameter SS (the shipped weights' recipe) instead of the "
+        "damage-based SS of bids_qa.damage",
+    )
+    p.add_argument(
         "--synthetic", type=int, default=6, help="synthetic MNI-derived volumes added to training"
     )
     p.add_argument(
@@ -135,8 +146,11 @@ class QuadrupletMaker:
         positive_from_same_volume: bool = False,
         benign_blur_mm: float = 0.0,
         pixel_mm: float = 0.0,
+        damage_margins: bool = False,
     ) -> None:
         self.sources = sources
+        #: label the negatives with the damage-based SS (see :class:`Recipe`)
+        self.damage_margins = bool(damage_margins)
         self.size = size
         #: see :class:`SeverityConfig` (``pixel_mm``)
         self.pixel_mm = float(pixel_mm)
@@ -199,7 +213,15 @@ class QuadrupletMaker:
         ]
         for neg, _label in negs:
             out.append(to_model_input(renormalise(neg, img, mask), zooms, self.size, mask, px))
-        ss = np.array([negs[0][1].severity, negs[1][1].severity], dtype=np.float32)
+        if self.damage_margins:
+            from bids_qa.damage import damage_label
+
+            ss = np.array(
+                [damage_label(lab.artifact, img, neg, mask)[1] for neg, lab in negs],
+                dtype=np.float32,
+            )
+        else:
+            ss = np.array([negs[0][1].severity, negs[1][1].severity], dtype=np.float32)
         return np.stack(out).astype(np.float32), ss
 
 
@@ -314,8 +336,11 @@ def train(
         recipe.positive_from_same_volume,
         recipe.benign_blur_mm,
         config.pixel_mm,
+        recipe.damage_margins,
     )
-    val_maker = QuadrupletMaker(val_sources, config.input_size, pixel_mm=config.pixel_mm)
+    val_maker = QuadrupletMaker(
+        val_sources, config.input_size, pixel_mm=config.pixel_mm, damage_margins=recipe.damage_margins
+    )
     val_items = [
         val_maker(np.random.default_rng([settings.seed + 7919, i])) for i in range(val_size)
     ]
@@ -428,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
             positive_from_same_volume=args.positive_same_volume,
             benign_blur_mm=args.benign_blur,
             clean_pull=args.clean_pull,
+            damage_margins=not args.parameter_margins,
         ),
     )
     print(json.dumps(best, indent=2))
