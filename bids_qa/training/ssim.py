@@ -19,8 +19,7 @@ Each sample is drawn from ``numpy.random.default_rng([seed, i])`` (paper Sec. II
 4. label = SSIM (Wang et al., Gaussian window) of the corrupted slice against the clean one on that
    grid, data range = clean max - min (:func:`bids_qa.artifacts.ssim`); model input = the corrupted
    slice rescaled as whole-volume normalisation would (:func:`renormalise`) and passed through
-   :func:`bids_qa.training.slices.to_model_input` (an identity resize at the main input size; a
-   further downsizing for the ``--shadow-size`` network).
+   :func:`bids_qa.training.slices.to_model_input` (an identity resize at the input size).
 
 Loss: MSE; optimiser: Adam, learning rate 1e-3 (paper), with a cosine decay to 5% over the run (ours:
 a short CPU run needs the decay to reach a low residual spread). The network with the lowest MSE on a
