@@ -45,6 +45,7 @@ RUN if [ -z "${TORCH_SPEC}" ]; then \
 
 COPY pyproject.toml README.md /tmp/bids_qa_src/
 COPY bids_qa /tmp/bids_qa_src/bids_qa
+COPY templates /tmp/bids_qa_src/templates
 # A regular (non-editable) install: templates, thresholds and weights land in site-packages.
 # The source copy is removed so that only the installed package can be imported.
 RUN pip install --no-cache-dir /tmp/bids_qa_src \

@@ -365,8 +365,8 @@ def benchmark_tiers(
     data_dir: str, split: str, seed: int, device: str, weights: str | None = None
 ) -> dict[str, Any]:
     """Paper 003's figures: balanced accuracy of each task and of the tier splits."""
+    from bids_qa.evaluate_tiers import evaluate_weights
     from bids_qa.models.weights import packaged_weights
-    from bids_qa.training.tiers import evaluate_weights
 
     res = evaluate_weights(
         weights or packaged_weights("tiers.safetensors"),
@@ -376,12 +376,7 @@ def benchmark_tiers(
         device=device,
     )
     paper = {"motion": (99.54, 100.0), "noise": (87.35, 97.78), "contrast": (90.17, 97.57)}
-    if res.get("native_noise"):
-        noise_def = "noise added to each scan's acquired voxels, then resampled into the cube"
-    elif res.get("noise_reference_mm"):
-        noise_def = f"noise of a {res['noise_reference_mm']:g} mm scan, resampled into the cube"
-    else:
-        noise_def = "noise added to the model's input cube"
+    noise_def = "noise added to the model's input cube"
     lines = [
         "### Tiers (paper 003, synthetic test set)",
         "",

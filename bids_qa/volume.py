@@ -17,7 +17,6 @@ resolution itself is reported as its own metric (see :class:`bids_qa.iqms.Header
 
 from __future__ import annotations
 
-import functools
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -418,33 +417,6 @@ def cube_at_spacing(
     grid = torch.stack([g2, g1, g0], dim=-1)[None]  # grid_sample wants (W, H, D) order
     out = F.grid_sample(t, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return out[0, 0].numpy()
-
-
-@functools.lru_cache(maxsize=64)
-def resampled_unit_noise(
-    voxel_mm: float, zooms: tuple[float, float, float], size: int
-) -> tuple[np.ndarray, float]:
-    """White noise on a grid of ``zooms`` voxels taken through :func:`cube_at_spacing` onto
-    ``size``^3 voxels of ``voxel_mm``: the field rescaled to unit variance (it keeps the
-    resampling's spatial correlation) and ``n``, the number of independent acquired voxels one
-    cube voxel averages (1 / the resampled variance; below 1 never happens, interpolation only
-    averages). Tells how much of a scan's acquisition noise survives in a fixed-voxel cube: a
-    1 mm scan on a 2.5 mm cube averages ~28 voxels, a 2 mm scan ~3.5. Deterministic; cached."""
-    shape = tuple(int(np.ceil(size * voxel_mm / z)) + 4 for z in zooms)
-    noise = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    cube = cube_at_spacing(noise, np.ones(shape, dtype=bool), tuple(zooms), size, voxel_mm)
-    var = float(cube.var())
-    field = ((cube - cube.mean()) / np.sqrt(var)).astype(np.float32)
-    field.setflags(write=False)
-    return field, 1.0 / var
-
-
-def averaged_voxel_count(voxel_mm: float, zooms: tuple[float, ...]) -> float:
-    """How many acquired voxels of size ``zooms`` one cube voxel of ``voxel_mm`` averages when a
-    scan is resampled as the scorers do (:func:`resampled_unit_noise` on a 24^3 cube; axis order
-    and sub-0.01 mm differences only change the sampling phase, so they are normalised away)."""
-    key = tuple(sorted(round(float(z), 2) for z in zooms))
-    return resampled_unit_noise(float(voxel_mm), key, 24)[1]  # type: ignore[arg-type]
 
 
 def resample_to_cube(
