@@ -424,8 +424,20 @@ def cleanup_stale_temp(out_dir: str | os.PathLike[str], max_age_s: float = 86400
 # dataset_description.json
 
 
+#: Set by the bids_qa Dockerfile (``ENV BIDS_QA_IMAGE=bids_qa:<version>``): marks an
+#: installation that is the container's own application, not a pip install that merely runs
+#: inside some container (a CI job, a development container).
+IMAGE_MARKER_VAR = "BIDS_QA_IMAGE"
+
+
 def container_info() -> dict[str, str] | None:
-    """The container this process runs in (BIDS ``GeneratedBy.Container``), or None."""
+    """The bids_qa container this process runs in (BIDS ``GeneratedBy.Container``), or None.
+
+    Singularity/Apptainer set ``SINGULARITY_CONTAINER``/``APPTAINER_CONTAINER`` to the image
+    they run. Docker and Podman leave ``/.dockerenv`` or ``/run/.containerenv``, which also exist
+    when a pip-installed bids_qa runs in any other container; those count only together with the
+    image marker (:data:`IMAGE_MARKER_VAR`) that bids_qa's own image sets.
+    """
     for var, kind in (
         ("APPTAINER_CONTAINER", "apptainer"),
         ("SINGULARITY_CONTAINER", "singularity"),
@@ -433,13 +445,13 @@ def container_info() -> dict[str, str] | None:
         image = os.environ.get(var)
         if image:
             return {"Type": kind, "Tag": Path(image).name}
+    tag = os.environ.get(IMAGE_MARKER_VAR)
+    if not tag:
+        return None
+    if Path("/run/.containerenv").exists() or os.environ.get("container") == "podman":
+        return {"Type": "podman", "Tag": tag}
     if Path("/.dockerenv").exists():
-        return {"Type": "docker"}
-    if Path("/run/.containerenv").exists():
-        return {"Type": "podman"}
-    kind = os.environ.get("container")  # podman/systemd-nspawn set it, also under --read-only
-    if kind:
-        return {"Type": kind}
+        return {"Type": "docker", "Tag": tag}
     return None
 
 

@@ -579,7 +579,8 @@ def discover(
     ------
     DiscoveryError
         66 when root is missing, 16 when ``dataset_description.json`` is unreadable (unless
-        validation is skipped, which then falls back to plain-NIfTI mode).
+        validation is skipped, which then falls back to plain-NIfTI mode), 73 when the
+        ``database_dir`` cannot be created or written.
     """
     root = Path(root).absolute()
     if not root.is_dir():
@@ -621,7 +622,47 @@ def discover(
         and matches_filters(s.entities, bids_filters)
     ]
     selected.sort(key=lambda s: s.source)
+    warnings += unmatched_label_warnings(
+        [s for s in scans if s.suffix in wanted],
+        {"subject": participant_label, "session": session_id, "run": run_id},
+    )
     return Discovery(scans=selected, mode=mode, warnings=warnings)
+
+
+def unmatched_label_warnings(
+    scans: Sequence[Scan], labels: Mapping[str, Sequence[str]]
+) -> list[str]:
+    """One warning per requested label that no scan carries (``--participant-label sub-99``
+    would otherwise pass unnoticed when other labels match)."""
+    prefixes = {"subject": "sub", "session": "ses", "run": "run"}
+    options = {"subject": "--participant-label", "session": "--session-id", "run": "--run-id"}
+    out: list[str] = []
+    for key, wanted in labels.items():
+        present = [s.entities[key] for s in scans if key in s.entities]
+        for label in wanted:
+            if not any(_value_matches(value, [label], key) for value in present):
+                out.append(
+                    f"{options[key]} {prefixes[key]}-{label} matched no scan"
+                    f"{' (no scan has a ' + key + ' at all)' if not present else ''}"
+                )
+    return out
+
+
+def _check_database_dir(database_dir: str | os.PathLike[str]) -> None:
+    """The ``--bids-database-dir`` must be creatable and writable (pybids writes its index
+    there); raise 73 (cannot create) with a clear message otherwise."""
+    folder = Path(database_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".bids_qa_write_test_{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise DiscoveryError(
+            73,
+            f"--bids-database-dir {folder} cannot be created or written ({err.strerror or err}); "
+            "choose a writable folder, or leave the option out to index in memory",
+        ) from err
 
 
 def _discover_bids(
@@ -638,6 +679,7 @@ def _discover_bids(
         ignore.append(path.relative_to(real_path(root)).as_posix())
     kwargs: dict[str, Any] = {}
     if database_dir is not None:
+        _check_database_dir(database_dir)
         kwargs["database_path"] = str(database_dir)
     try:
         layout = BIDSLayout(
@@ -687,7 +729,7 @@ def _discover_bids(
 
 #: Folder names read as a subject in plain-NIfTI mode (``patient01``, ``sub_3``, ``case12``).
 SUBJECT_NAME_RE = re.compile(
-    r"^(?:sub|subj|subject|patient|pat|pt|participant|case|control|ctrl|volunteer)[-_]?\d[0-9A-Za-z]*$",
+    r"^(?:sub|subj|subject|patient|pat|pt|participant|case|control|ctrl|volunteer)[-_ ]?\d[0-9A-Za-z]*$",
     re.IGNORECASE,
 )
 #: Folder names (or a file name's first ``_`` part) read as a session (``visit2``, ``study1``).

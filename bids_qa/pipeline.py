@@ -979,6 +979,7 @@ def _discover(config: RunConfig) -> Discovery:
             skip_bids_validation=config.skip_bids_validation,
             database_dir=config.bids_database_dir,
             exclude=exclude,
+            suffix_map=config.suffix_map,  # hook(userfix)
         )
     except DiscoveryError as err:
         raise PipelineError(err.code, err.message) from err

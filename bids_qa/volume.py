@@ -351,9 +351,15 @@ def _load_uncompressed(path: Path) -> Any:
 
     with path.open("rb") as handle:
         head = handle.read(540)
-    if len(head) < 348:
-        raise ScanError("load", f"{path.name} is too short to be a NIfTI image ({len(head)} bytes)")
-    kind = nib.Nifti2Image if head[:4] in (b"\x1c\x02\x00\x00", b"\x00\x00\x02\x1c") else nib.Nifti1Image
+    nifti1 = len(head) >= 348 and head[344:348] in (b"n+1\x00", b"ni1\x00")
+    nifti2 = len(head) >= 540 and head[4:8] == b"n+2\x00"
+    if not (nifti1 or nifti2):
+        raise ScanError(
+            "load",
+            f"{path.name} is not a readable NIfTI image (named .nii.gz, but neither gzip-compressed "
+            "nor starting with a NIfTI header)",
+        )
+    kind = nib.Nifti2Image if nifti2 else nib.Nifti1Image
     header = kind.header_class.from_fileobj(io.BytesIO(head))
     shape = tuple(int(s) for s in header.get_data_shape())
     if len(shape) >= 3 and int(np.prod(shape[:3])) > MAX_VOXELS:

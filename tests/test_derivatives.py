@@ -174,10 +174,23 @@ def test_dataset_description_names_the_container(tmp_path, monkeypatch):
     deriv.write_dataset_description(tmp_path, tmp_path / "in")
     assert path.stat().st_mtime_ns == mtime  # identical content is not rewritten
     monkeypatch.delenv("SINGULARITY_CONTAINER")
-    assert (
-        "Container" not in deriv.dataset_description()["GeneratedBy"][0]
-        or Path("/.dockerenv").exists()
+    monkeypatch.delenv(deriv.IMAGE_MARKER_VAR, raising=False)
+    # a pip install is never reported as a container, even inside one (/.dockerenv may exist)
+    assert "Container" not in deriv.dataset_description()["GeneratedBy"][0]
+
+
+def test_docker_container_needs_the_image_marker(monkeypatch):
+    for var in ("APPTAINER_CONTAINER", "SINGULARITY_CONTAINER", "container"):
+        monkeypatch.delenv(var, raising=False)
+    real_exists = Path.exists
+    monkeypatch.setattr(
+        Path, "exists", lambda self: str(self) == "/.dockerenv" or (
+            str(self) != "/run/.containerenv" and real_exists(self))
     )
+    monkeypatch.delenv(deriv.IMAGE_MARKER_VAR, raising=False)
+    assert deriv.container_info() is None
+    monkeypatch.setenv(deriv.IMAGE_MARKER_VAR, "bids_qa:0.1.0")
+    assert deriv.container_info() == {"Type": "docker", "Tag": "bids_qa:0.1.0"}
 
 
 def test_slice_rows_union_of_metrics():
