@@ -23,6 +23,8 @@ HELPERS = {
     "simulate": "bids_qa.simulate",
     "evaluate": "bids_qa.evaluate",
     "train": "bids_qa.training",
+    "ratings": "bids_qa.ratings",
+    "methods": "bids_qa.methods",
 }
 TRAIN_FAMILIES = ("severity", "flow", "ssim", "tiers")
 
@@ -46,6 +48,8 @@ helper commands:
   bids_qa simulate ...             apply simulated artifacts to an image
   bids_qa evaluate ...             measure the models on labelled data
   bids_qa train FAMILY ...         train a model family (severity, flow, ssim, tiers)
+  bids_qa ratings merge FILE... -o merged.tsv   join raters' exports, with agreement (kappa)
+  bids_qa methods OUTPUT_DIR       print a methods paragraph with citations
 
 exit codes: 0 success; 1 internal failure; 16 invalid BIDS dataset; 17 unknown analysis level;
 18 filters selected no files; 64 usage error; 65 every scan failed; 66 no input;

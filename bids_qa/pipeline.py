@@ -59,6 +59,7 @@ from bids_qa.discover import (
     read_metadata,
 )
 from bids_qa.errors import ScanError, is_out_of_space, out_of_space_message
+from bids_qa.methods import methods_text, write_methods_file
 from bids_qa.scoring import (
     REGISTRY,
     ScanScores,
@@ -844,6 +845,7 @@ def assess_scan(
             slice_axis=None,
             anisotropy=None,
         )
+    scan_info["parameters"] = deriv.scan_parameters(scan_info)  # hook(userfix): group columns
     rulers: dict[str, Any] = {}
     for r in results:
         if r.ruler is not None:
@@ -1254,6 +1256,9 @@ def _group(ctx: RunContext, thresholds: ThresholdTable | None) -> int:
         except Exception as err:  # the refit is an extra: never lose the group table over it
             LOGGER.debug("flow refit failed:\n%s", traceback.format_exc())
             LOGGER.error("%s: flow density refit failed: %s: %s", suffix, type(err).__name__, err)
+        group_provenance["methods"] = methods_text(  # hook(userfix)
+            out_dir, suffix, flow_refit="flow_density" in group_provenance
+        )
         paths = deriv.write_group_table(out_dir, table, descriptions, group_provenance)
         counts: dict[str, int] = {}
         for row in table.rows:
@@ -1275,4 +1280,5 @@ def _group(ctx: RunContext, thresholds: ThresholdTable | None) -> int:
                     suffix,
                     getattr(err, "message", None) or f"{type(err).__name__}: {err}",
                 )
+    LOGGER.info("methods paragraph: %s", write_methods_file(out_dir).name)  # hook(userfix)
     return EXIT_OK
