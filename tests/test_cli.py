@@ -251,6 +251,20 @@ def test_participant_and_group_end_to_end(small_bids, tmp_path):
     assert meta["n_scans"] == 2 and "iqm.efc" in meta["columns"]
     assert meta["thresholds"]["header.anisotropy"]["review"] == 2.0
     assert (out / "group_T2w.tsv").is_file()
+    # acquisition columns: entities and sidecar parameters
+    first = table.loc[0]
+    assert (first["manufacturer"], first["field_strength"], first["echo_time"]) == (
+        "TestVendor", "3", "0.003",
+    )  # fmt: skip
+    assert list(table["voxel_size"]) == ["4x4x4", "4x4x4"]
+    assert table["repetition_time"].isna().all() and table["acquisition"].isna().all()
+    assert "manufacturer" in meta["columns"] and "acquisition" in meta["columns"]
+    assert sidecar["scan"]["parameters"]["manufacturer"] == "TestVendor"
+    # methods paragraph: in the group JSON and in group_methods.md, citing what ran
+    methods = meta["provenance"]["methods"]
+    assert "Esteban et al., 2017" in methods and "References" in methods
+    assert "2 T1w scan(s) of 2 subjects" in methods
+    assert "Esteban O" in (out / "group_methods.md").read_text(encoding="utf-8")
     assert not (out / ".bids_qa_work").exists()  # default work folder cleaned up
     assert len(list((out / "logs").glob("bids_qa_*.log"))) == 2
 

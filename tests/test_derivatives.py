@@ -446,3 +446,24 @@ def test_readers(small_bids, tmp_path):
         and len(problems) == 1
         and "sub-01_T1w_qa.json" in problems[0]
     )
+
+
+def test_scan_parameters_give_entity_and_acquisition_columns():
+    scan = {
+        "entities": {"acquisition": "mprage", "reconstruction": "norm", "ceagent": "Gd"},
+        "metadata": {"Manufacturer": "Siemens", "MagneticFieldStrength": 3, "RepetitionTime": 2.3,
+                     "EchoTime": [0.002, 0.004]},
+        "zooms": [1.0, 1.0, 1.2],
+    }  # fmt: skip
+    assert deriv.scan_parameters(scan) == {
+        "acquisition": "mprage",
+        "reconstruction": "norm",
+        "ceagent": "Gd",
+        "manufacturer": "Siemens",
+        "field_strength": 3,
+        "repetition_time": 2.3,
+        "echo_time": "0.002,0.004",  # a multi-echo list stays one cell
+        "voxel_size": "1x1x1.2",
+    }
+    empty = deriv.scan_parameters({"entities": {}, "metadata": {}, "zooms": None})
+    assert set(empty) <= set(deriv.GROUP_COLUMNS) and all(v is None for v in empty.values())
