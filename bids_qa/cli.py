@@ -293,7 +293,9 @@ def positional_hint(message: str, argv: list[str]) -> str | None:
             "(bids_qa BIDS_DIR OUTPUT_DIR participant --participant-label 01 02), or end the list "
             "with -- before them"
         )
-    return "the positional arguments BIDS_DIR OUTPUT_DIR {participant,group} come first, then the options"
+    if argv and argv[0].startswith("-"):
+        return "the positional arguments BIDS_DIR OUTPUT_DIR {participant,group} come first, then the options"
+    return None
 
 
 def _usage_error(

@@ -557,6 +557,9 @@ def test_options_before_positionals_get_a_hint(small_bids, tmp_path, capsys):
         small_bids, tmp_path / "out", "participant",
     )  # fmt: skip
     assert code == 0
+    capsys.readouterr()
+    assert run(small_bids, tmp_path / "out") == 64  # simply forgot the level: no misleading hint
+    assert "hint" not in capsys.readouterr().err
 
 
 def test_suffix_map_names_contrasts_in_plain_mode(tmp_path, mni_small, capsys):
