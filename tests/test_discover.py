@@ -307,8 +307,9 @@ def test_docstring_examples():
 
     import bids_qa.derivatives
     import bids_qa.discover
+    import bids_qa.plainpaths
 
-    for module in (bids_qa.discover, bids_qa.derivatives):
+    for module in (bids_qa.discover, bids_qa.derivatives, bids_qa.plainpaths):
         result = doctest.testmod(module)
         assert result.attempted > 0 and result.failed == 0, module.__name__
 
