@@ -69,6 +69,9 @@ ENV HOME=/tmp \
     HF_HUB_OFFLINE=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
+# Marks this image's own bids_qa for dataset_description.json's GeneratedBy.Container (a pip
+# install that merely runs inside some container is not reported as one).
+ENV BIDS_QA_IMAGE=bids_qa:0.1.0
 
 WORKDIR /tmp
 ENTRYPOINT ["bids_qa"]

@@ -17,6 +17,9 @@ resolution itself is reported as its own metric (see :class:`bids_qa.iqms.Header
 
 from __future__ import annotations
 
+import errno
+import io
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +34,11 @@ T = TypeVar("T")
 
 #: Refuse headers that would need more voxels than this (about 2 GB as float32) before allocating.
 MAX_VOXELS = 400_000_000
+#: Voxel sizes (mm) outside this range are refused as a corrupt header: nothing scanned in a
+#: clinical or research MRI has voxels under 10 micrometres or over 5 cm.
+VOXEL_MM_RANGE = (0.01, 50.0)
+#: Largest field of view (mm) along any axis; a whole-spine scan spans about 1 m.
+MAX_FOV_MM = 2000.0
 #: Voxel-size ratio above which a volume is treated as a 2D (thick-slice) acquisition.
 ANISOTROPY_2D_RATIO = 1.5
 #: Output range of the normalised image.
@@ -232,14 +240,23 @@ def load_volume(path: str | Path, max_voxels: int = MAX_VOXELS) -> Volume:
     import nibabel as nib
 
     path = Path(path)
+    warnings: list[str] = []
     try:
         size = path.stat().st_size
     except OSError as err:
-        raise ScanError("load", f"cannot read {path.name}: {err}") from err
+        raise ScanError("load", _unreadable_message(path, err)) from err
     if size == 0:
         raise ScanError("load", f"{path.name} is an empty (zero-byte) file")
     try:
-        img = nib.load(str(path))
+        if _gz_name_without_gzip(path):
+            img = _load_uncompressed(path)
+            warnings.append(
+                f"{path.name} is named .nii.gz but is not gzip-compressed; read as a plain .nii"
+            )
+        else:
+            img = nib.load(str(path))
+    except ScanError:
+        raise
     except Exception as err:  # nibabel raises several types for bad files
         raise ScanError("load", f"{path.name} is not a readable NIfTI image ({type(err).__name__}: {err})") from err
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
@@ -262,6 +279,11 @@ def load_volume(path: str | Path, max_voxels: int = MAX_VOXELS) -> Volume:
             f"{path.name} declares dimensions {shape[:3]} ({int(np.prod(shape[:3])):,} voxels), over the "
             f"limit of {max_voxels:,}; refusing to allocate it (corrupt header?)",
         )
+    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    if not all(np.isfinite(z) and z > 0 for z in zooms):
+        warnings.append(f"invalid voxel sizes {zooms} in header; assuming 1 mm")
+        zooms = (1.0, 1.0, 1.0)
+    check_geometry(path.name, shape[:3], zooms, max_voxels)  # type: ignore[arg-type]
     if len(shape) > 3:
         img = img.slicer[..., 0] if len(shape) == 4 else nib.Nifti1Image(
             np.asanyarray(img.dataobj).reshape(shape[:3]), img.affine, img.header
@@ -274,7 +296,6 @@ def load_volume(path: str | Path, max_voxels: int = MAX_VOXELS) -> Volume:
         raise ScanError("load", f"{path.name}: could not read the voxel data ({type(err).__name__}: {err})") from err
     raw = np.ascontiguousarray(raw.reshape(raw.shape[:3]))
 
-    warnings: list[str] = []
     finite = np.isfinite(raw)
     if not finite.all():
         n_bad = int(raw.size - finite.sum())
@@ -285,15 +306,109 @@ def load_volume(path: str | Path, max_voxels: int = MAX_VOXELS) -> Volume:
     if float(raw.max()) == float(raw.min()):
         raise ScanError("load", f"{path.name}: image is constant (every voxel is {float(raw.min()):g}); nothing to assess")
 
-    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
-    if not all(np.isfinite(z) and z > 0 for z in zooms):
-        warnings.append(f"invalid voxel sizes {zooms} in header; assuming 1 mm")
-        zooms = (1.0, 1.0, 1.0)
+    # canonical reorientation permutes the axes: the voxel sizes follow
+    zooms = tuple(float(z) for z in img.header.get_zooms()[:3]) if all(
+        np.isfinite(z) and z > 0 for z in img.header.get_zooms()[:3]
+    ) else (1.0, 1.0, 1.0)
     data, mask = normalise(raw)
     ratio = max(zooms) / min(zooms)
     slice_axis = int(np.argmax(zooms)) if ratio > ANISOTROPY_2D_RATIO else 2
     return Volume(raw=raw, data=data, mask=mask, zooms=zooms, affine=img.affine,  # type: ignore[arg-type]
                   slice_axis=slice_axis, warnings=warnings)
+
+
+def _unreadable_message(path: Path, err: OSError) -> str:
+    """Why a file cannot be opened, with what to do for broken symbolic links."""
+    if path.is_symlink():
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        if getattr(err, "errno", None) == errno.ELOOP:
+            return f"{path.name} is a symbolic link that loops back on itself ({target})"
+        return (
+            f"{path.name} is a symbolic link whose target is missing ({target}); in a DataLad "
+            f"dataset, `datalad get {path.name}` fetches the file"
+        )
+    return f"cannot read {path.name}: {err}"
+
+
+def _gz_name_without_gzip(path: Path) -> bool:
+    """Whether a ``.gz`` file lacks the gzip magic bytes (a plain NIfTI misnamed ``.nii.gz``)."""
+    if not path.name.lower().endswith(".gz"):
+        return False
+    try:
+        with path.open("rb") as handle:
+            return handle.read(2) != b"\x1f\x8b"
+    except OSError:
+        return False
+
+
+def _load_uncompressed(path: Path) -> Any:
+    """A plain NIfTI-1/2 image from a file whose name says gzip (header checked before data)."""
+    import nibabel as nib
+
+    with path.open("rb") as handle:
+        head = handle.read(540)
+    nifti1 = len(head) >= 348 and head[344:348] in (b"n+1\x00", b"ni1\x00")
+    nifti2 = len(head) >= 540 and head[4:8] == b"n+2\x00"
+    if not (nifti1 or nifti2):
+        raise ScanError(
+            "load",
+            f"{path.name} is not a readable NIfTI image (named .nii.gz, but neither gzip-compressed "
+            "nor starting with a NIfTI header)",
+        )
+    kind = nib.Nifti2Image if nifti2 else nib.Nifti1Image
+    header = kind.header_class.from_fileobj(io.BytesIO(head))
+    shape = tuple(int(s) for s in header.get_data_shape())
+    if len(shape) >= 3 and int(np.prod(shape[:3])) > MAX_VOXELS:
+        raise ScanError(
+            "load",
+            f"{path.name} declares dimensions {shape[:3]}, over the limit of {MAX_VOXELS:,} voxels; "
+            "refusing to allocate it (corrupt header?)",
+        )
+    return kind.from_bytes(path.read_bytes())
+
+
+def check_geometry(
+    name: str, shape: tuple[int, int, int], zooms: tuple[float, float, float], max_voxels: int = MAX_VOXELS
+) -> None:
+    """Refuse voxel sizes, fields of view and resampled grids no real scan has, before any
+    allocation (a corrupt header must give an error row, not a 20 TB allocation).
+
+    The resampled grid is the largest square-slice stack the slice models build (each slice
+    padded to a square field of view at its own pixel size, :func:`slices_to_square`).
+
+    Raises
+    ------
+    ScanError
+        Stage ``"load"``, with the offending values.
+    """
+    lo, hi = VOXEL_MM_RANGE
+    bad = [z for z in zooms if not lo <= z <= hi]
+    if bad:
+        raise ScanError(
+            "load",
+            f"{name}: voxel sizes {tuple(round(z, 6) for z in zooms)} mm are outside {lo}-{hi} mm; "
+            "refusing the image (corrupt header?)",
+        )
+    fov = [n * z for n, z in zip(shape, zooms, strict=True)]
+    if max(fov) > MAX_FOV_MM:
+        raise ScanError(
+            "load",
+            f"{name}: field of view {tuple(round(f, 1) for f in fov)} mm exceeds {MAX_FOV_MM:g} mm; "
+            "refusing the image (corrupt header?)",
+        )
+    for axis in range(3):
+        (h, zh), (w, zw) = [(shape[a], zooms[a]) for a in range(3) if a != axis]
+        extent = max(h * zh, w * zw)
+        voxels = max(h, round(extent / zh)) * max(w, round(extent / zw)) * shape[axis]
+        if voxels > max_voxels:
+            raise ScanError(
+                "load",
+                f"{name}: resampling to square slices along axis {axis} would need {voxels:,} voxels "
+                f"(limit {max_voxels:,}) for voxel sizes {zooms} mm; refusing the image",
+            )
 
 
 def volume_from_array(data: np.ndarray, zooms: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> Volume:

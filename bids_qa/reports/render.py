@@ -29,12 +29,14 @@ from urllib.parse import quote
 
 import numpy as np
 
+from bids_qa.derivatives import GROUP_COLUMNS
 from bids_qa.errors import ScanError
 
 #: Per-scan table columns (contract).
 SCAN_COLUMNS = ("model", "metric", "value", "threshold", "flag", "direction")
 #: Group table columns before the ``<model>.<metric>`` score columns (contract).
-GROUP_ID_COLUMNS = ("scan_id", "subject", "session", "run", "suffix", "source", "verdict", "reasons", "report")
+#: The group table's fixed (non-score) columns, acquisition columns included.
+GROUP_ID_COLUMNS = tuple(GROUP_COLUMNS)
 #: Verdicts in display order.
 VERDICTS = ("pass", "review", "fail", "error")
 #: Models whose rows are shown as classical image-quality metrics rather than model scores.
