@@ -16,6 +16,7 @@ from typing import NoReturn
 
 from bids_qa import __version__
 from bids_qa.config import ANALYSIS_LEVELS, DEVICES, available_cpus
+from bids_qa.errors import ExitCode, FatalError
 
 #: Helper commands dispatched on the first argument: name -> module exposing main(argv).
 HELPERS = {
@@ -26,9 +27,6 @@ HELPERS = {
 }
 TRAIN_FAMILIES = ("severity", "flow", "ssim", "tiers")
 
-EXIT_USAGE = 64
-EXIT_UNKNOWN_LEVEL = 17
-EXIT_NO_INPUT = 66
 
 
 class UsageError(Exception):
@@ -241,14 +239,14 @@ def _dispatch_helper(argv: list[str]) -> int:
     if name == "train":
         if not rest or rest[0] in ("-h", "--help"):
             print(f"usage: bids_qa train {{{','.join(TRAIN_FAMILIES)}}} [options]", file=sys.stderr)
-            return 0 if rest else EXIT_USAGE
+            return 0 if rest else ExitCode.USAGE
         family, rest = rest[0], rest[1:]
         if family not in TRAIN_FAMILIES:
             print(
                 f"bids_qa train: unknown family {family!r}; choose from {', '.join(TRAIN_FAMILIES)}",
                 file=sys.stderr,
             )
-            return EXIT_USAGE
+            return ExitCode.USAGE
         module_name = f"bids_qa.training.{family}"
     try:
         module = importlib.import_module(module_name)
@@ -258,7 +256,7 @@ def _dispatch_helper(argv: list[str]) -> int:
                 f"bids_qa {name}: this command is not available in this installation ({err})",
                 file=sys.stderr,
             )
-            return EXIT_USAGE
+            return ExitCode.USAGE
         raise
     return int(module.main(rest) or 0)
 
@@ -266,7 +264,7 @@ def _dispatch_helper(argv: list[str]) -> int:
 def _usage_error(parser: argparse.ArgumentParser, message: str) -> int:
     parser.print_usage(sys.stderr)
     print(f"bids_qa: error: {message}", file=sys.stderr)
-    return EXIT_USAGE
+    return ExitCode.USAGE
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -288,15 +286,10 @@ def main(argv: list[str] | None = None) -> int:
             f"bids_qa: error: unknown analysis level {args.analysis_level!r}; use participant or group",
             file=sys.stderr,
         )
-        return EXIT_UNKNOWN_LEVEL
+        return ExitCode.UNKNOWN_LEVEL
 
     from bids_qa.config import RunConfig
-    from bids_qa.discover import (
-        DiscoveryError,
-        load_filter_file,
-        normalise_labels,
-        normalise_suffixes,
-    )
+    from bids_qa.discover import load_filter_file, normalise_labels, normalise_suffixes
     from bids_qa.scoring import REGISTRY
     from bids_qa.thresholds import ThresholdError, load_thresholds
 
@@ -307,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
             f"bids_qa: error: input folder {bids_dir} does not exist or is not a folder",
             file=sys.stderr,
         )
-        return EXIT_NO_INPUT
+        return ExitCode.NO_INPUT
     if output_dir == bids_dir:
         return _usage_error(
             parser,
@@ -331,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = normalise_labels(args.run_id, "run")
         suffixes = normalise_suffixes(args.suffix)
         filters = load_filter_file(args.bids_filter_file) if args.bids_filter_file else None
-    except DiscoveryError as err:
+    except FatalError as err:
         return _usage_error(parser, err.message)
     thresholds_file = Path(args.thresholds).expanduser().absolute() if args.thresholds else None
     try:
@@ -363,11 +356,13 @@ def main(argv: list[str] | None = None) -> int:
         overwrite=args.overwrite,
         verbosity=args.verbose - args.quiet,
     )
-    from bids_qa import pipeline
-
     if config.analysis_level == "participant":
-        return pipeline.run_participant(config, thresholds)
-    return pipeline.run_group(config, thresholds)
+        from bids_qa.participant import run_participant
+
+        return run_participant(config, thresholds)
+    from bids_qa.group import run_group
+
+    return run_group(config, thresholds)
 
 
 def run() -> None:

@@ -55,7 +55,7 @@ class RunConfig:
     nprocs
         Loader threads (load scans ahead, run the CPU-only scorers and prepare the networks'
         inputs); inference uses ``max(1, nprocs // 2)`` torch threads (the thread rule is in
-        :class:`bids_qa.pipeline.ExecutionPlan`).
+        :class:`bids_qa.plan.ExecutionPlan`).
     batch_size
         Slices (or grids) per forward pass of the deep models; ``None`` (``auto``) means 64 on CPU
         and 512 on CUDA.

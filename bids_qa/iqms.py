@@ -45,7 +45,7 @@ import numpy as np
 from scipy import ndimage
 
 from bids_qa.errors import ScanError
-from bids_qa.scoring import ScanScores
+from bids_qa.scoring import ScanScores, Scorer
 from bids_qa.volume import ANISOTROPY_2D_RATIO, Volume
 
 #: Volumes with more voxels are analysed on a regular stride (see :func:`analysis_stride`).
@@ -876,7 +876,7 @@ def _put(values: dict[str, Any], key: str, value: float, reason: str) -> None:
         values[key] = float(value)
 
 
-class HeaderScorer:
+class HeaderScorer(Scorer):
     """Resolution facts from the header, so a thick-slice scan is reported for what it is.
 
     Values (mm unless stated): ``vox_x``, ``vox_y``, ``vox_z`` (canonical RAS axes),
@@ -896,7 +896,7 @@ class HeaderScorer:
     def __init__(self, **kwargs: Any) -> None:
         pass
 
-    def score(self, volume: Volume) -> ScanScores:
+    def score(self, volume: Volume, suffix: str | None = None) -> ScanScores:
         zooms = tuple(float(z) for z in volume.zooms)
         shape = volume.shape
         axis = int(volume.slice_axis)
@@ -922,7 +922,7 @@ class HeaderScorer:
         return ScanScores(scorer=self.name, values=values)
 
 
-class IQMScorer:
+class IQMScorer(Scorer):
     """Classical IQMs on the raw intensities (see the module docstring and ``docs/iqms.md``).
 
     Parameters

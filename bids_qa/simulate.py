@@ -32,12 +32,7 @@ from typing import Any
 import numpy as np
 
 from bids_qa import __version__
-from bids_qa.errors import ScanError
-
-EXIT_FAILURES = 1
-EXIT_USAGE = 64
-EXIT_NO_INPUT = 66
-EXIT_CANT_CREATE = 73
+from bids_qa.errors import ExitCode, FatalError, ScanError
 
 DEFAULT_LEVELS = ("0.3", "0.6", "0.9")
 TIER_NAMES = ("moderate", "severe")
@@ -357,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _usage(parser: argparse.ArgumentParser, message: str) -> int:
     print(f"{parser.prog}: error: {message}", file=sys.stderr)
-    return EXIT_USAGE
+    return ExitCode.USAGE
 
 
 def _inside(a: Path, b: Path) -> bool:
@@ -372,18 +367,18 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command; returns the exit code (0 ok, 1 some scans failed, 64 usage, 66 no
     input, 73 output not writable)."""
     from bids_qa import artifacts as A
-    from bids_qa.discover import DiscoveryError, discover, normalise_labels
+    from bids_qa.discover import discover, normalise_labels
 
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:
-        return int(exc.code or 0) and EXIT_USAGE
+        return int(exc.code or 0) and ExitCode.USAGE
     clean = Path(args.clean_dir).resolve()
     out = Path(args.out_dir).resolve()
     if not clean.is_dir():
         print(f"bids_qa simulate: input folder {clean} does not exist", file=sys.stderr)
-        return EXIT_NO_INPUT
+        return ExitCode.NO_INPUT
     if _inside(out, clean) or _inside(clean, out):
         return _usage(
             parser, f"output {out} must lie outside the clean dataset {clean} (and not contain it)"
@@ -400,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         labels = normalise_labels(args.participant_label, "sub")
     except ValueError as err:
         return _usage(parser, str(err))
-    except DiscoveryError as err:
+    except FatalError as err:
         return _usage(parser, err.message)
     for art in artifacts:
         for lvl in levels:
@@ -411,20 +406,20 @@ def main(argv: list[str] | None = None) -> int:
                 )
     try:
         found = discover(clean, participant_label=labels)
-    except DiscoveryError as err:
+    except FatalError as err:
         print(f"bids_qa simulate: {err.message}", file=sys.stderr)
         return err.code
     for w in found.warnings:
         print(f"bids_qa simulate: warning: {w}", file=sys.stderr)
     if not found.scans:
         print(f"bids_qa simulate: no structural scans found in {clean}", file=sys.stderr)
-        return EXIT_NO_INPUT
+        return ExitCode.NO_INPUT
     try:
         out.mkdir(parents=True, exist_ok=True)
         _write_dataset_files(out, clean, args)
     except OSError as err:
         print(f"bids_qa simulate: cannot create {out}: {err}", file=sys.stderr)
-        return EXIT_CANT_CREATE
+        return ExitCode.CANT_CREATE
 
     rows: list[dict[str, Any]] = []
     failures = 0
@@ -440,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"bids_qa simulate: wrote {len(rows)} files for {len(found.scans) - failures} scans to {out}"
     )
-    return EXIT_FAILURES if failures else 0
+    return ExitCode.FAILURE if failures else 0
 
 
 def _write_dataset_files(out: Path, clean: Path, args: argparse.Namespace) -> None:

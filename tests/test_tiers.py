@@ -371,7 +371,7 @@ def test_voxel_mm_config_reaches_scorer_and_training_cubes(tmp_path):
     src = make_cube_source(vol, 32, voxel_mm=5.0)
     assert src.voxel_mm == 5.0 and src.cube.shape == (32, 32, 32)
     np.testing.assert_array_equal(src.cube, cfg.input_cube(vol))
-    assert not np.allclose(src.cube, vol.grid(32))
+    assert not np.allclose(src.cube, vol.cube(32))
     torch.manual_seed(0)
     path = tmp_path / "vx.safetensors"
     save_weights(path, build_network(cfg).state_dict(), {"config": cfg.to_dict(), "version": "t"})
@@ -707,7 +707,6 @@ def test_contrast_aware_scorer_reads_the_suffix_and_the_pipeline_passes_it(tmp_p
     import torch
 
     from bids_qa.models.weights import save_weights
-    from bids_qa.pipeline import scorer_wants_suffix
     from bids_qa.training import loop
 
     torch.manual_seed(0)
@@ -727,10 +726,10 @@ def test_contrast_aware_scorer_reads_the_suffix_and_the_pipeline_passes_it(tmp_p
     scorer = TierScorer(weights=str(path))
     plain = TierScorer(weights=str(old_path))
     assert scorer.needs_suffix and not plain.needs_suffix
-    assert scorer_wants_suffix(scorer) and not scorer_wants_suffix(plain)
+    assert scorer.needs_suffix is True and plain.needs_suffix is False
     from bids_qa.iqms import IQMScorer
 
-    assert scorer_wants_suffix(IQMScorer())  # contrast-dependent IQMs: declared, not inferred
+    assert IQMScorer().needs_suffix  # contrast-dependent IQMs: declared, not inferred
     vol = volume_from_array(head_phantom(n=48, voxel=4.0), (4.0,) * 3)
     t1, flair = scorer.score(vol, "T1w").values, scorer.score(vol, "FLAIR").values
     assert t1["contrast_p_moderate"] != pytest.approx(flair["contrast_p_moderate"], abs=1e-4)

@@ -26,13 +26,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
-from bids_qa.scoring import ScanScores, anatomy_indices, volume_view
+from bids_qa.models.config import ModelConfig
+from bids_qa.scoring import ScanScores, Scorer, anatomy_indices, volume_view
 from bids_qa.volume import Volume
 
 NAME = "flow"
@@ -50,7 +51,7 @@ MIN_GROUP_SCANS = 30
 
 
 @dataclass(frozen=True)
-class EncoderConfig:
+class EncoderConfig(ModelConfig):
     """Artifact-encoder hyper-parameters (stored in the weights' metadata)."""
 
     input_size: int = 128
@@ -66,15 +67,12 @@ class EncoderConfig:
     #: severity model's ``pixel_mm``.
     pixel_mm: float = 0.0
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> EncoderConfig:
-        return cls(input_size=int(d["input_size"]), channels=tuple(int(c) for c in d["channels"]),  # type: ignore[arg-type]
-                   hidden=int(d["hidden"]), negative_slope=float(d["negative_slope"]),
-                   output_scale=float(d.get("output_scale", 1.0)), pixel_mm=float(d.get("pixel_mm", 0.0)))
+    #: Weights saved before ``output_scale`` existed had none (a factor of 1).
+    LEGACY_DEFAULTS = {"output_scale": 1.0}  # noqa: RUF012 - not a dataclass field
 
 
 @dataclass(frozen=True)
-class FlowConfig:
+class FlowConfig(ModelConfig):
     """RealNVP shape: ``n_layers`` affine couplings, each with an MLP of two ``hidden``-wide layers.
 
     ``scale_bound`` caps the log-scale of every coupling (``s = bound * tanh(raw / bound)``) so one
@@ -85,13 +83,8 @@ class FlowConfig:
     hidden: int = 32
     scale_bound: float = 2.0
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> FlowConfig:
-        return cls(n_layers=int(d["n_layers"]), hidden=int(d["hidden"]), scale_bound=float(d["scale_bound"]))
-
-
 @dataclass(frozen=True)
-class FitConfig:
+class FitConfig(ModelConfig):
     """How a flow is fitted by maximum likelihood (full batch, fixed steps, so it is deterministic).
 
     ``jitter_scale``: each step sees the data plus Gaussian noise of standard deviation
@@ -105,12 +98,6 @@ class FitConfig:
     weight_decay: float = 1e-4
     jitter_scale: float = 0.5
     seed: int = 0
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> FitConfig:
-        return cls(steps=int(d["steps"]), lr=float(d["lr"]), weight_decay=float(d["weight_decay"]),
-                   jitter_scale=float(d["jitter_scale"]), seed=int(d["seed"]))
-
 
 # --------------------------------------------------------------------------------------------
 # networks
@@ -546,7 +533,7 @@ def load_reference(weights: str | None = None) -> FittedFlow:
     return FittedFlow.from_state(state, "reference.", FlowConfig.from_dict(meta["flow_config"]))
 
 
-class FlowScorer:
+class FlowScorer(Scorer):
     """Scores a volume's artifact representation against the shipped reference density.
 
     Values: ``m1``, ``m2`` (the volume's ``m``), ``log_density`` (log p(m) under the reference flow),
@@ -598,10 +585,9 @@ class FlowScorer:
         """Cache the encoder's input slices on ``volume`` (loader threads)."""
         self.encoder_inputs(volume)
 
-    def score(self, volume: Volume) -> ScanScores:
-        return self.score_many([volume])[0]
-
-    def score_many(self, volumes: Sequence[Volume]) -> list[ScanScores]:
+    def score_many(
+        self, volumes: Sequence[Volume], suffixes: Sequence[str | None] | None = None
+    ) -> list[ScanScores]:
         """Encode the centre slices of several volumes in one batched pass, then judge each
         volume's ``m`` against the reference density (one call for all)."""
         parts = [self.encoder_inputs(v) for v in volumes]
@@ -633,5 +619,5 @@ class FlowScorer:
 
 def config_metadata(encoder: EncoderConfig, flow: FlowConfig, fit: FitConfig) -> dict[str, Any]:
     """The configuration block stored in the weights' metadata."""
-    return {"encoder_config": {**asdict(encoder), "channels": list(encoder.channels)},
-            "flow_config": asdict(flow), "fit_config": asdict(fit)}
+    return {"encoder_config": encoder.to_dict(), "flow_config": flow.to_dict(),
+            "fit_config": fit.to_dict()}

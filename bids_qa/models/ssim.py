@@ -28,11 +28,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from bids_qa.scoring import ScanScores, scored_slices
+from bids_qa.models.config import ModelConfig
+from bids_qa.scoring import ScanScores, Scorer, scored_slices
 from bids_qa.volume import Volume
 
 NAME = "ssim"
@@ -46,7 +46,7 @@ BIN_COUNTS = (3, 5, 10)
 
 
 @dataclass(frozen=True)
-class SSIMConfig:
+class SSIMConfig(ModelConfig):
     """Architecture hyper-parameters, stored in the weights' metadata.
 
     Attributes
@@ -77,24 +77,6 @@ class SSIMConfig:
             raise ValueError(f"invalid ResNet shape: width {self.width}, blocks {self.blocks}")
         if self.pixel_mm < 0:
             raise ValueError(f"pixel_mm must be >= 0, got {self.pixel_mm}")
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SSIMConfig:
-        return cls(
-            input_size=int(d["input_size"]),
-            width=int(d["width"]),
-            blocks=tuple(int(b) for b in d["blocks"]),
-            pixel_mm=float(d.get("pixel_mm", 0.0)),  # absent in weights older than the field
-        )  # type: ignore[arg-type]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "input_size": self.input_size,
-            "width": self.width,
-            "blocks": list(self.blocks),
-            "pixel_mm": self.pixel_mm,
-        }
-
 
 def build_resnet(config: SSIMConfig):
     """ResNet-18-style regressor: ``torch.nn.Module`` mapping (B, 1, S, S) -> (B,) in [0, 1]."""
@@ -211,7 +193,7 @@ def summarise(per_slice: np.ndarray, slice_index: np.ndarray) -> dict[str, float
     return values
 
 
-class SSIMScorer:
+class SSIMScorer(Scorer):
     """Predicts per-slice SSIM with the shipped weights (or weights passed explicitly)."""
 
     name = NAME
@@ -248,10 +230,9 @@ class SSIMScorer:
         """Cache the anatomy slices at the input size on ``volume`` (loader threads)."""
         scored_slices(volume, self.config.input_size, self.config.pixel_mm)
 
-    def score(self, volume: Volume) -> ScanScores:
-        return self.score_many([volume])[0]
-
-    def score_many(self, volumes: Sequence[Volume]) -> list[ScanScores]:
+    def score_many(
+        self, volumes: Sequence[Volume], suffixes: Sequence[str | None] | None = None
+    ) -> list[ScanScores]:
         """Score several volumes with one batched pass over all their anatomy slices."""
         parts = [scored_slices(v, self.config.input_size, self.config.pixel_mm) for v in volumes]
         outputs = self.predict_slices([slices for slices, _ in parts])
