@@ -341,9 +341,9 @@ def test_one_bad_scan_in_a_group_gets_its_error_row_and_the_others_are_scored(
             raise RuntimeError("this scan upsets the network")
         return real_predict(self, slices)
 
-    def counting_many(self, vols):
+    def counting_many(self, vols, suffixes=None):
         group_sizes.append(len(vols))
-        return real_many(self, vols)
+        return real_many(self, vols, suffixes)
 
     monkeypatch.setattr(SSIMScorer, "predict_slices", fussy_predict)
     monkeypatch.setattr(SSIMScorer, "score_many", counting_many)
@@ -407,9 +407,9 @@ def test_a_failing_prepare_is_an_error_row_and_the_scorer_is_not_rerun(five_scan
             raise ScanError("score", "cannot prepare this one")
         return real_prepare(self, volume)
 
-    def recording_many(self, vols):
+    def recording_many(self, vols, suffixes=None):
         scored_shapes.extend(v.shape for v in vols)
-        return real_many(self, vols)
+        return real_many(self, vols, suffixes)
 
     monkeypatch.setattr(cls, "prepare", failing_prepare)
     monkeypatch.setattr(cls, "score_many", recording_many)
