@@ -136,7 +136,7 @@ def test_failed_write_keeps_old_content_and_leaves_no_temp_file(tmp_path, monkey
 
 
 def test_stale_temp_files_are_cleaned_but_live_ones_kept(tmp_path):
-    host = deriv._host_tag()
+    host = deriv.host_tag()
     dead = subprocess.Popen([PYTHON, "-c", "pass"])
     dead.wait()
     stale = tmp_path / "a" / f".x_qa.json.bqtmp-{host}-{dead.pid}-00ab"

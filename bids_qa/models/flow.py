@@ -17,14 +17,14 @@ and shipped with the weights, so a single participant run can flag outliers) and
 population (:func:`dataset_outliers` refits a flow on one dataset's ``m`` values at the group level,
 which is the paper's actual use: "most images of a large dataset are acceptable").
 
-Everything here is pure apart from :func:`plot_m_plane` (writes one PNG) and the scorer's weight
+Everything here is pure apart from the scorer's weight
 loading. torch is imported inside functions so importing this module stays cheap.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
@@ -418,82 +418,6 @@ def dataset_outliers(m: np.ndarray, seed: int = 0, min_scans: int = MIN_GROUP_SC
         flags[np.flatnonzero(ok)] = judged[col]
         out[col] = flags
     return out
-
-
-# --------------------------------------------------------------------------------------------
-# figure
-
-
-def plot_m_plane(m: np.ndarray, labels, flow_or_density: FittedFlow | Callable[[np.ndarray], np.ndarray],
-                 path, title: str | None = None, reference_m: np.ndarray | None = None):
-    """Scatter of volume ``m`` values over the density's contours (paper 001 Fig. 3b / 4a).
-
-    Parameters
-    ----------
-    m
-        Points to show, (n, 2).
-    labels
-        One label per point (strings; one colour per distinct label).
-    flow_or_density
-        A :class:`FittedFlow` (its 5% and 3% levels are drawn as dashed contours) or any callable
-        returning log densities for an (k, 2) array.
-    path
-        PNG file to write.
-    reference_m
-        Optional population points drawn small and grey (e.g. the flow's own population).
-
-    Returns
-    -------
-    pathlib.Path
-        ``path``.
-    """
-    from pathlib import Path
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    m = np.atleast_2d(np.asarray(m, dtype=np.float64))
-    labels = [str(x) for x in labels]
-    if len(labels) != len(m):
-        raise ValueError(f"{len(labels)} labels for {len(m)} points")
-    density = flow_or_density.log_density if isinstance(flow_or_density, FittedFlow) else flow_or_density
-    pts = m if reference_m is None else np.vstack([m, reference_m])
-    lo, hi = pts.min(0), pts.max(0)
-    pad = 0.15 * np.maximum(hi - lo, 1e-3)
-    gx = np.linspace(lo[0] - pad[0], hi[0] + pad[0], 160)
-    gy = np.linspace(lo[1] - pad[1], hi[1] + pad[1], 160)
-    xx, yy = np.meshgrid(gx, gy)
-    ld = np.asarray(density(np.column_stack([xx.ravel(), yy.ravel()]))).reshape(xx.shape)
-    floor = np.percentile(ld, 2)
-    fig, ax = plt.subplots(figsize=(6.4, 5.2), dpi=110)
-    cs = ax.contourf(xx, yy, np.maximum(ld, floor), levels=14, cmap="Blues")
-    fig.colorbar(cs, ax=ax, label="log density  log p(m)")
-    if isinstance(flow_or_density, FittedFlow):
-        levels = sorted((flow_or_density.level(p), p) for p in LEVELS)
-        styles = {5.0: "--", 3.0: ":"}
-        for value, p in levels:
-            if ld.min() < value < ld.max():
-                c = ax.contour(xx, yy, ld, levels=[value], colors="k", linestyles=styles.get(p, "--"), linewidths=1.2)
-                ax.clabel(c, fmt={value: f"{p:g}%"}, fontsize=8)
-    if reference_m is not None:
-        ax.scatter(reference_m[:, 0], reference_m[:, 1], s=6, c="0.45", alpha=0.5, label="reference")
-    cmap = plt.get_cmap("tab10")
-    for i, lab in enumerate(dict.fromkeys(labels)):
-        sel = np.array([x == lab for x in labels])
-        ax.scatter(m[sel, 0], m[sel, 1], s=28, color=cmap(i % 10), edgecolors="k", linewidths=0.4, label=lab)
-    ax.set_xlabel("m1")
-    ax.set_ylabel("m2")
-    if title:
-        ax.set_title(title)
-    ax.legend(fontsize=7, loc="best", framealpha=0.8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
 
 
 # --------------------------------------------------------------------------------------------
