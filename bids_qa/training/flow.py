@@ -643,8 +643,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from bids_qa.models.flow import FlowScorer
-    from bids_qa.reports.figures import plot_m_plane
     from bids_qa.models.weights import load_weights, save_weights
+    from bids_qa.reports.figures import plot_m_plane
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
