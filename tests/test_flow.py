@@ -260,8 +260,8 @@ def test_fixed_pixel_encoder_reads_spacing_stack_in_training_and_scoring():
     from bids_qa.volume import volume_from_array
 
     cfg = F.EncoderConfig(input_size=32, channels=(4, 4, 4), hidden=8, pixel_mm=2.0)
-    assert F.EncoderConfig.from_dict({**F.asdict(cfg), "channels": [4, 4, 4]}) == cfg
-    legacy = {k: v for k, v in F.asdict(cfg).items() if k != "pixel_mm"}
+    assert F.EncoderConfig.from_dict(cfg.to_dict()) == cfg
+    legacy = {k: v for k, v in cfg.to_dict().items() if k != "pixel_mm"}
     assert F.EncoderConfig.from_dict(legacy).pixel_mm == 0.0
     yy, xx, zz = np.mgrid[:60, :60, :40]
     head = (((yy - 30) ** 2 + (xx - 30) ** 2 + (zz - 20) ** 2) < 18**2).astype(np.float32)
