@@ -128,7 +128,7 @@ def evaluate_severity(
     weights: str | None = None,
 ) -> dict[str, Any]:
     """Score clean and corrupted copies of every volume; return rows and the summary figures."""
-    from bids_qa import artifacts
+    from bids_qa import artifacts, similarity
     from bids_qa.iqms import IQMScorer
     from bids_qa.models.severity import SeverityScorer
     from bids_qa.volume import volume_from_array
@@ -158,7 +158,7 @@ def evaluate_severity(
                 "ss": ss,
                 "score": float(value),
                 "seconds": time.perf_counter() - t0,
-                "change": artifacts.realised_change(vol.data, corrupted.data, vol.mask)
+                "change": similarity.realised_change(vol.data, corrupted.data, vol.mask)
                 if artifact != "none"
                 else 0.0,
             }
@@ -254,7 +254,7 @@ def severity_markdown(summary: dict[str, Any]) -> str:
         lines += [
             "",
             "Realised change: RMS difference between the corrupted and the clean normalised "
-            "volume inside the head, relative to the clean RMS (`artifacts.realised_change`). It "
+            "volume inside the head, relative to the clean RMS (`similarity.realised_change`). It "
             "needs the clean scan, so no scorer can use it; where it rises less monotonically with "
             "SS than the target asks, the simulation's SS, not the model, limits Spearman(score, "
             "SS) for any score of visible damage.",

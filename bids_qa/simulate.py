@@ -215,9 +215,10 @@ def draw(
     """Corrupt a normalised 3D volume: returns ``(corrupted, ArtifactLabel)``.
 
     SS levels use :func:`bids_qa.artifacts.sample_params` with that severity (every component of
-    a combination at that SS); tiers use :func:`bids_qa.artifacts.sample_tier_params`; ``random``
+    a combination at that SS); tiers use :func:`bids_qa.artifact_tiers.sample_tier_params`; ``random``
     draws uniformly (combinations: :func:`bids_qa.artifacts.simulate_combination`).
     """
+    from bids_qa import artifact_tiers
     from bids_qa import artifacts as A
 
     names = artifact.split("+")
@@ -227,7 +228,7 @@ def draw(
             raise ValueError(f"tier levels exist only for {A.ARTIFACTS_003}, not {bad}")
     if len(names) == 1:
         if level.tier is not None:
-            params = A.sample_tier_params(artifact, level.tier, rng, ndim=3)
+            params = artifact_tiers.sample_tier_params(artifact, level.tier, rng, ndim=3)
         else:
             params = A.sample_params(artifact, rng, level.severity, ndim=3)
         out = A.apply_artifact(image, artifact, params, zooms)
@@ -240,7 +241,7 @@ def draw(
     comps = []
     for name in ordered:
         if level.tier is not None:
-            p = A.sample_tier_params(name, level.tier, rng, ndim=3)
+            p = artifact_tiers.sample_tier_params(name, level.tier, rng, ndim=3)
         else:
             p = A.sample_params(name, rng, level.severity, ndim=3)
         comps.append({"artifact": name, "severity": A.severity_of(name, p), "params": p})

@@ -18,7 +18,7 @@ import numpy as np
 def main() -> None:
     import torch
 
-    from bids_qa import artifacts
+    from bids_qa import artifacts, similarity
     from bids_qa.training.data import clean_volumes
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -42,9 +42,9 @@ def main() -> None:
         for i in idx:
             clean = np.take(vol.data, i, axis=ax)
             rng_range = float(clean.max() - clean.min())
-            s3.append(artifacts.ssim(np.take(moved, i, axis=ax), clean, rng_range))
+            s3.append(similarity.ssim(np.take(moved, i, axis=ax), clean, rng_range))
             params = artifacts.sample_params("motion", rng, severity=args.severity)
-            s2.append(artifacts.ssim(artifacts.apply_artifact(clean, "motion", params, zooms=zooms), clean, rng_range))
+            s2.append(similarity.ssim(artifacts.apply_artifact(clean, "motion", params, zooms=zooms), clean, rng_range))
         means3.append(np.mean(s3))
         means2.append(np.mean(s2))
         print(f"{entry['path']}: SSIM 3D motion {means3[-1]:.3f}, 2D motion {means2[-1]:.3f}", flush=True)

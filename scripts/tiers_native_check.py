@@ -23,7 +23,7 @@ CASES = [(a, lvl) for a in ("noise", "motion", "contrast") for lvl in ("moderate
 def main() -> None:
     import torch
 
-    from bids_qa import artifacts
+    from bids_qa import artifact_tiers, artifacts
     from bids_qa.models.tiers import TierScorer
     from bids_qa.training.data import clean_volumes
     from bids_qa.volume import volume_from_array
@@ -41,7 +41,7 @@ def main() -> None:
         variants = [("clean", "none", vol)]
         for art, lvl in CASES:
             rng = np.random.default_rng([77, k, CASES.index((art, lvl))])
-            params = artifacts.sample_tier_params(art, lvl, rng, ndim=3)
+            params = artifact_tiers.sample_tier_params(art, lvl, rng, ndim=3)
             data = artifacts.apply_artifact(vol.data, art, params, vol.zooms)
             variants.append((art, lvl, volume_from_array(data, vol.zooms)))
         for w, scorer in scorers.items():

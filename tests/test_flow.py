@@ -307,7 +307,7 @@ def test_flow_evaluation_reports_the_realised_change_of_simulated_artifacts():
 
 
 def test_motion3d_queries_come_from_the_bank_with_the_clean_query_as_negative():
-    from bids_qa.artifacts import realised_change
+    from bids_qa.similarity import realised_change
     from bids_qa.training.flow import MOTION3D, ContrastiveMaker, motion3d_bank
     from bids_qa.training.slices import make_source
     from bids_qa.volume import volume_from_array

@@ -43,7 +43,6 @@ from typing import Any
 
 import numpy as np
 
-from bids_qa.artifacts import realised_change
 from bids_qa.models.tiers import (
     ARTIFACTS,
     NAME,
@@ -53,6 +52,7 @@ from bids_qa.models.tiers import (
     grade_from_probabilities,
     tier_from_grades,
 )
+from bids_qa.similarity import realised_change
 from bids_qa.training import loop
 
 #: Probability that a sample carries 0, 1, 2 or 3 simulated artifacts.
@@ -242,7 +242,7 @@ def corrupt_cube(
 ) -> tuple[np.ndarray, dict[str, dict]]:
     """Apply the paper's simulated artifacts at the given grades; returns (cube, params used).
 
-    Parameters come from :func:`bids_qa.artifacts.sample_tier_params` (paper 003 Table 3 ranges,
+    Parameters come from :func:`bids_qa.artifact_tiers.sample_tier_params` (paper 003 Table 3 ranges,
     calibrated to our intensity scale) and are applied in :data:`APPLY_ORDER`; the result is
     renormalised with :func:`renormalise_like`. Where the noise is added: to the cube itself
     (default); with ``native_zooms``, to the scan's acquired voxels of those sizes (cube axis
@@ -250,7 +250,7 @@ def corrupt_cube(
     resampling into the cube (:func:`native_noise`); with
     ``noise_reference_mm > 0``, to a scan at that isotropic resolution.
     """
-    from bids_qa import artifacts
+    from bids_qa import artifact_tiers
 
     out = cube
     used: dict[str, dict] = {}
@@ -258,7 +258,7 @@ def corrupt_cube(
         grade = int(grades.get(artifact, 0))
         if grade == 0:
             continue
-        params = artifacts.sample_tier_params(artifact, LEVELS[grade], rng, ndim=3)
+        params = artifact_tiers.sample_tier_params(artifact, LEVELS[grade], rng, ndim=3)
         if artifact == "noise" and native_zooms is not None:
             params["native_zooms"] = [float(z) for z in native_zooms]
             out = native_noise(
@@ -484,7 +484,7 @@ def level_separation(
     true_grades: np.ndarray, probs: np.ndarray, change: np.ndarray
 ) -> dict[str, dict[str, float]]:
     """Moderate vs severe, per artifact, on samples carrying only that artifact: ROC AUC of the
-    model's ``p_severe`` and of the realised change (:func:`bids_qa.artifacts.realised_change`,
+    model's ``p_severe`` and of the realised change (:func:`bids_qa.similarity.realised_change`,
     which needs the clean cube). A low change AUC means the two simulated levels differ little
     in the image itself, which bounds what any grader of visible damage can separate."""
     out: dict[str, dict[str, float]] = {}
