@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from bids_qa.metrics import balanced_accuracy, roc_auc  # noqa: F401 - re-exported for the benchmark callers
 from bids_qa.models.tiers import (
     ARTIFACTS,
     NAME,
@@ -456,28 +457,6 @@ def tier_loss(logits, labels, pos_weight):
         for j, t in enumerate(TASKS)
     }
     return per.mean(), parts
-
-
-def balanced_accuracy(truth: np.ndarray, pred: np.ndarray) -> float:
-    """Mean of sensitivity and specificity for boolean arrays (NaN if a class is absent)."""
-    truth = np.asarray(truth, dtype=bool)
-    pred = np.asarray(pred, dtype=bool)
-    if truth.all() or not truth.any():
-        return float("nan")
-    return float(0.5 * (pred[truth].mean() + (~pred[~truth]).mean()))
-
-
-def roc_auc(truth: np.ndarray, score: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney, ties count half); NaN if a class is absent."""
-    from scipy.stats import rankdata
-
-    truth = np.asarray(truth, dtype=bool)
-    score = np.asarray(score, dtype=np.float64)
-    n_pos, n_neg = int(truth.sum()), int((~truth).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = rankdata(score)
-    return float((ranks[truth].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def level_separation(
