@@ -42,7 +42,10 @@ from bids_qa.io import (  # the writing API of the derivatives, re-exported
     format_value,  # noqa: F401
     host_tag,  # noqa: F401
     json_ready,  # noqa: F401
+    parse_number,
     png_bytes,  # noqa: F401
+    read_json_object,  # noqa: F401
+    read_slices_tsv,
     render_tsv,  # noqa: F401
     write_json,  # noqa: F401
     write_tsv,  # noqa: F401
@@ -457,12 +460,11 @@ class ScanOutputs:
 
 
 def _to_number(text: str) -> float | str:
+    """A ``_qa.tsv`` value: a number, NaN for ``n/a``, else the label itself."""
     if text == MISSING:
         return float("nan")
-    try:
-        return float(text)
-    except ValueError:
-        return text
+    number = parse_number(text)
+    return text if number is None else number
 
 
 _OUTPUT_ENDINGS = ("_qa.json", "_qa.tsv", "_slices.tsv", "_report.html", "_figures")
@@ -495,9 +497,7 @@ def read_scan_outputs(path: str | os.PathLike[str]) -> ScanOutputs:
     except json.JSONDecodeError as err:
         raise ValueError(f"{paths.json} is not valid JSON: {err}") from err
     metrics = pd.read_csv(paths.tsv, sep="\t", dtype=str, keep_default_na=False)
-    slices = None
-    if paths.slices.is_file():
-        slices = pd.read_csv(paths.slices, sep="\t", keep_default_na=False, na_values=[MISSING, ""])
+    slices = read_slices_tsv(paths.slices) if paths.slices.is_file() else None
     return ScanOutputs(paths=paths, sidecar=sidecar, metrics=metrics, slices=slices)
 
 

@@ -1,4 +1,4 @@
-"""The one writer of output files, and the encoders of the formats written.
+"""The one writer of output files, and the encoders (and readers) of the formats written.
 
 Every TSV, JSON, PNG and HTML file of a run goes through :func:`atomic_write_bytes`: a hidden
 temporary file in the target's folder (``.<name>.bqtmp-<host>-<pid>-<random>``), ``fsync``, then
@@ -20,9 +20,12 @@ import socket
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
 
 #: What every missing or non-finite value is written as in a TSV.
 MISSING = "n/a"
@@ -143,6 +146,23 @@ def format_value(value: Any) -> str:
     return re.sub(r"[\t\r\n]+", " ", text)
 
 
+def parse_number(text: Any) -> float | None:
+    """A cell written by :func:`format_value` read back as a float: None when it is empty, a
+    missing value (``n/a``, ``na``, ``none``), NaN or not a number (a label)."""
+    if text is None:
+        return None
+    if isinstance(text, (int, float, np.integer, np.floating)) and not isinstance(text, bool):
+        return None if math.isnan(float(text)) else float(text)
+    s = str(text).strip()
+    if not s or s.lower() in (MISSING, "na", "none"):
+        return None
+    try:
+        v = float(s)
+    except ValueError:
+        return None
+    return None if math.isnan(v) else v
+
+
 def render_tsv(
     columns: Sequence[str], rows: Iterable[Mapping[str, Any]], empty: str = MISSING
 ) -> str:
@@ -207,3 +227,30 @@ def cleanup_stale_temp(out_dir: str | os.PathLike[str], max_age_s: float = 86400
             except FileNotFoundError:
                 continue
     return removed
+
+
+def read_json_object(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A derivative JSON file that must hold an object.
+
+    Raises
+    ------
+    OSError
+        When it cannot be read.
+    ValueError
+        When it is not valid JSON or not an object.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path.name} holds a {type(data).__name__}, expected a JSON object")
+    return data
+
+
+def read_slices_tsv(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """A ``_slices.tsv`` with numeric columns (``n/a`` and empty cells are missing)."""
+    import pandas as pd
+
+    return pd.read_csv(path, sep="\t", keep_default_na=False, na_values=[MISSING, ""])
