@@ -91,33 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"bids_qa {__version__}")
 
     sel = parser.add_argument_group("selecting scans")
-    sel.add_argument(
-        "--participant-label",
-        "--participant_label",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="LABEL",
-        help="subjects to assess (with or without 'sub-'), or a text file with one per line",
-    )
-    sel.add_argument(
-        "--session-id",
-        "--session_id",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="LABEL",
-        help="sessions to assess (with or without 'ses-'); scans without a session are kept",
-    )
-    sel.add_argument(
-        "--run-id",
-        "--run_id",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="INDEX",
-        help="runs to assess (with or without 'run-'); scans without a run are kept",
-    )
+    for name, metavar, help_text in (
+        ("participant-label", "LABEL",
+         "subjects to assess (with or without 'sub-'), or a text file with one per line"),
+        ("session-id", "LABEL",
+         "sessions to assess (with or without 'ses-'); scans without a session are kept"),
+        ("run-id", "INDEX", "runs to assess (with or without 'run-'); scans without a run are kept"),
+    ):  # BIDS-Apps spell them with underscores; both spellings are accepted
+        sel.add_argument(f"--{name}", f"--{name.replace('-', '_')}", nargs="+", action="extend",
+                         default=[], metavar=metavar, help=help_text)
     sel.add_argument(
         "--suffix",
         "--modalities",

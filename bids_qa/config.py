@@ -128,6 +128,18 @@ class RunConfig:
             or self.bids_filters
         )
 
+    def selection(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`bids_qa.discover.discover` that select the scans."""
+        return {
+            "participant_label": self.participant_label,
+            "session_id": self.session_id,
+            "run_id": self.run_id,
+            "suffixes": self.suffixes,
+            "bids_filters": self.bids_filters,
+            "skip_bids_validation": self.skip_bids_validation,
+            "database_dir": self.bids_database_dir,
+        }
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready copy (paths as strings, tuples as lists) for provenance."""
         out: dict[str, Any] = {}

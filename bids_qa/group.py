@@ -11,7 +11,7 @@ from bids_qa import derivatives as deriv
 from bids_qa.config import RunConfig
 from bids_qa.errors import ExitCode, FatalError
 from bids_qa.group_flow import DATASET_COLUMNS, apply_dataset_refit
-from bids_qa.run_env import RunContext, load_run_thresholds, run_level
+from bids_qa.run_env import RunContext, open_output, run_level
 from bids_qa.thresholds import ThresholdTable
 
 LOGGER = logging.getLogger("bids_qa")
@@ -25,10 +25,7 @@ def run_group(config: RunConfig, thresholds: ThresholdTable | None = None) -> in
 def _group(ctx: RunContext, thresholds: ThresholdTable | None) -> int:
     config = ctx.config
     out_dir = config.output_dir
-    deriv.write_dataset_description(out_dir, config.bids_dir)
-    deriv.cleanup_stale_temp(out_dir)
-    if thresholds is None:
-        thresholds = load_run_thresholds(config)
+    thresholds = open_output(config, thresholds)
     tables, problems = deriv.collect_group_rows(out_dir, config.suffixes, config.participant_label)
     for message in problems:
         LOGGER.warning("%s", message)

@@ -30,7 +30,7 @@ from bids_qa.discover import Discovery, Scan, discover, metadata_subset
 from bids_qa.errors import ExitCode, FatalError, ScanError
 from bids_qa.loading import Loaded, iter_groups, iter_loaded, load_and_prepare, one_torch_thread
 from bids_qa.plan import ExecutionPlan, ScorerSet, build_scorer_set, execution_plan, resolve_device
-from bids_qa.run_env import RunContext, load_run_thresholds, run_level, software_versions
+from bids_qa.run_env import RunContext, open_output, run_level, software_versions
 from bids_qa.scoring import ScanScores
 from bids_qa.thresholds import ThresholdTable, judge
 
@@ -312,17 +312,7 @@ def _discover(config: RunConfig) -> Discovery:
     exclude = [config.output_dir, config.work_root]
     if config.bids_database_dir is not None:
         exclude.append(config.bids_database_dir)
-    found = discover(
-        config.bids_dir,
-        participant_label=config.participant_label,
-        session_id=config.session_id,
-        run_id=config.run_id,
-        suffixes=config.suffixes,
-        bids_filters=config.bids_filters,
-        skip_bids_validation=config.skip_bids_validation,
-        database_dir=config.bids_database_dir,
-        exclude=exclude,
-    )
+    found = discover(config.bids_dir, **config.selection(), exclude=exclude)
     for message in found.warnings:
         LOGGER.warning("%s", message)
     if not found.scans:
@@ -344,12 +334,7 @@ def run_participant(config: RunConfig, thresholds: ThresholdTable | None = None)
 def _participant(ctx: RunContext, thresholds: ThresholdTable | None) -> int:
     config = ctx.config
     out_dir = config.output_dir
-    deriv.write_dataset_description(out_dir, config.bids_dir)
-    removed = deriv.cleanup_stale_temp(out_dir)
-    if removed:
-        LOGGER.info("removed %d temporary file(s) left by an interrupted run", removed)
-    if thresholds is None:
-        thresholds = load_run_thresholds(config)
+    thresholds = open_output(config, thresholds)
 
     found = _discover(config)
     LOGGER.info(

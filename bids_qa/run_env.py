@@ -231,6 +231,16 @@ def load_run_thresholds(config: RunConfig) -> ThresholdTable:
         raise FatalError(ExitCode.USAGE, str(err)) from err
 
 
+def open_output(config: RunConfig, thresholds: ThresholdTable | None) -> ThresholdTable:
+    """What both levels do first in OUTPUT_DIR: write ``dataset_description.json``, remove the
+    temporary files of killed runs, and load the thresholds unless given."""
+    deriv.write_dataset_description(config.output_dir, config.bids_dir)
+    removed = deriv.cleanup_stale_temp(config.output_dir)
+    if removed:
+        LOGGER.info("removed %d temporary file(s) left by an interrupted run", removed)
+    return thresholds if thresholds is not None else load_run_thresholds(config)
+
+
 
 def software_versions(device: str) -> dict[str, str]:
     import importlib.metadata

@@ -22,8 +22,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from bids_qa.models.config import ModelConfig
+from bids_qa.models.weights import NetworkScorer
 from bids_qa.rulers import Ruler, build_ruler
-from bids_qa.scoring import ScanScores, Scorer, scored_slices, volume_view
+from bids_qa.scoring import ScanScores, scored_slices, volume_view
 from bids_qa.volume import Volume
 
 NAME = "severity"
@@ -102,25 +103,13 @@ def middle_slices(indices: np.ndarray, fraction: float = MIDDLE_FRACTION) -> np.
     return indices[start : start + keep]
 
 
-class SeverityScorer(Scorer):
+class SeverityScorer(NetworkScorer):
     """Scores a volume with the shipped severity weights (or weights passed explicitly)."""
 
     name = NAME
-
-    def __init__(
-        self, device: str = "cpu", batch_size: int = 64, weights: str | None = None
-    ) -> None:
-        import torch
-
-        from bids_qa.models.weights import load_network
-
-        loaded = load_network(
-            NAME, WEIGHTS_FILE, weights, device, SeverityConfig.from_dict, build_encoder
-        )
-        self.net, self.config, self.metadata = loaded.net, loaded.config, loaded.metadata
-        self.version, self.device = loaded.version, loaded.device
-        self.batch_size = int(batch_size)
-        self._torch = torch
+    weights_file = WEIGHTS_FILE
+    config_class = SeverityConfig
+    network_builder = staticmethod(build_encoder)
 
     def score_slices(self, slices) -> np.ndarray:
         """Per-slice scores for an array (n, S, S) already at the model's input size (or a list

@@ -32,7 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from bids_qa.models.config import ModelConfig
-from bids_qa.scoring import ScanScores, Scorer, scored_slices
+from bids_qa.models.weights import NetworkScorer
+from bids_qa.scoring import ScanScores, scored_slices
 from bids_qa.volume import Volume
 
 NAME = "ssim"
@@ -193,23 +194,13 @@ def summarise(per_slice: np.ndarray, slice_index: np.ndarray) -> dict[str, float
     return values
 
 
-class SSIMScorer(Scorer):
+class SSIMScorer(NetworkScorer):
     """Predicts per-slice SSIM with the shipped weights (or weights passed explicitly)."""
 
     name = NAME
-
-    def __init__(
-        self, device: str = "cpu", batch_size: int = 64, weights: str | None = None
-    ) -> None:
-        import torch
-
-        from bids_qa.models.weights import load_network
-
-        loaded = load_network(NAME, WEIGHTS_FILE, weights, device, SSIMConfig.from_dict, build_resnet)
-        self.net, self.config, self.metadata = loaded.net, loaded.config, loaded.metadata
-        self.version, self.device = loaded.version, loaded.device
-        self.batch_size = max(1, int(batch_size))
-        self._torch = torch
+    weights_file = WEIGHTS_FILE
+    config_class = SSIMConfig
+    network_builder = staticmethod(build_resnet)
 
     def predict_slices(self, slices) -> np.ndarray:
         """Predicted SSIM for an array (n, S, S) of slices already at the model's input size (or a

@@ -42,7 +42,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from bids_qa.models.config import ModelConfig
-from bids_qa.scoring import ScanScores, Scorer
+from bids_qa.models.weights import NetworkScorer
+from bids_qa.scoring import ScanScores
 from bids_qa.volume import Volume
 
 NAME = "tiers"
@@ -318,28 +319,20 @@ def scores_from_probabilities(probs: np.ndarray) -> dict[str, float | int | str]
     return values
 
 
-class TierScorer(Scorer):
+class TierScorer(NetworkScorer):
     """Grades motion, noise and contrast and derives the paper's quality tier for a volume."""
 
     name = NAME
-
-    def __init__(
-        self, device: str = "cpu", batch_size: int = 64, weights: str | None = None
-    ) -> None:
-        import torch
-
-        from bids_qa.models.weights import load_network
-
-        loaded = load_network(NAME, WEIGHTS_FILE, weights, device, TierConfig.from_dict, build_network)
-        self.net, self.config, self.metadata = loaded.net, loaded.config, loaded.metadata
-        self.version, self.device = loaded.version, loaded.device
-        self.batch_size = int(batch_size)
-        self._torch = torch
+    weights_file = WEIGHTS_FILE
+    config_class = TierConfig
+    network_builder = staticmethod(build_network)
 
     def probabilities(self, grids, side: np.ndarray | None = None) -> np.ndarray:
         """Sigmoid outputs ``(n, 3, 2)`` for a stack of model-grid cubes ``(n, G, G, G)`` (or a
         list of such stacks, taken as their concatenation), with their side inputs ``(n, k)``
         when the network takes them (:meth:`TierConfig.side_input`)."""
+        import torch
+
         from bids_qa.models.weights import predict_batched
 
         if self.config.side_features and side is None:
@@ -349,7 +342,7 @@ class TierScorer(Scorer):
             grids,
             self.batch_size,
             self.device,
-            post=self._torch.sigmoid,
+            post=torch.sigmoid,
             side=side if self.config.side_features else None,
         )
         return probs.reshape(len(probs), len(ARTIFACTS), len(TASKS))

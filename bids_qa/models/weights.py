@@ -14,6 +14,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from bids_qa.scoring import Scorer
+
 
 def packaged_weights(name: str) -> Path:
     """Path of a weights file shipped inside the package (``bids_qa/weights/<name>``)."""
@@ -104,6 +106,29 @@ def load_network(
         version=str(meta.get("version", "unknown")),
         device=dev,
     )
+
+
+class NetworkScorer(Scorer):
+    """A scorer whose network is rebuilt from a weights file (:func:`load_network`): the shipped
+    ``weights_file`` or the file ``weights``. Subclasses name their ``config_class`` (a
+    :class:`bids_qa.models.config.ModelConfig`) and ``network_builder`` (config -> module)."""
+
+    weights_file: str = ""
+    config_class: Any = None
+    network_builder: Callable[[Any], Any]
+
+    def __init__(self, device: str = "cpu", batch_size: int = 64, weights: str | None = None) -> None:
+        loaded = load_network(
+            self.name,
+            self.weights_file,
+            weights,
+            device,
+            self.config_class.from_dict,
+            type(self).network_builder,
+        )
+        self.net, self.config, self.metadata = loaded.net, loaded.config, loaded.metadata
+        self.version, self.device = loaded.version, loaded.device
+        self.batch_size = max(1, int(batch_size))
 
 
 #: Default forward-pass batch (items per pass) on CPU: larger batches do not run faster there and
