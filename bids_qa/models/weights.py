@@ -25,19 +25,16 @@ def packaged_weights(name: str) -> Path:
 def save_weights(path: str | Path, state_dict: dict[str, Any], metadata: dict[str, Any]) -> None:
     """Write ``state_dict`` as safetensors with ``metadata`` stored as one JSON string.
 
-    Tensors are made contiguous and moved to CPU; the file is written atomically.
+    Tensors are made contiguous and moved to CPU; the file is written by the one atomic writer
+    (:func:`bids_qa.io.atomic_write_bytes`, mode from the umask).
     """
-    import os
+    from safetensors.torch import save
 
-    from safetensors.torch import save_file
+    from bids_qa.io import atomic_write_bytes
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"bids_qa": json.dumps(metadata, sort_keys=True)})
-    os.chmod(tmp, 0o644)  # shipped inside images that run as any user
-    os.replace(tmp, path)
+    data = save(tensors, metadata={"bids_qa": json.dumps(metadata, sort_keys=True)})
+    atomic_write_bytes(path, data)
 
 
 def load_weights(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
