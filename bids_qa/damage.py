@@ -35,9 +35,9 @@ from typing import Any
 
 import numpy as np
 
-SSIM_SIGMA = 1.5
-SSIM_TRUNCATE = 3.5
-SSIM_K = (0.01, 0.03)
+from bids_qa import similarity
+from bids_qa.similarity import SSIM_SIGMA, SSIM_TRUNCATE  # noqa: E402  (Wang et al.'s window)
+
 #: Normalised images: head 99th percentile = 1.
 DATA_RANGE = 1.0
 CALIBRATION_FILE = "damage_calibration.json"
@@ -61,23 +61,11 @@ def ssim_map(
 ) -> np.ndarray:
     """Local SSIM of two images of any dimension (Gaussian window of ``sigma`` voxels per axis;
     0 along an axis leaves it out, e.g. ``(1.5, 1.5, 0)`` for in-plane windows of a volume)."""
-    from scipy import ndimage
-
     x = np.asarray(a, dtype=np.float32)
     y = np.asarray(b, dtype=np.float32)
     if x.shape != y.shape:
         raise ValueError(f"shapes differ: {x.shape} and {y.shape}")
-
-    def smooth(img: np.ndarray) -> np.ndarray:
-        return ndimage.gaussian_filter(img, sigma=sigma, truncate=SSIM_TRUNCATE, mode="reflect")
-
-    mx, my = smooth(x), smooth(y)
-    vx = smooth(x * x) - mx * mx
-    vy = smooth(y * y) - my * my
-    cxy = smooth(x * y) - mx * my
-    c1 = (SSIM_K[0] * data_range) ** 2
-    c2 = (SSIM_K[1] * data_range) ** 2
-    return ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return similarity.ssim_map(x, y, data_range, sigma)
 
 
 def ssim_stride(shape: tuple[int, ...], max_voxels: int = MAX_SSIM_VOXELS) -> tuple[int, ...]:

@@ -54,8 +54,6 @@ def ssim(a: np.ndarray, b: np.ndarray, data_range: float) -> float:
     Wang Z, Bovik AC, Sheikh HR, Simoncelli EP. Image quality assessment: from error visibility
     to structural similarity. IEEE Trans Image Process 2004. doi:10.1109/TIP.2003.819861
     """
-    from scipy import ndimage
-
     x = np.asarray(a, dtype=np.float64)
     y = np.asarray(b, dtype=np.float64)
     if x.shape != y.shape or x.ndim != 2:
@@ -66,16 +64,24 @@ def ssim(a: np.ndarray, b: np.ndarray, data_range: float) -> float:
     if min(x.shape) <= 2 * pad:
         raise ValueError(f"images of shape {x.shape} are too small for an 11 x 11 SSIM window")
 
-    def smooth(img: np.ndarray) -> np.ndarray:
-        return ndimage.gaussian_filter(
-            img, sigma=SSIM_SIGMA, truncate=SSIM_TRUNCATE, mode="reflect"
-        )
+    s = ssim_map(x, y, data_range, SSIM_SIGMA)
+    return float(s[pad:-pad, pad:-pad].mean())
 
-    mx, my = smooth(x), smooth(y)
-    vx = smooth(x * x) - mx * mx
-    vy = smooth(y * y) - my * my
-    cxy = smooth(x * y) - mx * my
+
+def ssim_map(a: np.ndarray, b: np.ndarray, data_range: float, sigma: float | tuple = SSIM_SIGMA) -> np.ndarray:
+    """The local SSIM of Wang et al. (2004) at every pixel or voxel of two images of any
+    dimension, in the images' own precision (Gaussian window of ``sigma`` per axis, truncated at
+    3.5 sigma, reflected borders, population covariances; a 0 along an axis leaves that axis out,
+    e.g. ``(1.5, 1.5, 0)`` for in-plane windows of a volume)."""
+    from scipy import ndimage
+
+    def smooth(img: np.ndarray) -> np.ndarray:
+        return ndimage.gaussian_filter(img, sigma=sigma, truncate=SSIM_TRUNCATE, mode="reflect")
+
+    mx, my = smooth(a), smooth(b)
+    vx = smooth(a * a) - mx * mx
+    vy = smooth(b * b) - my * my
+    cxy = smooth(a * b) - mx * my
     c1 = (SSIM_K[0] * data_range) ** 2
     c2 = (SSIM_K[1] * data_range) ** 2
-    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
-    return float(s[pad:-pad, pad:-pad].mean())
+    return ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))

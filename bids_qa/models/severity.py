@@ -112,9 +112,7 @@ class SeverityScorer(NetworkScorer):
     def score_slices(self, slices) -> np.ndarray:
         """Per-slice scores for an array (n, S, S) already at the model's input size (or a list
         of such arrays, scored as their concatenation)."""
-        from bids_qa.models.weights import predict_batched
-
-        out = predict_batched(self.net, slices, self.batch_size, self.device)
+        out = self.forward(slices)
         return out.reshape(len(out))
 
     def ruler_template(self, volume: Volume) -> Ruler:

@@ -204,9 +204,7 @@ class SSIMScorer(NetworkScorer):
                     f"expected slices of shape (n, {self.config.input_size}, {self.config.input_size}), "
                     f"got {part.shape}"
                 )
-        from bids_qa.models.weights import predict_batched
-
-        out = predict_batched(self.net, parts, self.batch_size, self.device)
+        out = self.forward(parts)
         return out.reshape(len(out))
 
     def prepare(self, volume: Volume) -> None:

@@ -239,9 +239,7 @@ class TierScorer(NetworkScorer):
         list of such stacks, taken as their concatenation)."""
         import torch
 
-        from bids_qa.models.weights import predict_batched
-
-        probs = predict_batched(self.net, grids, self.batch_size, self.device, post=torch.sigmoid)
+        probs = self.forward(grids, post=torch.sigmoid)
         return probs.reshape(len(probs), len(ARTIFACTS), len(TASKS))
 
     def prepare(self, volume: Volume) -> None:

@@ -12,9 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bids_qa.scoring import Scorer
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def packaged_weights(name: str) -> Path:
@@ -126,6 +129,11 @@ class NetworkScorer(Scorer):
         self.net, self.config, self.metadata = loaded.net, loaded.config, loaded.metadata
         self.version, self.device = loaded.version, loaded.device
         self.batch_size = max(1, int(batch_size))
+
+    def forward(self, inputs: Any, post: Callable[[Any], Any] | None = None) -> np.ndarray:
+        """The network's outputs for ``inputs`` (an array, or a list of arrays taken as their
+        concatenation), :func:`predict_batched` in this scorer's batch size and device."""
+        return predict_batched(self.net, inputs, self.batch_size, self.device, post=post)
 
 
 #: Default forward-pass batch (items per pass) on CPU: larger batches do not run faster there and
