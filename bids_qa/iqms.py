@@ -46,7 +46,7 @@ from scipy import ndimage
 
 from bids_qa.errors import ScanError
 from bids_qa.inu import inu_values
-from bids_qa.scoring import ScanScores
+from bids_qa.scoring import ScanScores, volume_view
 from bids_qa.volume import ANISOTROPY_2D_RATIO, Volume
 
 #: Volumes with more voxels are analysed on a regular stride (see :func:`analysis_stride`).
@@ -695,6 +695,29 @@ class Regions:
     threshold: float
 
 
+#: Key of :class:`MeasuredRegions` in a volume's view cache.
+MEASURED_REGIONS_KEY = ("iqm", "measured_regions")
+
+
+@dataclass(frozen=True)
+class MeasuredRegions:
+    """The head, air and tissue-class masks the IQMs of one volume were measured in, on the
+    analysis grid (every ``stride``-th voxel of the volume): what the report's region figure
+    shows. Kept on the volume by :meth:`IQMScorer.score`; nothing reads it to score."""
+
+    stride: tuple[int, ...]
+    head: np.ndarray
+    air: np.ndarray
+    tissues: dict[str, np.ndarray]
+
+
+def measured_regions(volume: Any) -> MeasuredRegions | None:
+    """The :class:`MeasuredRegions` the IQM scorer left on ``volume``, or None (not scored here)."""
+    cache = getattr(volume, "_cache", None)
+    found = cache.get(MEASURED_REGIONS_KEY) if isinstance(cache, dict) else None
+    return found if isinstance(found, MeasuredRegions) else None
+
+
 def head_threshold(img: np.ndarray, fraction: float = HEAD_THRESHOLD_FRACTION) -> float:
     """Intensity separating head from air: ``p2 + fraction * (p98 - p2)`` of the image.
 
@@ -975,6 +998,8 @@ class IQMScorer:
             )
         region = tissue_region(img, regions, zooms)
         tissues = tissue_classes(img, region, suffix)
+        # kept on the volume so the report can show where the IQMs were measured
+        volume_view(volume, MEASURED_REGIONS_KEY, lambda: MeasuredRegions(stride, regions.head, regions.air, tissues.masks))
         values = self._values(img, regions, tissues, stride)
         values.update(inu_values(img, regions.head, region, zooms))
         return ScanScores(scorer=self.name, values=values)

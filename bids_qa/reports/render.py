@@ -37,6 +37,10 @@ SCAN_COLUMNS = ("model", "metric", "value", "threshold", "flag", "direction")
 #: Group table columns before the ``<model>.<metric>`` score columns (contract).
 #: The group table's fixed (non-score) columns, acquisition columns included.
 GROUP_ID_COLUMNS = tuple(GROUP_COLUMNS)
+#: Fixed columns the group table always shows in their own cells (the other fixed columns, scan
+#: parameters such as manufacturer, are optional columns of the column chooser).
+TABLE_FIXED_COLUMNS = ("scan_id", "subject", "session", "run", "suffix", "source", "verdict", "reasons",
+                       "notes", "report")
 #: Verdicts in display order.
 VERDICTS = ("pass", "review", "fail", "error")
 #: Models whose rows are shown as classical image-quality metrics rather than model scores.
@@ -265,6 +269,14 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
+def split_name(text: Any) -> list[str]:
+    """``sub-01_ses-2_T1w`` as ``["sub-", "01_", "ses-", "2_", "T1w"]``: the pieces a page may
+    break a long name between (after ``_ - . /``), so a caption never breaks inside a word."""
+    import re
+
+    return [p for p in re.split(r"(?<=[_\-./])", str(text)) if p]
+
+
 def href(path: str | Path) -> str:
     """A relative POSIX path as a URL reference (percent-encoding ``#``, ``?``, ``%``, ``<``...)."""
     return quote(Path(path).as_posix(), safe="/")
@@ -318,6 +330,7 @@ def environment():
         lstrip_blocks=True,
     )
     env.filters["fmt"] = fmt
+    env.filters["split_name"] = split_name
     return env
 
 
@@ -431,17 +444,66 @@ def provenance_rows(prov: dict[str, Any]) -> dict[str, Any]:
 
 
 def reason_rows(reasons: list[Any]) -> list[dict[str, str]]:
-    """Reasons as display rows; tolerate plain strings."""
+    """Reasons as display rows with their kind (evidence / context / fact) and the rule that
+    fired, as the judge stored them; tolerate plain strings and older reasons without them."""
+    from bids_qa.reports.group_extras import reason_item
+
     out = []
     for r in reasons or []:
         if isinstance(r, dict):
+            message = str(r.get("message", ""))
+            parsed = reason_item(message)
             out.append({"name": f"{r.get('model', '')}.{r.get('metric', '')}".strip("."),
                         "value": fmt(finite_or_none(r.get("value")) if to_number(r.get("value")) is not None
                                      else r.get("value", "")),
                         "threshold": fmt(to_number(r.get("threshold"))),
-                        "flag": str(r.get("flag", "")).lower(), "message": str(r.get("message", ""))})
+                        "flag": str(r.get("flag", "")).lower(),
+                        "kind": str(r.get("kind") or parsed["kind"]),
+                        "rule": str(r.get("rule") or parsed["rule"]),
+                        "message": _without_kind(message)})
         else:
-            out.append({"name": "", "value": "", "threshold": "", "flag": "", "message": str(r)})
+            parsed = reason_item(str(r))
+            out.append({"name": "", "value": "", "threshold": "", "flag": "", "kind": parsed["kind"],
+                        "rule": parsed["rule"], "message": _without_kind(str(r))})
+    return out
+
+
+def _without_kind(message: str) -> str:
+    """A message without its leading ``evidence:`` / ``context:`` / ``fact:`` (shown as a badge)."""
+    for kind in ("evidence", "context", "fact"):
+        if message.startswith(kind + ": "):
+            return message[len(kind) + 2:]
+    return message
+
+
+def input_kind_text(kind: Any) -> str:
+    """One line saying what kind of input the scan was detected as (``_qa.json["input_kind"]``)."""
+    if not isinstance(kind, dict):
+        return ""
+    parts = [label for key, label in (("skull_stripped", "skull-stripped"), ("defaced", "defaced"),
+                                      ("zero_filled", "zero-filled background")) if kind.get(key) is True]
+    grid = kind.get("standard_grid")
+    if isinstance(grid, str) and grid:
+        parts.append(f"on a standard grid ({grid})")
+    elif grid is True:
+        parts.append("on a standard (registered or conformed) grid")
+    if not parts:
+        parts.append("unprocessed head image (not skull-stripped, not defaced, native grid)")
+    if kind.get("background_metrics_applicable") is False:
+        parts.append("background metrics (EFC, FBER, SNRd, QI1 ...) not applicable")
+    return "; ".join(parts)
+
+
+def note_rows(notes: Any) -> list[dict[str, str]]:
+    """The judge's notes (``_qa.json["notes"]``: facts that do not change the verdict, such as
+    the acquisition, the detected input kind, explained flags) as ``{"kind", "source", "message"}``."""
+    out = []
+    for n in notes or []:
+        if isinstance(n, dict):
+            out.append({"kind": str(n.get("kind") or "fact"), "source": str(n.get("model") or ""),
+                        "message": _without_kind(str(n.get("message", "")))})
+        elif n:
+            out.append({"kind": "fact", "source": "", "message": str(n)})
     return out
 
 
@@ -456,8 +518,12 @@ def match_row(series: SliceSeries, rows: list[ScoreRow]) -> tuple[float | None, 
     exact = next((r for r in rows if r.model == series.model and r.metric == series.metric), None)
     same_model = [r for r in rows if r.model == series.model]
     thresholded = [r for r in same_model if r.threshold is not None]
+    # A series named after its model (per-slice ``severity``) is judged like the model's one
+    # thresholded score; any other series (``flow.m1``, an embedding coordinate) only by its own
+    # row: the density flag's level means nothing on an m axis.
+    named_after_model = series.metric == series.model
     threshold = exact.threshold if exact and exact.threshold is not None else (
-        thresholded[0].threshold if len(thresholded) == 1 else None)
+        thresholded[0].threshold if len(thresholded) == 1 and named_after_model else None)
     direction = (exact.direction if exact and exact.direction else
                  next((r.direction for r in same_model if r.direction in ("higher_is_worse", "lower_is_worse")), ""))
     if not direction:
@@ -582,19 +648,26 @@ SECONDARY_MODELS = ("iqm", "header")
 def order_plot_columns(columns: list[str], thresholds: dict[str, Any]) -> tuple[list[str], int]:
     """Plot order and how many plots are drawn up front.
 
-    First the scores that have a threshold in force, then the other model scores; then, drawn only
-    when the reader opens "More metrics", the classical IQMs, header facts and indices/counts
-    (``worst_slice``, ``n_*``): a group can have 60 such columns, and a wall of plots hides the few
-    that explain the verdicts.
+    First the scores that have a threshold in force, then the models' main outputs (:func:`headline`);
+    then, drawn only when the reader opens "More metrics", every other column (classical IQMs,
+    header facts, per-class probabilities, indices/counts such as ``worst_slice``): a group can have
+    90 such columns, and a wall of plots hides the few that explain the verdicts.
     """
     def secondary(col: str) -> bool:
         model, _, metric = col.partition(".")
         return model in SECONDARY_MODELS or "worst_slice" in metric or metric.startswith("n_")
 
     first = [c for c in columns if c in thresholds]
-    first += [c for c in columns if c not in thresholds and not secondary(c)]
+    first += [c for c in columns if c not in thresholds and not secondary(c) and headline(c)]
     rest = [c for c in columns if c not in first]
     return first + rest, len(first)
+
+
+def headline(col: str) -> bool:
+    """A model's main output, plotted up front even without a threshold (a volume score, a
+    tier, a mean); per-class probabilities, percentiles and the like wait under "More metrics"."""
+    metric = col.partition(".")[2]
+    return metric in ("score", "tier", "ssim_mean", "log_density") or col.startswith("protocol.max")
 
 
 def _text(value: Any) -> str:
@@ -606,11 +679,14 @@ def _text(value: Any) -> str:
 
 def group_rows(records: list[dict[str, Any]], out_dir: Path, score_columns: list[str],
                numeric: set[str]) -> list[dict[str, Any]]:
-    """Display rows of the group table: links that resolve, thumbnails that exist, formatted cells.
+    """Display rows of the group table: links that resolve, figures that exist, formatted cells,
+    reasons and notes as items with their kind (:mod:`bids_qa.reports.group_extras`).
 
-    The thumbnail lies in the report's figure folder, named after the report's file stem (which
+    The figures lie in the report's figure folder, named after the report's file stem (which
     may differ from ``scan_id``: output names are made file-system safe).
     """
+    from bids_qa.reports import group_extras as extras
+
     rows = []
     for i, rec in enumerate(records):
         scan_id = _text(rec.get("scan_id"))
@@ -625,25 +701,33 @@ def group_rows(records: list[dict[str, Any]], out_dir: Path, score_columns: list
                     p = None  # a report outside the output folder cannot be linked relatively
             if p is not None and (out_dir / p).is_file():
                 report_rel = p
-        thumb = None
-        if report_rel is not None and report_rel.name.endswith("_report.html"):
-            stem = report_rel.name[: -len("_report.html")]
-            t = report_rel.parent / f"{stem}_figures" / "thumb.png"
-            if (out_dir / t).is_file():
-                thumb = href(t)
+        figs = {k: href(v) for k, v in extras.scan_figure_files(out_dir, report_rel).items()}
         cells = []
         for col in score_columns:
             num = finite_or_none(rec.get(col)) if col in numeric else None
             text = _text(rec.get(col))
-            cells.append({"text": fmt(num) if num is not None else (text or "n/a"), "sort": num})
+            cells.append({"col": col, "text": fmt(num) if num is not None else (text or "n/a"), "sort": num})
         verdict = _text(rec.get("verdict")).strip().lower() or "n/a"
         rows.append({"i": i, "scan_id": scan_id, "subject": _text(rec.get("subject")),
                      "session": _text(rec.get("session")), "run": _text(rec.get("run")),
                      "source": _text(rec.get("source")), "verdict": verdict,
                      "reasons": _text(rec.get("reasons")),
+                     "reason_items": [extras.reason_item(t) for t in extras.split_items(rec.get("reasons"))],
+                     "note_items": extras.split_items(rec.get("notes")),
                      "href": href(report_rel) if report_rel is not None else None,
-                     "thumb": thumb, "cells": cells})
+                     "thumb": figs.get("thumb"), "figs": figs, "cells": cells})
     return rows
+
+
+def montage_path(out_dir: Path, suffix: str) -> Path:
+    """``group_<suffix>_montage.html``: every scan of a contrast as one small overview image."""
+    return Path(out_dir) / f"group_{suffix}_montage.html"
+
+
+def montage_context(group: dict[str, Any]) -> dict[str, Any]:
+    """What ``montage.html`` needs, from the group page's context (same rows, no scores)."""
+    return {"suffix": group["suffix"], "title": f"bids_qa montage: {group['suffix']}", "rows": group["rows"],
+            "n_scans": group["n_scans"], "group_href": href(group["html_path"].name), **page_assets([])}
 
 
 def group_context(out_dir: Path, suffix: str) -> dict[str, Any]:
@@ -652,7 +736,7 @@ def group_context(out_dir: Path, suffix: str) -> dict[str, Any]:
     import pandas as pd
 
     from bids_qa import derivatives as deriv
-    from bids_qa.reports.figures import padded_range
+    from bids_qa.reports import group_extras as extras
 
     out_dir = Path(out_dir)
     paths = deriv.group_paths(out_dir, suffix)
@@ -666,9 +750,10 @@ def group_context(out_dir: Path, suffix: str) -> dict[str, Any]:
     records = table.to_dict(orient="records")
     columns = [str(c) for c in table.columns]
     score_columns = [c for c in columns if c not in GROUP_ID_COLUMNS]
-    numeric = {c for c in score_columns if pd.api.types.is_numeric_dtype(table[c])
+    param_columns = [c for c in columns if c in GROUP_ID_COLUMNS and c not in TABLE_FIXED_COLUMNS]
+    numeric = {c for c in score_columns + param_columns if pd.api.types.is_numeric_dtype(table[c])
                and any(finite_or_none(r.get(c)) is not None for r in records)}
-    rows = group_rows(records, out_dir, score_columns, numeric)
+    rows = group_rows(records, out_dir, param_columns + score_columns, numeric)
     thresholds = group_thresholds(meta, score_columns)
     plot_columns, n_primary = order_plot_columns(
         [c for c in score_columns if c in numeric and c not in ("flow.m1", "flow.m2")], thresholds)
@@ -697,20 +782,12 @@ def group_context(out_dir: Path, suffix: str) -> dict[str, Any]:
     flow = None
     if {"flow.m1", "flow.m2"} <= numeric:
         density = paths.tsv.with_name(f"{paths.tsv.stem}_flow_density.png")
-        spec = meta.get("flow_density") if isinstance(meta.get("flow_density"), dict) else {}
-        extent = spec.get("extent") if isinstance(spec.get("extent"), list) else None
-        if extent is not None and (len(extent) != 4 or any(finite_or_none(e) is None for e in extent)):
-            extent = None
-        m1 = [finite_or_none(r.get("flow.m1")) for r in records]
-        m2 = [finite_or_none(r.get("flow.m2")) for r in records]
-        ext = [float(e) for e in extent] if extent else None
-        flow = {"m1": m1, "m2": m2, "density": href(density.name) if density.is_file() else None,
-                "extent": ext,
-                "x_range": padded_range([v for v in m1 if v is not None] + (ext[:2] if ext else [])),
-                "y_range": padded_range([v for v in m2 if v is not None] + (ext[2:] if ext else []))}
+        flow = extras.m_plane(records, meta, href(density.name) if density.is_file() else None)
 
     plot_thresholds = {c: {k: thresholds[c][k] for k in ("review", "fail", "direction")}
                        for c in plot_columns if c in thresholds}
+    headline = extras.headline_columns(score_columns, thresholds, SECONDARY_MODELS)
+    colour_by = extras.categorical_columns(records, param_columns + ["session", "run"] + score_columns, numeric)
     data = {
         "suffix": suffix,
         "columns": plot_columns,
@@ -718,20 +795,34 @@ def group_context(out_dir: Path, suffix: str) -> dict[str, Any]:
         "descriptions": {c: descriptions.get(c, "") for c in plot_columns},
         "thresholds": plot_thresholds,
         "scans": [{"id": r["scan_id"], "subject": r["subject"], "verdict": r["verdict"], "href": r["href"],
-                   "v": [finite_or_none(records[r["i"]].get(c)) for c in plot_columns]} for r in rows],
+                   "figs": r["figs"], "v": [finite_or_none(records[r["i"]].get(c)) for c in plot_columns]}
+                  for r in rows],
         "flow": flow,
+        "colour_by": colour_by,
+        "table_columns": param_columns + score_columns,
+        "default_columns": ["verdict", "reasons", "notes", "rating"] + headline,
         "rating": rating_config(out_dir, suffix),
     }
     subjects = sorted({r["subject"] for r in rows if r["subject"]})
     return {
         "suffix": suffix, "title": f"bids_qa group report: {suffix}", "rows": rows,
-        "score_columns": score_columns, "numeric": numeric, "descriptions": descriptions,
+        "score_columns": param_columns + score_columns, "param_columns": param_columns,
+        "numeric": numeric, "descriptions": descriptions, "headline": headline,
+        "threshold_source": extras.threshold_provenance(meta), "protocols": extras.protocol_groups(meta),
+        "methods": extras.methods_paragraph(meta, out_dir, suffix),
+        "montage_href": href(montage_path(out_dir, suffix).name),
         "thresholds": thresholds, "counts": counts, "tiers": tiers, "n_scans": len(rows),
         "flagged": [r for r in rows if r["verdict"] in ("review", "fail")],
         "flow": flow, "subjects": subjects, "data": data, "html_path": paths.html,
         "ratings": RATINGS, "artifacts": ARTIFACTS,
         **page_assets(["rating.js", "group.js"]),
     }
+
+
+def judged_row(row: ScoreRow) -> bool:
+    """Whether a metric row was judged (has a threshold or a flag): the others are information,
+    listed compactly under "other metrics" instead of as a wall of n/a badges."""
+    return row.threshold is not None or row.flag not in ("n/a", "", "none")
 
 
 def scan_context(out_dir: Path, outputs_json: Path) -> dict[str, Any]:
@@ -775,11 +866,15 @@ def scan_context(out_dir: Path, outputs_json: Path) -> dict[str, Any]:
         "title": f"bids_qa report: {scan_id}", "scan_id": scan_id, "stem": d.stem, "folder": d.folder,
         "suffix": suffix, "verdict": verdict,
         "reasons": reason_rows(info.get("reasons") or []), "errors": errors,
+        "scan_notes": note_rows(info.get("notes")),
+        "input_kind": input_kind_text(info.get("input_kind")),
         "warnings": [str(w) for w in (info.get("warnings") or [])], "notes": notes,
         "facts": facts, "entities": entities, "metadata": meta,
-        "scores": [r for r in rows if r.model not in IQM_MODELS and r.model != "error"],
-        "iqms": [r for r in rows if r.model in IQM_MODELS],
-        "figures": None, "slice_axis": slice_axis, "worst": worst, "worst_axis": worst_axis,
+        "scores": [r for r in rows if r.model not in IQM_MODELS and r.model != "error" and judged_row(r)],
+        "other_scores": [r for r in rows if r.model not in IQM_MODELS and r.model != "error" and not judged_row(r)],
+        "iqms": [r for r in rows if r.model in IQM_MODELS and judged_row(r)],
+        "other_iqms": [r for r in rows if r.model in IQM_MODELS and not judged_row(r)],
+        "figures": None, "extra_figures": None, "slice_axis": slice_axis, "worst": worst, "worst_axis": worst_axis,
         "slice_plots": plots, "rulers": rulers,
         "provenance": provenance_rows(prov), "data": data,
         "ratings": RATINGS, "artifacts": ARTIFACTS,
