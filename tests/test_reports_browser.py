@@ -203,7 +203,7 @@ def test_sort_filter_and_subject_search(site, page):
     assert page.locator("#plot-area-more .plot").count() == 0  # drawn only when opened
     page.click("#more-plots summary")
     page.locator("#plot-area-more .plot").first.wait_for()  # the toggle event is asynchronous
-    assert page.locator("#plot-area-more .plot").count() == 1
+    assert page.locator("#plot-area-more .plot").count() == 2  # iqm.efc and the flow.flag_5pct bars
     assert page.locator("#plot-area-more svg .pt.hl").count() == 2  # the open search applies to new plots
     page.fill("#subject-search", "")
     assert page.locator("svg .pt.hl, svg .pt.dim, tr.hl, tr.dim").count() == 0
@@ -248,7 +248,8 @@ def test_rating_export_import_round_trip(site, page, tmp_path):
     exported = json.loads(files["json"].read_text(encoding="utf-8"))
     assert exported["format"] == "bids_qa-ratings" and len(exported["ratings"]) == 2
     lines = files["tsv"].read_text(encoding="utf-8").splitlines()
-    assert lines[0] == "scan_id\trating\tartifacts\tcomment\tupdated" and len(lines) == 3
+    # the original five columns first (older readers), then rater, seconds, blind
+    assert lines[0] == "scan_id\trating\tartifacts\tcomment\tupdated\trater\tseconds\tblind" and len(lines) == 3
 
     for fmt in ("json", "tsv"):
         page.evaluate("localStorage.clear()")

@@ -46,7 +46,8 @@ VERDICTS = ("pass", "review", "fail", "error")
 #: Models whose rows are shown as classical image-quality metrics rather than model scores.
 IQM_MODELS = ("iqm",)
 #: Keys of ``_qa.json["scan"]`` shown as facts; every other key is scanner/sidecar metadata.
-SCAN_FACT_KEYS = ("source", "bids", "entities", "shape", "zooms", "affine", "slice_axis", "anisotropy")
+SCAN_FACT_KEYS = ("source", "bids", "entities", "shape", "zooms", "affine", "slice_axis", "anisotropy",
+                  "parameters")  # parameters: the group columns copied from the metadata (shown once)
 #: Rating scale of the rating widget (value, label).
 RATINGS = ((1, "exclude"), (2, "poor"), (3, "acceptable"), (4, "excellent"))
 #: Artifact check boxes of the rating widget (key stored in exports, label shown).
@@ -557,12 +558,38 @@ def ruler_blocks(rulers: Any, base_dir: Path, rel_prefix: str = "") -> tuple[lis
                                "score": float(lev["score"]), "href": ref})
             threshold = finite_or_none(spec.get("threshold"))
             scan_value = finite_or_none(spec.get("scan_value"))
+            higher = spec.get("higher_is_worse", True) is not False
+            for lv in levels:
+                lv["crosses"] = threshold is not None and (lv["score"] > threshold if higher else lv["score"] < threshold)
             scale = ruler_scale([lv["score"] for lv in levels], threshold, scan_value)
             blocks.append({"model": str(model), "metric": str(spec.get("metric", "")), "levels": levels,
-                           "threshold": threshold, "scan_value": scan_value, "scale": scale})
+                           "threshold": threshold, "scan_value": scan_value, "scale": scale,
+                           "source": str(spec.get("reference") or "this scan's central slice"),
+                           "position": ruler_position(levels, scan_value, threshold, higher, scale.nearest)})
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             notes.append(f"ruler for {model!s} is malformed ({type(err).__name__}: {err}); not shown")
     return blocks, notes
+
+
+def ruler_position(levels: list[dict[str, Any]], scan_value: float | None, threshold: float | None,
+                   higher_is_worse: bool, nearest: int | None) -> str:
+    """Where the scan lies on its ruler, in words that cannot read as clean on a degraded scan."""
+    if scan_value is None or nearest is None or not levels:
+        return ""
+    scores = [lv["score"] for lv in levels]
+    worse = (lambda a, b: a > b) if higher_is_worse else (lambda a, b: a < b)
+    side = "above" if higher_is_worse else "below"
+    crossed = threshold is not None and worse(scan_value, threshold)
+    verdict = f"this scan ({fmt(scan_value)}) is {side} the threshold {fmt(threshold)}" if crossed else (
+        f"this scan ({fmt(scan_value)}) is within the threshold {fmt(threshold)}" if threshold is not None
+        else f"this scan scores {fmt(scan_value)}")
+    if all(worse(s, scan_value) for s in scores):
+        return f"{verdict}; every ruler level scores worse than it (even level 1)"
+    if all(worse(scan_value, s) for s in scores):
+        return f"{verdict}; it scores worse than every ruler level (beyond level {len(levels)})"
+    lv = levels[nearest]
+    return (f"{verdict}; closest ruler level: {lv['n']} (score {fmt(lv['score'])}"
+            + (f", {side} the threshold)" if lv.get("crosses") else ")"))
 
 
 def slice_panels(series: list[SliceSeries], rows: list[ScoreRow], default_axis: int) -> tuple[list[Any], list[tuple[int, str]], int]:
@@ -578,7 +605,9 @@ def slice_panels(series: list[SliceSeries], rows: list[ScoreRow], default_axis: 
     axis = default_axis
     for k, s in enumerate(ordered):
         threshold, direction = match_row(s, rows)
-        bad = worst_slices(s.index, s.values, direction)
+        if threshold is None and s.metric != s.model:
+            direction = ""  # an unjudged coordinate (flow.m1): no "worse" side, no worst slices
+        bad = worst_slices(s.index, s.values, direction) if direction else []
         plots.append(slice_plot(s.name, s.index, s.values, threshold, bad, direction))
         if k == 0:
             axis = default_axis if s.axis is None else s.axis
