@@ -243,7 +243,7 @@
     var sy = function (v) { return T + (1 - (v - f.y_range[0]) / (f.y_range[1] - f.y_range[0])) * ph; };
     var wrap = document.createElement('div');
     wrap.className = 'plot';
-    var s = svg('svg', { width: W, height: H, viewBox: '0 0 ' + W + ' ' + H, role: 'img', overflow: 'visible', id: 'mplane' });
+    var s = svg('svg', { width: W, height: H, viewBox: '0 0 ' + W + ' ' + H, role: 'img', overflow: 'visible', id: 'mplane-svg' });
     if (f.shade) {
       var g = svg('g', { 'class': 'density' });
       var e = f.shade.extent, rowsN = f.shade.cells.length, colsN = f.shade.cells[0].length;
