@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", metavar="DIR", help="work in DIR and keep the data and outputs")
     args = parser.parse_args(argv)
 
-    from bids_qa import pipeline, scoring
+    from bids_qa import participant, scoring
     from bids_qa.cli import main as bids_qa_main
 
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bids_qa_bench_"))
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         # Time stamps of the scoring phase: when the pipeline starts processing scans and when
         # each scan is finished (written, and reported when reports are on).
         marks: dict[str, list[float]] = {"start": [], "done": []}
-        real_process, real_assess = pipeline._process, pipeline.assess_scan
+        real_process, real_assess = participant._process, participant.assess_scan
 
         def timed_process(*a, **k):
             marks["start"].append(time.perf_counter())
@@ -159,13 +159,13 @@ def main(argv: list[str] | None = None) -> int:
             marks["done"].append(time.perf_counter())
             return outcome
 
-        pipeline._process, pipeline.assess_scan = timed_process, timed_assess
+        participant._process, participant.assess_scan = timed_process, timed_assess
         try:
             start = time.perf_counter()
             code = bids_qa_main(cmd)
             wall = time.perf_counter() - start
         finally:
-            pipeline._process, pipeline.assess_scan = real_process, real_assess
+            participant._process, participant.assess_scan = real_process, real_assess
         if code != 0:
             print(f"bids_qa exited with {code}", file=sys.stderr)
             return code

@@ -152,7 +152,7 @@ def build_ruler(
     ``score_slices`` maps an (m, S, S) array of model inputs to m outputs (the scorer's own batch
     function), so the ruler is scored by exactly the network that scored the scan; ``input_size``
     and ``pixel_mm`` prepare the images as that network reads slices
-    (:func:`bids_qa.training.slices.to_model_input`). ``with_references`` also builds the
+    (:func:`bids_qa.preprocess.to_model_input`). ``with_references`` also builds the
     :func:`reference_rulers` (in :attr:`Ruler.references`) for a degraded scan.
     """
     img, mask, zooms = central_slice(volume)
@@ -168,7 +168,7 @@ def _ruler_from_slice(img, mask, zooms, score_slices, *, model: str, metric: str
                       scan_value: float, threshold: float | None, input_size: int, pixel_mm: float,
                       higher_is_worse: bool, levels: int, seed: int) -> Ruler:
     from bids_qa import artifacts
-    from bids_qa.training.slices import renormalise, to_model_input
+    from bids_qa.preprocess import renormalise, to_model_input
 
     severities = np.linspace(0.0, 1.0, levels)
     images = []
