@@ -44,8 +44,11 @@ def reason_item(text: str) -> dict[str, str]:
     kind_match = _KIND.match(text)
     kind = kind_match.group("kind") if kind_match else ""
     named = _NAMED.match(text)
+    agreeing = re.search(r"(\d+) families agree", text)
     if named:
         short = f"{named.group('name')} = {named.group('value').rstrip(',;:')}"
+    elif agreeing:
+        short = f"{agreeing.group(1)} families agree"
     else:
         body = text[kind_match.end():] if kind_match else text
         short = body if len(body) <= 48 else body[:46].rsplit(" ", 1)[0] + " …"
