@@ -247,3 +247,6 @@ def test_montage_page_is_written_beside_the_group_report(tmp_path):
     overview = [p for p in Path(info["out"]).rglob("overview.png")]
     assert len(overview) == 5  # every scan with an image
     assert "&lt;script&gt;" in html and "<script>alert" not in html
+    group = (info["out"] / "group_T1w.html").read_text(encoding="utf-8")
+    assert 'loading="lazy"' not in group and 'loading="eager"' in group  # thumbnails print
+    assert "@media print" in group and "_montage.html" in group

@@ -487,10 +487,11 @@ def note_rows(notes: Any) -> list[dict[str, str]]:
 def match_row(series: SliceSeries, rows: list[ScoreRow]) -> tuple[float | None, str]:
     """Threshold and direction a per-slice series is drawn with, from the scan's ``_qa.tsv``.
 
-    The row of the same ``<model>.<metric>`` when there is one; else the model's only thresholded
-    row (e.g. per-slice ``severity`` against ``severity.score``: paper 000's cut of 1 applies to
-    slices and volumes alike). The direction falls back to any of the model's rows, then to the
-    name (SSIM: lower is worse).
+    The row of the same ``<model>.<metric>`` when there is one; else, for a series named after its
+    model, the model's only thresholded row (per-slice ``severity`` against ``severity.score``:
+    Hays et al.'s cut of 1 applies to slices and volumes alike); ``flow.m1`` gets nothing from
+    ``flow.log_density``. The direction falls back to any of the model's rows, then to the name
+    (SSIM: lower is worse).
     """
     exact = next((r for r in rows if r.model == series.model and r.metric == series.metric), None)
     same_model = [r for r in rows if r.model == series.model]
