@@ -275,7 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:
         return int(exit_.code or 0) if exit_.code in (0, None) else ExitCode.USAGE
     from bids_qa import cli
-    from bids_qa.derivatives import group_paths, read_group_table
+    from bids_qa.derivatives import group_paths
+    from bids_qa.group_table import read_group_table
 
     out = Path(args.out).expanduser().absolute()
     bids_dir, qa_dir = out / "bids", out / "qa"

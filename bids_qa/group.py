@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import traceback
 
-from bids_qa import __version__
+from bids_qa import __version__, group_table
 from bids_qa import derivatives as deriv
 from bids_qa.config import RunConfig
 from bids_qa.errors import ExitCode, FatalError
@@ -28,7 +28,7 @@ def _group(ctx: RunContext, thresholds: ThresholdTable | None) -> int:
     config = ctx.config
     out_dir = config.output_dir
     thresholds = open_output(config, thresholds)
-    tables, problems = deriv.collect_group_rows(out_dir, config.suffixes, config.participant_label)
+    tables, problems = group_table.collect_group_rows(out_dir, config.suffixes, config.participant_label)
     for message in problems:
         LOGGER.warning("%s", message)
     if not tables:
@@ -74,7 +74,7 @@ def _group(ctx: RunContext, thresholds: ThresholdTable | None) -> int:
         group_provenance["methods"] = methods_text(
             out_dir, suffix, flow_refit="flow_density" in group_provenance
         )
-        paths = deriv.write_group_table(out_dir, table, descriptions, group_provenance)
+        paths = group_table.write_group_table(out_dir, table, descriptions, group_provenance)
         counts: dict[str, int] = {}
         for row in table.rows:
             counts[row["verdict"]] = counts.get(row["verdict"], 0) + 1

@@ -32,7 +32,7 @@ def _float(value: Any) -> float:
 
 
 def apply_dataset_refit(table, figure_path: Path, seed: int = 0) -> dict[str, Any]:
-    """Add the dataset refit columns to ``table`` (a :class:`bids_qa.derivatives.GroupTable`) in
+    """Add the dataset refit columns to ``table`` (a :class:`bids_qa.group_table.GroupTable`) in
     place when it has enough scans, write the m-plane figure, and return a note for the group JSON.
     Does nothing (returns ``{}``) when the table has no flow columns."""
     if "flow.m1" not in table.metric_columns or "flow.m2" not in table.metric_columns:

@@ -159,7 +159,7 @@ def protocol_flags(
 
 
 def apply_protocol_flags(table: Any) -> dict[str, Any]:
-    """:func:`protocol_flags` on a :class:`bids_qa.derivatives.GroupTable`, adding its columns."""
+    """:func:`protocol_flags` on a :class:`bids_qa.group_table.GroupTable`, adding its columns."""
     metadata = [r.pop("_metadata", {}) or {} for r in table.rows]
     out = protocol_flags(table.rows, metadata)
     for key in PROTOCOL_COLUMNS:

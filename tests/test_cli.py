@@ -13,7 +13,8 @@ from conftest import PYTHON, REPO, read_tsv, snapshot, write_json, write_nifti
 
 from bids_qa import __version__, scoring
 from bids_qa.cli import build_parser, main
-from bids_qa.derivatives import QA_COLUMNS, read_group_table, safe_stem
+from bids_qa.derivatives import QA_COLUMNS, safe_stem
+from bids_qa.group_table import read_group_table
 from bids_qa.scoring import ScorerEntry
 
 
@@ -206,11 +207,8 @@ def test_participant_and_group_end_to_end(small_bids, tmp_path):
     by_key = {(r["model"], r["metric"]): r for r in rows}
     assert float(by_key[("header", "vox_x")]["value"]) == pytest.approx(4.0)
     anis = by_key[("header", "anisotropy")]
-    assert (
-        anis["flag"] == "pass"
-        and float(anis["threshold"]) == 2.0
-        and anis["direction"] == "higher_is_worse"
-    )
+    # header facts are notes: no default threshold judges a thick-slice scan
+    assert anis["flag"] == "n/a" and anis["threshold"] == ""
     assert (
         by_key[("header", "vox_x")]["flag"] == "n/a"
         and by_key[("header", "vox_x")]["threshold"] == ""
@@ -249,7 +247,8 @@ def test_participant_and_group_end_to_end(small_bids, tmp_path):
     assert table["iqm.efc"].dtype.kind == "f" and table["header.vox_x"].tolist() == [4.0, 4.0]
     meta = json.loads((out / "group_T1w.json").read_text(encoding="utf-8"))
     assert meta["n_scans"] == 2 and "iqm.efc" in meta["columns"]
-    assert meta["thresholds"]["header.anisotropy"]["review"] == 2.0
+    assert "header.anisotropy" not in meta["thresholds"] and "severity.score" in meta["thresholds"]
+    assert meta["provenance"]["thresholds"]["origin"]  # which thresholds were in force
     assert (out / "group_T2w.tsv").is_file()
     # acquisition columns: entities and sidecar parameters
     first = table.loc[0]

@@ -13,6 +13,7 @@ from bids_qa.damage import (
     slice_ssim,
     structural_damage,
 )
+from bids_qa.similarity import realised_change
 
 
 def phantom(shape=(40, 44, 36)):
@@ -37,7 +38,7 @@ def test_damage_rises_with_visible_change(artifact):
         d, ss = damage_label(artifact, img, bad, mask)
         damages.append(d)
         labels.append(ss)
-        changes.append(A.realised_change(img, bad, mask))
+        changes.append(realised_change(img, bad, mask))
     order = np.argsort(changes)
     assert np.all(np.diff(np.asarray(damages)[order]) > 0), (damages, changes)
     assert np.all(np.diff(np.asarray(labels)[order]) >= 0), (labels, changes)

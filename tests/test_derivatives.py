@@ -16,6 +16,7 @@ from conftest import PYTHON, REPO, read_tsv, snapshot, write_json
 from bids_qa import derivatives as deriv
 from bids_qa.cli import main
 from bids_qa.discover import Scan
+from bids_qa.group_table import collect_group_rows
 from bids_qa.scoring import unavailable_scorers
 
 
@@ -440,7 +441,7 @@ def test_readers(small_bids, tmp_path):
     paths.json.write_text("{", encoding="utf-8")
     with pytest.raises(ValueError, match="not valid JSON"):
         deriv.read_scan_outputs(paths.json)
-    tables, problems = deriv.collect_group_rows(out)
+    tables, problems = collect_group_rows(out)
     assert (
         sorted(tables) == ["T1w", "T2w"]
         and len(problems) == 1

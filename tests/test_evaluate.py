@@ -104,7 +104,7 @@ def test_direction_dependent_artifacts_act_in_the_reading_plane():
 def test_simulated_example_dataset_runs_through_the_pipeline(tmp_path):
     from bids_qa.cli import main
     from bids_qa.demo import make_demo_dataset
-    from bids_qa.derivatives import read_group_table
+    from bids_qa.group_table import read_group_table
 
     clean = tmp_path / "clean"
     make_demo_dataset(clean, n_subjects=2, voxel_size=4.0)

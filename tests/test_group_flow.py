@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bids_qa.derivatives import GroupTable
 from bids_qa.group_flow import DATASET_COLUMNS, apply_dataset_refit
+from bids_qa.group_table import GroupTable
 from bids_qa.models.weights import packaged_weights
 
 

@@ -15,7 +15,7 @@ from bids_qa.scoring import REGISTRY, Scorer
 
 PACKAGE = Path(__file__).resolve().parent.parent / "bids_qa"
 #: Benchmarks and the CLI's ``train`` dispatch may reach training code; inference never does.
-MAY_IMPORT_TRAINING = {"evaluate.py"}
+MAY_IMPORT_TRAINING = {"evaluate.py", "evaluate_tiers.py"}
 
 
 def _modules(exclude_training: bool = True) -> list[Path]:

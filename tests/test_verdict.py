@@ -186,7 +186,7 @@ def test_ratings_readers_are_tolerant(tmp_path):
 
 
 def test_calibrate_recovers_a_known_threshold_and_writes_a_usable_file(tmp_path, small_bids):
-    from bids_qa.derivatives import GroupTable, write_group_table
+    from bids_qa.group_table import GroupTable, write_group_table
 
     rng = np.random.default_rng(1)
     rows, ratings = [], []

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bids_qa.errors import ScanError
+from bids_qa.group_table import read_group_table
 from bids_qa.reports.render import (
     ARTIFACTS,
     GROUP_ID_COLUMNS,
@@ -31,7 +32,7 @@ def group_thresholds(meta: dict[str, Any], columns: Iterable[str]) -> dict[str, 
 
     ``meta["thresholds"]`` holds ``{"<model>.<metric>": {"review": x, "fail": y, "direction": d,
     "inclusive": bool, "review_values": [...], "fail_values": [...]}}`` (what judged the scans, as
-    :func:`bids_qa.derivatives.write_group_table` stores it). A bare number is one fail threshold.
+    :func:`bids_qa.group_table.write_group_table` stores it). A bare number is one fail threshold.
     """
     out: dict[str, dict[str, Any]] = {}
     table = meta.get("thresholds") if isinstance(meta.get("thresholds"), dict) else {}
@@ -166,7 +167,7 @@ def montage_context(group: dict[str, Any]) -> dict[str, Any]:
 
 def group_context(out_dir: Path, suffix: str) -> dict[str, Any]:
     """Everything the group template needs, from ``group_<suffix>.tsv`` and its JSON sidecar
-    (read with :func:`bids_qa.derivatives.read_group_table`)."""
+    (read with :func:`bids_qa.group_table.read_group_table`)."""
     import pandas as pd
 
     from bids_qa import derivatives as deriv
@@ -177,7 +178,7 @@ def group_context(out_dir: Path, suffix: str) -> dict[str, Any]:
     if not paths.tsv.is_file():
         raise ScanError("report", f"no group table {paths.tsv.name} in {out_dir}; run the group level first")
     try:
-        table = deriv.read_group_table(out_dir, suffix)
+        table = read_group_table(out_dir, suffix)
     except (OSError, ValueError) as err:
         raise ScanError("report", f"cannot read {paths.tsv.name}: {err}") from err
     meta = read_json(paths.json) if paths.json.is_file() else {}
