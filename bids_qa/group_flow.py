@@ -92,4 +92,30 @@ def apply_dataset_refit(table, figure_path: Path, seed: int = 0) -> dict[str, An
             title=f"{table.suffix}: m-plane ({note['density']} density)",
         )
         note["figure"] = figure_path.name
+        note["grid"] = density_grid(m[finite], density)
     return note
+
+
+#: Cells per axis of the density grid stored for the group report's m-plane.
+GRID_CELLS = 40
+
+
+def density_grid(m: np.ndarray, density, cells: int = GRID_CELLS) -> dict[str, Any]:
+    """The density's log values on a grid around the scans' m values (padded by 25% of their
+    span, at least +-1.5 around them), with the 5% and 3% levels when the density has them: the
+    group report shades its one m-plane plot with it (it never evaluates a density itself)."""
+    lo, hi = m.min(0), m.max(0)
+    pad = np.maximum(0.25 * (hi - lo), 1.5)
+    lo, hi = lo - pad, hi + pad
+    gx = np.linspace(lo[0], hi[0], cells)
+    gy = np.linspace(lo[1], hi[1], cells)
+    xx, yy = np.meshgrid(gx, gy)
+    score = density.log_density if hasattr(density, "log_density") else density
+    ld = np.asarray(score(np.column_stack([xx.ravel(), yy.ravel()])), dtype=np.float64).reshape(xx.shape)
+    levels = {}
+    if hasattr(density, "level"):
+        from bids_qa.models.flow import LEVELS
+
+        levels = {f"{p:g}%": round(float(density.level(p)), 4) for p in LEVELS}
+    return {"extent": [float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1])],
+            "log_density": [[round(float(v), 3) for v in row] for row in ld], "levels": levels}

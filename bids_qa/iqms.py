@@ -39,6 +39,7 @@ How the scorer gets its regions (no registration, no bias correction, no brain e
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -69,10 +70,33 @@ from bids_qa.iqm_regions import (
     tissue_classes,
     tissue_region,
 )
-from bids_qa.scoring import ScanScores, Scorer
+from bids_qa.scoring import ScanScores, Scorer, volume_view
 from bids_qa.volume import ANISOTROPY_2D_RATIO, Volume
 
 _PLANE_NAMES = {0: "sagittal", 1: "coronal", 2: "axial"}
+
+
+#: Key of :class:`MeasuredRegions` in a volume's view cache.
+MEASURED_REGIONS_KEY = ("iqm", "measured_regions")
+
+
+@dataclass(frozen=True)
+class MeasuredRegions:
+    """The head, air and tissue-class masks the IQMs of one volume were measured in, on the
+    analysis grid (every ``stride``-th voxel of the volume): what the report's region figure
+    shows. Kept on the volume by :meth:`IQMScorer.score`; nothing reads it to score."""
+
+    stride: tuple[int, ...]
+    head: np.ndarray
+    air: np.ndarray
+    tissues: dict[str, np.ndarray]
+
+
+def measured_regions(volume: Any) -> MeasuredRegions | None:
+    """The :class:`MeasuredRegions` the IQM scorer left on ``volume``, or None (not scored here)."""
+    cache = getattr(volume, "_cache", None)
+    found = cache.get(MEASURED_REGIONS_KEY) if isinstance(cache, dict) else None
+    return found if isinstance(found, MeasuredRegions) else None
 
 
 def _put(values: dict[str, Any], key: str, value: float, reason: str) -> None:
@@ -182,6 +206,9 @@ class IQMScorer(Scorer):
             )
         region = tissue_region(img, regions, zooms)
         tissues = tissue_classes(img, region, suffix)
+        # kept on the volume so the report can show where the IQMs were measured
+        volume_view(volume, MEASURED_REGIONS_KEY,
+                    lambda: MeasuredRegions(stride, regions.head, regions.air, tissues.masks))
         values = self._values(img, regions, tissues, stride)
         values.update(inu_values(img, regions.head, region, zooms))
         return ScanScores(scorer=self.name, values=values)

@@ -76,7 +76,8 @@ def resume_key(scan: Scan, scorer_set: ScorerSet, thresholds: ThresholdTable) ->
 
 
 def _ruler_json(
-    result: ScanScores, paths: deriv.ScanPaths, used: dict[str, Any], write_images: bool
+    result: ScanScores, paths: deriv.ScanPaths, used: dict[str, Any], write_images: bool,
+    suffix: str | None = None,
 ) -> dict[str, Any]:
     """A scorer's ruler (paper 004) as JSON, with the threshold in force (defaults or the user's
     file) placed on it and, when reports are made, its images written next to the report."""
@@ -87,6 +88,7 @@ def _ruler_json(
         cut = t.review if t.review is not None else t.fail
         if cut is not None:
             ruler.threshold = float(cut)
+    ruler = ruler.for_display(suffix)  # hook(reports): a degraded scan's ruler from a clean reference
     images = deriv.write_ruler_images(paths, result.scorer, ruler.images) if write_images else None
     return deriv.json_ready(ruler.to_json(images))
 
@@ -273,7 +275,7 @@ def assess_scan(
     for r in results:
         if r.ruler is not None:
             try:
-                rulers[r.scorer] = _ruler_json(r, paths, used, config.reports)
+                rulers[r.scorer] = _ruler_json(r, paths, used, config.reports, scan.suffix)
             except OSError as err:
                 warnings.append(f"ruler images of {r.scorer} not written: {err}")
     per_slice = [(r.scorer, r.slice_axis, r.per_slice) for r in results if r.per_slice]

@@ -2,7 +2,10 @@
 (function () {
   'use strict';
   var BQ = window.BidsQA = {};
-  var FIELDS = ['scan_id', 'rating', 'artifacts', 'comment', 'updated'];
+  /* Export columns: the first five are the original format (bids_qa ratings merge and bids_qa
+     calibrate read them); rater, seconds (time spent on the scan) and blind (rated with scores
+     hidden) were added after them, so older readers simply ignore them. */
+  var FIELDS = ['scan_id', 'rating', 'artifacts', 'comment', 'updated', 'rater', 'seconds', 'blind'];
 
   BQ.readData = function (id) {
     var el = document.getElementById(id);
@@ -15,12 +18,16 @@
     var r = parseInt(rec.rating, 10);
     var arts = Array.isArray(rec.artifacts) ? rec.artifacts : (typeof rec.artifacts === 'string' && rec.artifacts !== '' ? rec.artifacts.split(',') : []);
     arts = arts.map(function (a) { return String(a).trim(); }).filter(function (a) { return a !== ''; });
+    var sec = parseFloat(rec.seconds);
     var out = {
       scan_id: rec.scan_id,
       rating: (r >= 1 && r <= 4) ? r : null,
       artifacts: arts,
       comment: typeof rec.comment === 'string' ? rec.comment : '',
-      updated: typeof rec.updated === 'string' ? rec.updated : ''
+      updated: typeof rec.updated === 'string' ? rec.updated : '',
+      rater: typeof rec.rater === 'string' ? rec.rater : '',
+      seconds: (isFinite(sec) && sec >= 0) ? Math.round(sec * 10) / 10 : 0,
+      blind: rec.blind === true || rec.blind === 'true' || rec.blind === '1' || rec.blind === 1
     };
     if (out.rating === null && out.artifacts.length === 0 && out.comment === '') { return null; }
     return out;
@@ -84,7 +91,7 @@
     var lines = [FIELDS.join('\t')];
     records.forEach(function (r) {
       lines.push([esc(r.scan_id), r.rating === null ? '' : String(r.rating), esc(r.artifacts.join(',')),
-        esc(r.comment), esc(r.updated)].join('\t'));
+        esc(r.comment), esc(r.updated), esc(r.rater || ''), String(r.seconds || 0), r.blind ? '1' : '0'].join('\t'));
     });
     return lines.join('\n') + '\n';
   };
@@ -99,11 +106,30 @@
       var cells = line.split('\t');
       var get = function (name) { return (name in col && cells[col[name]] !== undefined) ? unesc(cells[col[name]]) : ''; };
       return clean({ scan_id: get('scan_id'), rating: get('rating'), artifacts: get('artifacts'),
-        comment: get('comment'), updated: get('updated') });
+        comment: get('comment'), updated: get('updated'), rater: get('rater'), seconds: get('seconds'),
+        blind: get('blind') });
     }).filter(Boolean);
   };
-  BQ.toJSON = function (records, suffix) {
-    return JSON.stringify({ format: 'bids_qa-ratings', version: 1, suffix: suffix, ratings: records }, null, 1) + '\n';
+  BQ.raters = function (records) {
+    var seen = {};
+    records.forEach(function (r) { if (r.rater) { seen[r.rater] = true; } });
+    return Object.keys(seen).sort();
+  };
+  BQ.toJSON = function (records, suffix, extra) {
+    var obj = { format: 'bids_qa-ratings', version: 1, suffix: suffix };
+    var raters = BQ.raters(records);
+    if (raters.length === 1) { obj.rater = raters[0]; }
+    if (extra) { for (var k in extra) { if (Object.prototype.hasOwnProperty.call(extra, k)) { obj[k] = extra[k]; } } }
+    obj.ratings = records;
+    return JSON.stringify(obj, null, 1) + '\n';
+  };
+
+  /* The rater's name, kept per output folder beside the ratings. */
+  BQ.getRater = function (key) {
+    try { return window.localStorage.getItem(key + '.rater') || ''; } catch (e) { return ''; }
+  };
+  BQ.setRater = function (key, name) {
+    try { window.localStorage.setItem(key + '.rater', name); } catch (e) { /* page-only */ }
   };
   BQ.fromJSON = function (text) {
     var obj = JSON.parse(text);
@@ -135,22 +161,39 @@
     if (rec.rating !== null) { parts.push(rec.rating + ' ' + (labels[rec.rating] || '')); }
     if (rec.artifacts.length) { parts.push(rec.artifacts.join(', ')); }
     if (rec.comment) { parts.push('comment'); }
+    if (rec.rater) { parts.push(rec.rater); }
     return parts.join(' · ');
   };
 
   /* Bind the rating form to a store; currentId() names the scan being rated. */
-  BQ.bindForm = function (form, store, currentId, onChange) {
+  /* Bind the rating form to a store; currentId() names the scan being rated. opts.rater() gives
+     the rater's name, opts.blind() whether scores are hidden. The time a scan's form is open is
+     added to its record's seconds (shown -> last change or leaving it). */
+  BQ.bindForm = function (form, store, currentId, onChange, opts) {
+    opts = opts || {};
     var status = document.getElementById('rating-status');
     var comment = form.querySelector('textarea[name=comment]');
+    var shownId = null, shownAt = 0, baseSeconds = 0;
     function say(msg) { if (status) { status.textContent = msg; } }
+    function elapsed() { return baseSeconds + (Date.now() - shownAt) / 1000; }
     function read() {
       var checked = form.querySelector('input[name=rating]:checked');
       var arts = Array.prototype.map.call(form.querySelectorAll('input[name=artifact]:checked'), function (c) { return c.value; });
       return { scan_id: currentId(), rating: checked ? checked.value : null, artifacts: arts,
-        comment: comment.value, updated: new Date().toISOString() };
+        comment: comment.value, updated: new Date().toISOString(),
+        rater: opts.rater ? opts.rater() : '', seconds: elapsed(), blind: opts.blind ? !!opts.blind() : false };
+    }
+    function leave() {
+      /* Add the time since the scan was shown to its record (when it has one). */
+      if (shownId === null) { return; }
+      var rec = store.get(shownId);
+      if (rec) { rec.seconds = Math.round(elapsed() * 10) / 10; store.save(); }
+      shownId = null;
     }
     function show(id) {
+      if (shownId !== null && shownId !== id) { leave(); }
       var rec = store.get(id);
+      if (shownId !== id) { shownId = id; shownAt = Date.now(); baseSeconds = rec ? (rec.seconds || 0) : 0; }
       Array.prototype.forEach.call(form.querySelectorAll('input[name=rating]'), function (r) {
         r.checked = !!rec && rec.rating !== null && String(rec.rating) === r.value;
       });
@@ -180,6 +223,7 @@
         if (onChange) { onChange(id); }
       });
     }
-    return { show: show };
+    window.addEventListener('pagehide', leave);
+    return { show: show, leave: leave };
   };
 }());

@@ -51,6 +51,19 @@ SCORES = {  # severity, ssim, snr, tier, m1, m2
 }
 
 
+NOTE_TEXT = {"pass1": "3D acquisition (from sidecar MRAcquisitionType), voxels 1.00x1.00x1.00 mm",
+             "review": "2D acquisition, voxels 1.00x1.00x4.00 mm, anisotropy 4"}
+MANUFACTURER = {"pass1": "Siemens", "pass2": "Siemens", "review": "GE", "fail": "Siemens<b>", "error": "n/a",
+                "safe": "GE"}
+FBER = {"pass1": 25000.0, "pass2": 18000.0, "review": 40.0, "fail": 2.5, "safe": 900.0}
+FBER_THRESHOLDS = {"review": 30.0, "fail": 3.0, "direction": "lower_is_worse"}
+METHODS_TEXT = "Image quality of 6 T1w scans was assessed with bids_qa 0.1.0 <script>x</script>."
+
+
+def sev_flag(key: str) -> bool:
+    return SCORES[key][0] > 1.0
+
+
 def phantom(shape: tuple[int, int, int], rng: np.random.Generator, ghost: float = 0.0) -> np.ndarray:
     """An ellipsoid 'head' with a darker core, Rayleigh-like background noise and an optional ghost."""
     grids = np.ogrid[tuple(slice(-1, 1, complex(0, s)) for s in shape)]
@@ -141,7 +154,8 @@ def make_derivatives(root: Path, with_rulers: bool = True) -> dict:
             flags = {f"{r[0]}.{r[1]}": r[4] for r in rows}
             verdict = "fail" if "fail" in flags.values() else "review" if "review" in flags.values() else "pass"
             reasons = [{"model": r[0], "metric": r[1], "value": float(r[2]), "threshold": float(r[3]),
-                        "flag": r[4], "message": f"{r[0]}.{r[1]} {r[2]} crossed {r[3]}"}
+                        "flag": r[4], "kind": "evidence", "rule": f"{r[0]}.{r[1]} beyond {r[4]} level {r[3]}",
+                        "message": f"evidence: {r[0]}.{r[1]} = {r[2]} crossed {r[3]}"}
                        for r in rows if r[4] in ("review", "fail")]
             errors = []
             scan = {"source": str(src.relative_to(bids)), "entities": entities, "shape": list(shape),
@@ -170,6 +184,7 @@ def make_derivatives(root: Path, with_rulers: bool = True) -> dict:
         doc = {
             "scan_id": scan_id, "scan": scan, "verdict": verdict, "reasons": reasons, "errors": errors,
             "warnings": ["1 NaN voxel set to 0"] if key == "review" else [],
+            "notes": [{"kind": "fact", "model": "header", "message": NOTE_TEXT[key]}] if key in NOTE_TEXT else [],
             "provenance": {"bids_qa_version": "0.1.0", "python_version": "3.11.2", "torch_version": "2.3.0",
                            "device": "cpu", "scorers": [{"name": "severity", "version": "1.0"},
                                                         {"name": "iqm", "version": "0.3"}],
@@ -192,20 +207,31 @@ def make_derivatives(root: Path, with_rulers: bool = True) -> dict:
         vals = SCORES.get(key)
         group_rows.append([scan_id, sub, ses or "n/a", "n/a", "T1w", scan["source"], verdict,
                            " | ".join(r["message"] for r in reasons) if reasons else (errors[0]["message"] if errors else "n/a"),
+                           NOTE_TEXT.get(key, "n/a"), MANUFACTURER[key], "3" if key != "safe" else "1.5",
                            report] + ([f"{v}" for v in vals] if vals else ["n/a"] * 6)
-                          + (["0.4321"] if vals else ["n/a"]))
+                          + (["0.4321", f"{FBER[key]}", f"{int(sev_flag(key))}"] if vals else ["n/a"] * 3))
     write_tsv(out / "group_T1w.tsv",
-              ["scan_id", "subject", "session", "run", "suffix", "source", "verdict", "reasons", "report",
-               "severity.score", "ssim.ssim", "iqm.snr", "tiers.tier", "flow.m1", "flow.m2", "iqm.efc"], group_rows)
+              ["scan_id", "subject", "session", "run", "suffix", "source", "verdict", "reasons", "notes",
+               "manufacturer", "field_strength", "report",
+               "severity.score", "ssim.ssim", "iqm.snr", "tiers.tier", "flow.m1", "flow.m2", "iqm.efc",
+               "iqm.fber", "flow.flag_5pct"], group_rows)
     write_png(out / "group_T1w_flow_density.png", 90, size=48)
     (out / "group_T1w.json").write_text(json.dumps({
         "suffix": "T1w", "n_scans": len(group_rows),
         "columns": {"severity.score": "artifact severity (paper 000)",
                     "ssim.ssim": "predicted SSIM to a motion-free slice"},
-        "thresholds": {**THRESHOLDS, "tiers.tier": {"review": 2, "fail": 3, "inclusive": True,
+        "thresholds": {**THRESHOLDS, "iqm.fber": FBER_THRESHOLDS, "tiers.tier": {"review": 2, "fail": 3, "inclusive": True,
                                                     "direction": "higher_is_worse",
                                                     "description": "quality tier (paper 003)"}},
         "flow_density": {"image": "group_T1w_flow_density.png", "extent": [-4.0, 4.0, -4.0, 4.0]},
+        "provenance": {
+            "thresholds": {"origin": "calibrated from ratings", "sources": ["/data/thresholds_calibrated.json"],
+                           "sha256": "ab" * 32, "rule": {"agree": 2, "description": "fail when two families agree",
+                                                         "justification": "fitted to 40 ratings"}},
+            "protocols": {"groups": [{"protocol": "T1w 1.0x1.0x1.0 mm | Siemens", "n_scans": 3, "judged": False,
+                                      "flagged": 0, "status": "too small to judge"}], "z_level": 3.5, "min_group": 8},
+            "methods": METHODS_TEXT,
+        },
     }), encoding="utf-8")
     return info
 
@@ -292,7 +318,7 @@ def test_scan_report_sections_and_figures(rendered):
         assert im.size == (4 * figures.TILE + 3 * 2, 2 * figures.TILE + 2)  # (width, height): 2 rows x 4 cols
     # Ruler: eight level images from the _qa.json, the scan value and the threshold drawn.
     assert sum(1 for s in c.images if "rulers/" in s) == 8
-    assert html.count("ruler level") == 8
+    assert html.count("alt=\"ruler level") == 8
     # The worst slice is the one the fixture made worst (middle slice, 20).
     assert "slice 20: severity = 1.42" in html
     # Per-slice plots for both series, severity first, threshold drawn on severity.
@@ -307,7 +333,7 @@ def test_scores_table_shows_stored_values_thresholds_and_flags(rendered):
     cells = re.findall(r"<td[^>]*>(.*?)</td>", row.group(1), re.S)
     assert cells[0] == "1.21" and cells[1] == "1" and "higher is worse" in cells[2] and "review" in cells[3]
     assert "1 NaN voxel set to 0" in html  # warnings
-    assert "at least one score crossed a review threshold" in html
+    assert "reached a review level" in html
     # Long-layout slices table read and worst slice found in the anisotropic (1x1x4 mm) scan.
     assert "slice 6: severity.score = 2.21" in html
 
@@ -360,7 +386,7 @@ def test_malformed_ruler_is_a_note_not_an_error(tmp_path):
     js.write_text(json.dumps(doc))
     html = render_scan_report(info["out"], js, None).read_text()
     assert "ruler for broken is malformed" in html
-    assert html.count("ruler level") == 8  # the good ruler still shown
+    assert html.count("alt=\"ruler level") == 8  # the good ruler still shown
 
 
 def test_script_in_scan_id_is_escaped(rendered):
@@ -416,13 +442,14 @@ def test_group_report_content(rendered):
 
     data = embedded_data(html)
     # flow.m1/m2 go to the m-plane; thresholded scores are drawn first, iqm.efc (no threshold) on request.
-    assert data["columns"] == ["severity.score", "ssim.ssim", "iqm.snr", "tiers.tier", "iqm.efc"]
-    assert data["n_primary"] == 4 and 'id="more-plots"' in html
+    assert data["columns"] == ["severity.score", "ssim.ssim", "iqm.snr", "tiers.tier", "iqm.fber", "iqm.efc",
+                               "flow.flag_5pct"]
+    assert data["n_primary"] == 5 and 'id="more-plots"' in html
     assert data["thresholds"]["severity.score"] == {"review": 1.0, "fail": 1.5, "direction": "higher_is_worse"}
     ids = [s["id"] for s in data["scans"]]
     assert ids == list(SCAN_IDS.values())
     err = data["scans"][ids.index("sub-04_T1w")]
-    assert err["verdict"] == "error" and err["v"] == [None] * 5
+    assert err["verdict"] == "error" and err["v"] == [None] * 7
     assert data["flow"]["density"] == "group_T1w_flow_density.png"
     assert data["flow"]["extent"] == [-4.0, 4.0, -4.0, 4.0]
     lo, hi = data["flow"]["x_range"]

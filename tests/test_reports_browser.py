@@ -203,7 +203,7 @@ def test_sort_filter_and_subject_search(site, page):
     assert page.locator("#plot-area-more .plot").count() == 0  # drawn only when opened
     page.click("#more-plots summary")
     page.locator("#plot-area-more .plot").first.wait_for()  # the toggle event is asynchronous
-    assert page.locator("#plot-area-more .plot").count() == 1
+    assert page.locator("#plot-area-more .plot").count() == 2  # iqm.efc and the flow.flag_5pct bars
     assert page.locator("#plot-area-more svg .pt.hl").count() == 2  # the open search applies to new plots
     page.fill("#subject-search", "")
     assert page.locator("svg .pt.hl, svg .pt.dim, tr.hl, tr.dim").count() == 0
@@ -248,7 +248,8 @@ def test_rating_export_import_round_trip(site, page, tmp_path):
     exported = json.loads(files["json"].read_text(encoding="utf-8"))
     assert exported["format"] == "bids_qa-ratings" and len(exported["ratings"]) == 2
     lines = files["tsv"].read_text(encoding="utf-8").splitlines()
-    assert lines[0] == "scan_id\trating\tartifacts\tcomment\tupdated" and len(lines) == 3
+    # the original five columns first (older readers), then rater, seconds, blind
+    assert lines[0] == "scan_id\trating\tartifacts\tcomment\tupdated\trater\tseconds\tblind" and len(lines) == 3
 
     for fmt in ("json", "tsv"):
         page.evaluate("localStorage.clear()")
@@ -272,4 +273,201 @@ def test_rating_in_scan_report_shows_in_group_report(site, page):
     assert page.locator('#scan-table tr[data-i="2"] .rating-text').text_content() == "2 poor · ghosting"
     page.goto(url_of(site["pages"]["review"]))
     assert page.locator('#rating-form input[name=rating][value="2"]').is_checked()
+    page.watch.assert_clean()
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 24 / 23 report behaviour
+# ---------------------------------------------------------------------------------------------
+
+
+def mulberry32_order(seed: int, n: int) -> list[int]:
+    """The group page's seeded shuffle (mulberry32 + Fisher-Yates), written again in Python."""
+    state = seed & 0xFFFFFFFF
+
+    def imul(a: int, b: int) -> int:
+        return (a * b) & 0xFFFFFFFF
+
+    def rand() -> float:
+        nonlocal state
+        state = (state + 0x6D2B79F5) & 0xFFFFFFFF
+        t = state
+        t = imul(t ^ (t >> 15), t | 1)
+        t ^= (t + imul(t ^ (t >> 7), t | 61)) & 0xFFFFFFFF
+        return ((t ^ (t >> 14)) & 0xFFFFFFFF) / 4294967296
+
+    out = list(range(n))
+    for j in range(n - 1, 0, -1):
+        k = int(rand() * (j + 1))
+        out[j], out[k] = out[k], out[j]
+    return out
+
+
+def _visible_columns(page) -> list[str]:
+    return page.evaluate("""() => Array.from(document.querySelectorAll('#scan-table thead th'))
+        .filter(th => !th.hidden).map(th => th.dataset.col)""")
+
+
+def test_column_chooser_compact_by_default(site, page):
+    page.goto(url_of(site["pages"]["group"]))
+    data = page.evaluate("JSON.parse(document.getElementById('report-data').textContent)")
+    shown = _visible_columns(page)
+    assert shown == ["scan"] + [c for c in ["subject", "session", "run", "verdict", "reasons", "notes", "rating"]
+                                + data["table_columns"] if c in data["default_columns"]]
+    assert "iqm.efc" not in shown and "manufacturer" not in shown and "severity.score" in shown
+    assert len(shown) < len(data["table_columns"])
+    # Reason cells are one line until opened.
+    row = page.locator(f'#scan-table tr[data-i="{EVIL_I}"]')
+    assert row.bounding_box()["height"] < 40
+    summary = row.locator("td.reasons details summary")
+    assert summary.locator(".kind").first.text_content() == "evidence"
+    page.click("#column-chooser summary")
+    page.click("#columns-all")
+    assert "iqm.efc" in _visible_columns(page) and "manufacturer" in _visible_columns(page)
+    page.uncheck('#column-list input[value="severity.score"]')
+    assert "severity.score" not in _visible_columns(page)
+    assert page.locator('#scan-table td[data-col="severity.score"]:not([hidden])').count() == 0
+    page.click("#columns-compact")
+    assert _visible_columns(page) == shown
+    page.watch.assert_clean()
+
+
+def test_plot_kinds_strip_log_bars_and_one_m_plane(site, page):
+    page.goto(url_of(site["pages"]["group"]))
+    sev = page.locator('#plot-area .plot[data-col="severity.score"]')
+    assert sev.get_attribute("data-kind") == "strip"  # 5 scans with a value: points, no box
+    assert sev.locator("rect.box").count() == 0 and sev.locator("circle.pt").count() == 5
+    fber = page.locator('#plot-area .plot[data-col="iqm.fber"]')
+    assert fber.get_attribute("data-scale") == "log"  # 2.5 ... 25000 spans four decades
+    ticks = fber.locator("svg > text").all_text_contents()
+    assert {"10", "100", "1000"} <= set(ticks)
+    boxes = [fber.locator("text.thr-label").nth(i).bounding_box() for i in range(2)]
+    assert boxes[0]["y"] + boxes[0]["height"] <= boxes[1]["y"] or boxes[1]["y"] + boxes[1]["height"] <= boxes[0]["y"]
+    assert sev.get_attribute("data-scale") == "linear"
+    page.click("#more-plots summary")
+    flags = page.locator('#plot-area-more .plot[data-col="flow.flag_5pct"]')
+    flags.wait_for()
+    assert flags.get_attribute("data-kind") == "bars"
+    counts = {flags.locator("rect.bar").nth(i).get_attribute("data-value"):
+              flags.locator("rect.bar").nth(i).get_attribute("data-count") for i in range(2)}
+    assert counts == {"0": "2", "1": "3"}  # severity above 1: 1.21, 2.62 and 1.05
+    # One m-plane: a single plot, no second density figure with axes of its own.
+    assert page.locator("svg#mplane-svg").count() == 1 and page.locator("#mplane svg").count() == 1
+    assert page.locator("#mplane img").count() == 0
+    page.watch.assert_clean()
+
+
+def test_colour_points_by_a_categorical_column(site, page):
+    page.goto(url_of(site["pages"]["group"]))
+    options = page.locator("#colour-by option").all_text_contents()
+    assert "manufacturer" in options and "field_strength" in options
+    page.select_option("#colour-by", "manufacturer")
+    legend = page.locator("#colour-legend .legend-item").all_text_contents()
+    assert legend == ["GE", "Siemens", "Siemens<b>", "n/a"]  # sorted, escaped as text; the error scan has none
+    fills = page.evaluate("""() => Array.from(document.querySelectorAll('#plot-area .plot[data-col="severity.score"] circle.pt'))
+        .map(c => [c.getAttribute('data-i'), c.style.fill])""")
+    by_scan = dict(fills)
+    assert by_scan["0"] == by_scan["1"] and by_scan["2"] != by_scan["0"] and by_scan["2"] == by_scan["5"]
+    page.select_option("#colour-by", "")
+    assert page.evaluate("document.querySelector('#plot-area circle.pt').style.fill") == ""
+    page.watch.assert_clean()
+
+
+def test_blind_mode_hides_scores_and_uses_a_seeded_order(site, page):
+    page.goto(url_of(site["pages"]["group"]))
+    page.fill("#blind-seed", "7")
+    page.check("#blind-mode")
+    for hidden in ("#summary", "#scans", "#plots", "#mplane", "#flagged", "#thresholds"):
+        assert not page.locator(hidden).is_visible(), hidden
+    assert page.locator("#blind").is_visible()
+    order = []
+    for k in range(len(KEYS)):
+        assert page.locator("#blind-position").text_content() == f"scan {k + 1} of {len(KEYS)}"
+        order.append(page.locator("#blind-scan").text_content())
+        text = page.locator("#blind").text_content()
+        assert "severity" not in text and "review" not in text.lower().replace("preview", "")
+        page.click("#blind-next")
+    expected = [SCAN_IDS[KEYS[i]] for i in mulberry32_order(7, len(KEYS))]
+    assert order == expected and order != [SCAN_IDS[k] for k in KEYS]
+    # The shown scan's mosaics come from its report's figure folder; the rating form is there too.
+    page.click("#blind-prev")
+    assert page.locator("#blind #rating-form").count() == 1
+    page.uncheck("#blind-mode")
+    assert page.locator("#scans").is_visible() and not page.locator("#blind").is_visible()
+    page.watch.assert_clean()
+
+
+def test_rater_name_time_and_blind_flag_in_export(site, page, tmp_path):
+    from bids_qa import calibrate, ratings
+
+    page.goto(url_of(site["pages"]["group"]))
+    page.evaluate("localStorage.clear()")
+    page.reload()
+    page.fill("#rater-name", "anna")
+    page.fill("#blind-seed", "3")
+    page.check("#blind-mode")
+    first = page.locator("#blind-scan").text_content()
+    page.wait_for_timeout(1300)
+    page.check('#blind-form-slot input[name=rating][value="2"]')
+    page.click("#blind-next")  # leaving the scan adds the time it was open
+    page.uncheck("#blind-mode")
+    files = {}
+    for fmt in ("tsv", "json"):
+        with page.expect_download() as dl:
+            page.click(f"#export-{fmt}")
+        target = tmp_path / dl.value.suggested_filename
+        dl.value.save_as(target)
+        files[fmt] = target
+    exported = json.loads(files["json"].read_text(encoding="utf-8"))
+    assert exported["rater"] == "anna"
+    (rec,) = exported["ratings"]
+    assert rec["scan_id"] == first and rec["rating"] == 2 and rec["rater"] == "anna" and rec["blind"] is True
+    assert 1.2 <= rec["seconds"] < 30
+    head, row = files["tsv"].read_text(encoding="utf-8").splitlines()
+    cells = dict(zip(head.split("\t"), row.split("\t"), strict=True))
+    assert cells["rater"] == "anna" and cells["blind"] == "1" and float(cells["seconds"]) >= 1.2
+    # Both exports stay readable by `bids_qa ratings merge` and `bids_qa calibrate`.
+    for path in files.values():
+        parsed = ratings.read_export(path)
+        assert parsed.rater == "anna" and parsed.ratings[first].rating == 2
+        assert calibrate.read_ratings(path) == [{"id": first, "rating": 2}]
+    page.watch.assert_clean()
+
+
+def test_montage_page_links_every_scan_to_its_report(site, page):
+    page.goto(url_of(site["pages"]["group"]))
+    page.click("text=Montage of every scan")
+    page.wait_for_url(lambda u: u.endswith("_montage.html"))
+    figures = page.locator("#montage figure")
+    assert figures.count() == len(KEYS)
+    n_refs = assert_refs_resolve(page)
+    assert n_refs >= 2 * len(KEYS)
+    links = page.evaluate("""() => Array.from(document.querySelectorAll('#montage figcaption a'))
+        .map(a => new URL(a.getAttribute('href'), document.baseURI).href)""")
+    assert sorted(path_of(u) for u in links) == sorted(site["pages"][k].resolve() for k in KEYS)
+    page.locator(f'#montage figure[data-i="{EVIL_I}"] figcaption a').click()
+    page.wait_for_url(lambda u: u.endswith("_report.html"))
+    assert page.locator("#scan-id").text_content() == EVIL_ID
+    page.watch.assert_clean()
+
+
+def test_notes_are_shown_apart_from_reasons(site, page):
+    page.goto(url_of(site["pages"]["review"]))
+    reasons = page.locator("#reason-list li")
+    assert reasons.count() >= 1
+    assert reasons.first.locator(".kind").text_content() == "evidence"
+    assert "rule: severity.score beyond review level 1" in page.locator("#reason-list").text_content()
+    notes = page.locator("#note-list").text_content()
+    assert "2D acquisition, voxels 1.00x1.00x4.00 mm" in notes
+    assert "2D acquisition" not in page.locator("#reason-list").text_content()
+    assert page.locator("#note-list li .kind").first.text_content() == "fact"
+    page.goto(url_of(site["pages"]["group"]))
+    cell = page.locator('#scan-table tr[data-i="2"] td.notes')
+    assert cell.locator("summary").text_content().strip() == "1 note"
+    cell.locator("summary").click()
+    assert "2D acquisition" in cell.text_content()
+    assert "2D acquisition" not in page.locator('#scan-table tr[data-i="2"] td.reasons').text_content()
+    # The protocol groups and the thresholds' provenance are named.
+    assert "too small to judge" in page.locator("#protocol-table").text_content()
+    assert "calibrated from ratings" in page.locator("#threshold-summary").text_content()
     page.watch.assert_clean()

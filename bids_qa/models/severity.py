@@ -140,6 +140,7 @@ class SeverityScorer(NetworkScorer):
                 threshold=DEFAULT_THRESHOLD,
                 input_size=size,
                 pixel_mm=px,
+                with_references=True,
             ),
         )
 
@@ -160,14 +161,21 @@ class SeverityScorer(NetworkScorer):
             )
             for v in volumes
         ]
-        outputs = self.score_slices([a for slices, _, r in parts for a in (slices, r.images)])
+        outputs = self.score_slices(
+            [a for slices, _, r in parts for a in (slices, r.images, *(x.images for x in r.references.values()))]
+        )
         results, pos = [], 0
         for volume, (slices, anatomy, template) in zip(volumes, parts, strict=True):
             per_slice = outputs[pos : pos + len(slices)]
             pos += len(slices)
             ruler_scores = outputs[pos : pos + len(template.images)]
             pos += len(template.images)
-            results.append(self._summarise(volume, anatomy, per_slice, template, ruler_scores))
+            references = {}
+            for family, ref in template.references.items():  # reference rulers (a degraded scan's)
+                references[family] = replace(ref, scores=np.asarray(outputs[pos : pos + len(ref.images)], np.float32))
+                pos += len(ref.images)
+            results.append(self._summarise(volume, anatomy, per_slice, replace(template, references=references),
+                                           ruler_scores))
         return results
 
     @staticmethod

@@ -72,6 +72,7 @@ def render_scan_report(out_dir: Path, outputs_json: Path, image_path: Path | Non
             ctx["figures"] = _figures.write_scan_figures(
                 vol, folder / fig_name, _render.href(fig_name), ctx["slice_axis"],
                 worst=ctx["worst"], worst_axis=ctx["worst_axis"])
+            ctx["extra_figures"] = _extra_figures(vol, volume, folder / fig_name, _render.href(fig_name), ctx["slice_axis"])
         except (OSError, ValueError) as err:
             note = f"No slice images: drawing them failed ({type(err).__name__}: {err})."
     if note:
@@ -84,8 +85,20 @@ def render_scan_report(out_dir: Path, outputs_json: Path, image_path: Path | Non
     return out
 
 
+def _extra_figures(vol: Any, volume: Any | None, fig_dir: Path, rel_dir: str, slice_axis: int) -> dict[str, Any]:
+    """The montage overview and the measured-regions figure (:mod:`bids_qa.reports.region_figures`)."""
+    from bids_qa.iqms import measured_regions
+    from bids_qa.reports import region_figures
+
+    regions = measured_regions(volume) if volume is not None else None
+    href, names = region_figures.write_regions_figure(vol, fig_dir, rel_dir, slice_axis, regions)
+    return {"overview": region_figures.write_overview(vol, fig_dir, rel_dir), "regions": href,
+            "region_names": names, "regions_measured": regions is not None}
+
+
 def render_group_report(out_dir: Path, suffix: str) -> Path:
-    """Write ``group_<suffix>.html`` in ``out_dir`` from ``group_<suffix>.tsv`` (and ``.json``).
+    """Write ``group_<suffix>.html`` in ``out_dir`` from ``group_<suffix>.tsv`` (and ``.json``), and
+    ``group_<suffix>_montage.html`` beside it (every scan's overview image, linked to its report).
 
     Reads only the group table and its sidecar (plus which report and thumbnail files exist, so
     that every link on the page resolves); never the images or the per-scan scores.
@@ -98,8 +111,10 @@ def render_group_report(out_dir: Path, suffix: str) -> Path:
     out_dir = Path(out_dir)
     ctx = _group_page.group_context(out_dir, suffix)
     out = ctx["html_path"]
+    montage = _group_page.montage_path(out_dir, suffix)
     try:
         atomic_write_text(out, _render.render_page("group.html", ctx))
+        atomic_write_text(montage, _render.render_page("montage.html", _group_page.montage_context(ctx)))
     except OSError as err:
         raise ScanError("report", f"cannot write {out}: {err}") from err
     return out

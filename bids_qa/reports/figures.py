@@ -412,7 +412,7 @@ class RulerScale:
 
 
 def ruler_scale(level_scores: Sequence[float], threshold: float | None, scan_value: float | None,
-                width: int = 640, height: int = 64) -> RulerScale:
+                width: int = 640, height: int = 84) -> RulerScale:
     """Place the ruler levels' model outputs, the threshold and the scan's value on one axis.
 
     ``nearest`` is the level whose model output is closest to the scan's value: paper 004's ruler
@@ -425,9 +425,21 @@ def ruler_scale(level_scores: Sequence[float], threshold: float | None, scan_val
     def sx(v: float) -> float:
         return round(margin + (v - lo) / (hi - lo) * (width - 2 * margin), 1)
 
-    axis_y = height // 2
+    axis_y = height - 26
     levels = [{"x": sx(float(s)), "n": i + 1, "score": float(s)} for i, s in enumerate(level_scores)
               if math.isfinite(float(s))]
+    # Level numbers sit above the axis in up to three rows, so numbers of close levels never
+    # print on top of each other (a row takes a number only 12 px clear of its last one).
+    last: list[float] = []
+    for lv in sorted(levels, key=lambda d: d["x"]):
+        row = next((r for r, x in enumerate(last) if lv["x"] - x >= 12), None)
+        if row is None and len(last) < 3:
+            last.append(lv["x"])
+            row = len(last) - 1
+        elif row is None:
+            row = int(np.argmin(last))
+        last[row] = lv["x"]
+        lv["label_y"] = axis_y - 8 - 12 * row
     nearest = None
     scan = None
     if scan_value is not None and math.isfinite(scan_value):

@@ -1,6 +1,6 @@
 """The group report's context: the group table and its sidecar arranged for ``group.html``
 (score columns in plot order, thresholds, per-scan rows with links that resolve, the flow
-m-plane). Reads derivatives only; never an image or a per-scan score file.
+m-plane, the compact table's columns, colour-by columns; the montage page's context). Reads derivatives only; never an image or a per-scan score file.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from bids_qa.reports.render import (
     ARTIFACTS,
     GROUP_ID_COLUMNS,
     RATINGS,
+    TABLE_FIXED_COLUMNS,
     VERDICTS,
     finite_or_none,
     fmt,
@@ -82,19 +83,26 @@ SECONDARY_MODELS = ("iqm", "header")
 def order_plot_columns(columns: list[str], thresholds: dict[str, Any]) -> tuple[list[str], int]:
     """Plot order and how many plots are drawn up front.
 
-    First the scores that have a threshold in force, then the other model scores; then, drawn only
-    when the reader opens "More metrics", the classical IQMs, header facts and indices/counts
-    (``worst_slice``, ``n_*``): a group can have 60 such columns, and a wall of plots hides the few
-    that explain the verdicts.
+    First the scores that have a threshold in force, then the models' main outputs (:func:`headline`);
+    then, drawn only when the reader opens "More metrics", every other column (classical IQMs,
+    header facts, per-class probabilities, indices/counts such as ``worst_slice``): a group can have
+    90 such columns, and a wall of plots hides the few that explain the verdicts.
     """
     def secondary(col: str) -> bool:
         model, _, metric = col.partition(".")
         return model in SECONDARY_MODELS or "worst_slice" in metric or metric.startswith("n_")
 
     first = [c for c in columns if c in thresholds]
-    first += [c for c in columns if c not in thresholds and not secondary(c)]
+    first += [c for c in columns if c not in thresholds and not secondary(c) and headline(c)]
     rest = [c for c in columns if c not in first]
     return first + rest, len(first)
+
+
+def headline(col: str) -> bool:
+    """A model's main output, plotted up front even without a threshold (a volume score, a
+    tier, a mean); per-class probabilities, percentiles and the like wait under "More metrics"."""
+    metric = col.partition(".")[2]
+    return metric in ("score", "tier", "ssim_mean", "log_density") or col.startswith("protocol.max")
 
 
 def _text(value: Any) -> str:
@@ -106,11 +114,14 @@ def _text(value: Any) -> str:
 
 def group_rows(records: list[dict[str, Any]], out_dir: Path, score_columns: list[str],
                numeric: set[str]) -> list[dict[str, Any]]:
-    """Display rows of the group table: links that resolve, thumbnails that exist, formatted cells.
+    """Display rows of the group table: links that resolve, figures that exist, formatted cells,
+    reasons and notes as items with their kind (:mod:`bids_qa.reports.group_extras`).
 
-    The thumbnail lies in the report's figure folder, named after the report's file stem (which
+    The figures lie in the report's figure folder, named after the report's file stem (which
     may differ from ``scan_id``: output names are made file-system safe).
     """
+    from bids_qa.reports import group_extras as extras
+
     rows = []
     for i, rec in enumerate(records):
         scan_id = _text(rec.get("scan_id"))
@@ -125,25 +136,33 @@ def group_rows(records: list[dict[str, Any]], out_dir: Path, score_columns: list
                     p = None  # a report outside the output folder cannot be linked relatively
             if p is not None and (out_dir / p).is_file():
                 report_rel = p
-        thumb = None
-        if report_rel is not None and report_rel.name.endswith("_report.html"):
-            stem = report_rel.name[: -len("_report.html")]
-            t = report_rel.parent / f"{stem}_figures" / "thumb.png"
-            if (out_dir / t).is_file():
-                thumb = href(t)
+        figs = {k: href(v) for k, v in extras.scan_figure_files(out_dir, report_rel).items()}
         cells = []
         for col in score_columns:
             num = finite_or_none(rec.get(col)) if col in numeric else None
             text = _text(rec.get(col))
-            cells.append({"text": fmt(num) if num is not None else (text or "n/a"), "sort": num})
+            cells.append({"col": col, "text": fmt(num) if num is not None else (text or "n/a"), "sort": num})
         verdict = _text(rec.get("verdict")).strip().lower() or "n/a"
         rows.append({"i": i, "scan_id": scan_id, "subject": _text(rec.get("subject")),
                      "session": _text(rec.get("session")), "run": _text(rec.get("run")),
                      "source": _text(rec.get("source")), "verdict": verdict,
                      "reasons": _text(rec.get("reasons")),
+                     "reason_items": [extras.reason_item(t) for t in extras.split_items(rec.get("reasons"))],
+                     "note_items": extras.split_items(rec.get("notes")),
                      "href": href(report_rel) if report_rel is not None else None,
-                     "thumb": thumb, "cells": cells})
+                     "thumb": figs.get("thumb"), "figs": figs, "cells": cells})
     return rows
+
+
+def montage_path(out_dir: Path, suffix: str) -> Path:
+    """``group_<suffix>_montage.html``: every scan of a contrast as one small overview image."""
+    return Path(out_dir) / f"group_{suffix}_montage.html"
+
+
+def montage_context(group: dict[str, Any]) -> dict[str, Any]:
+    """What ``montage.html`` needs, from the group page's context (same rows, no scores)."""
+    return {"suffix": group["suffix"], "title": f"bids_qa montage: {group['suffix']}", "rows": group["rows"],
+            "n_scans": group["n_scans"], "group_href": href(group["html_path"].name), **page_assets([])}
 
 
 def group_context(out_dir: Path, suffix: str) -> dict[str, Any]:
@@ -152,7 +171,7 @@ def group_context(out_dir: Path, suffix: str) -> dict[str, Any]:
     import pandas as pd
 
     from bids_qa import derivatives as deriv
-    from bids_qa.reports.figures import padded_range
+    from bids_qa.reports import group_extras as extras
 
     out_dir = Path(out_dir)
     paths = deriv.group_paths(out_dir, suffix)
@@ -166,9 +185,10 @@ def group_context(out_dir: Path, suffix: str) -> dict[str, Any]:
     records = table.to_dict(orient="records")
     columns = [str(c) for c in table.columns]
     score_columns = [c for c in columns if c not in GROUP_ID_COLUMNS]
-    numeric = {c for c in score_columns if pd.api.types.is_numeric_dtype(table[c])
+    param_columns = [c for c in columns if c in GROUP_ID_COLUMNS and c not in TABLE_FIXED_COLUMNS]
+    numeric = {c for c in score_columns + param_columns if pd.api.types.is_numeric_dtype(table[c])
                and any(finite_or_none(r.get(c)) is not None for r in records)}
-    rows = group_rows(records, out_dir, score_columns, numeric)
+    rows = group_rows(records, out_dir, param_columns + score_columns, numeric)
     thresholds = group_thresholds(meta, score_columns)
     plot_columns, n_primary = order_plot_columns(
         [c for c in score_columns if c in numeric and c not in ("flow.m1", "flow.m2")], thresholds)
@@ -197,20 +217,12 @@ def group_context(out_dir: Path, suffix: str) -> dict[str, Any]:
     flow = None
     if {"flow.m1", "flow.m2"} <= numeric:
         density = paths.tsv.with_name(f"{paths.tsv.stem}_flow_density.png")
-        spec = meta.get("flow_density") if isinstance(meta.get("flow_density"), dict) else {}
-        extent = spec.get("extent") if isinstance(spec.get("extent"), list) else None
-        if extent is not None and (len(extent) != 4 or any(finite_or_none(e) is None for e in extent)):
-            extent = None
-        m1 = [finite_or_none(r.get("flow.m1")) for r in records]
-        m2 = [finite_or_none(r.get("flow.m2")) for r in records]
-        ext = [float(e) for e in extent] if extent else None
-        flow = {"m1": m1, "m2": m2, "density": href(density.name) if density.is_file() else None,
-                "extent": ext,
-                "x_range": padded_range([v for v in m1 if v is not None] + (ext[:2] if ext else [])),
-                "y_range": padded_range([v for v in m2 if v is not None] + (ext[2:] if ext else []))}
+        flow = extras.m_plane(records, meta, href(density.name) if density.is_file() else None)
 
     plot_thresholds = {c: {k: thresholds[c][k] for k in ("review", "fail", "direction")}
                        for c in plot_columns if c in thresholds}
+    headline = extras.headline_columns(score_columns, thresholds, SECONDARY_MODELS)
+    colour_by = extras.categorical_columns(records, param_columns + ["session", "run"] + score_columns, numeric)
     data = {
         "suffix": suffix,
         "columns": plot_columns,
@@ -218,14 +230,22 @@ def group_context(out_dir: Path, suffix: str) -> dict[str, Any]:
         "descriptions": {c: descriptions.get(c, "") for c in plot_columns},
         "thresholds": plot_thresholds,
         "scans": [{"id": r["scan_id"], "subject": r["subject"], "verdict": r["verdict"], "href": r["href"],
-                   "v": [finite_or_none(records[r["i"]].get(c)) for c in plot_columns]} for r in rows],
+                   "figs": r["figs"], "v": [finite_or_none(records[r["i"]].get(c)) for c in plot_columns]}
+                  for r in rows],
         "flow": flow,
+        "colour_by": colour_by,
+        "table_columns": param_columns + score_columns,
+        "default_columns": ["verdict", "reasons", "notes", "rating"] + headline,
         "rating": rating_config(out_dir, suffix),
     }
     subjects = sorted({r["subject"] for r in rows if r["subject"]})
     return {
         "suffix": suffix, "title": f"bids_qa group report: {suffix}", "rows": rows,
-        "score_columns": score_columns, "numeric": numeric, "descriptions": descriptions,
+        "score_columns": param_columns + score_columns, "param_columns": param_columns,
+        "numeric": numeric, "descriptions": descriptions, "headline": headline,
+        "threshold_source": extras.threshold_provenance(meta), "protocols": extras.protocol_groups(meta),
+        "methods": extras.methods_paragraph(meta, out_dir, suffix),
+        "montage_href": href(montage_path(out_dir, suffix).name),
         "thresholds": thresholds, "counts": counts, "tiers": tiers, "n_scans": len(rows),
         "flagged": [r for r in rows if r["verdict"] in ("review", "fail")],
         "flow": flow, "subjects": subjects, "data": data, "html_path": paths.html,

@@ -36,12 +36,17 @@ SCAN_COLUMNS = ("model", "metric", "value", "threshold", "flag", "direction")
 #: Group table columns before the ``<model>.<metric>`` score columns (contract).
 #: The group table's fixed (non-score) columns, acquisition columns included.
 GROUP_ID_COLUMNS = tuple(GROUP_COLUMNS)
+#: Fixed columns the group table always shows in their own cells (the other fixed columns, scan
+#: parameters such as manufacturer, are optional columns of the column chooser).
+TABLE_FIXED_COLUMNS = ("scan_id", "subject", "session", "run", "suffix", "source", "verdict", "reasons",
+                       "notes", "report")
 #: Verdicts in display order.
 VERDICTS = ("pass", "review", "fail", "error")
 #: Models whose rows are shown as classical image-quality metrics rather than model scores.
 IQM_MODELS = ("iqm",)
 #: Keys of ``_qa.json["scan"]`` shown as facts; every other key is scanner/sidecar metadata.
-SCAN_FACT_KEYS = ("source", "bids", "entities", "shape", "zooms", "affine", "slice_axis", "anisotropy")
+SCAN_FACT_KEYS = ("source", "bids", "entities", "shape", "zooms", "affine", "slice_axis", "anisotropy",
+                  "parameters")  # parameters: the group columns copied from the metadata (shown once)
 #: Rating scale of the rating widget (value, label).
 RATINGS = ((1, "exclude"), (2, "poor"), (3, "acceptable"), (4, "excellent"))
 #: Artifact check boxes of the rating widget (key stored in exports, label shown).
@@ -254,6 +259,14 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
+def split_name(text: Any) -> list[str]:
+    """``sub-01_ses-2_T1w`` as ``["sub-", "01_", "ses-", "2_", "T1w"]``: the pieces a page may
+    break a long name between (after ``_ - . /``), so a caption never breaks inside a word."""
+    import re
+
+    return [p for p in re.split(r"(?<=[_\-./])", str(text)) if p]
+
+
 def href(path: str | Path) -> str:
     """A relative POSIX path as a URL reference (percent-encoding ``#``, ``?``, ``%``, ``<``...)."""
     return quote(Path(path).as_posix(), safe="/")
@@ -294,6 +307,7 @@ def environment():
         lstrip_blocks=True,
     )
     env.filters["fmt"] = fmt
+    env.filters["split_name"] = split_name
     return env
 
 
@@ -407,33 +421,87 @@ def provenance_rows(prov: dict[str, Any]) -> dict[str, Any]:
 
 
 def reason_rows(reasons: list[Any]) -> list[dict[str, str]]:
-    """Reasons as display rows; tolerate plain strings."""
+    """Reasons as display rows with their kind (evidence / context / fact) and the rule that
+    fired, as the judge stored them; tolerate plain strings and older reasons without them."""
+    from bids_qa.reports.group_extras import reason_item
+
     out = []
     for r in reasons or []:
         if isinstance(r, dict):
+            message = str(r.get("message", ""))
+            parsed = reason_item(message)
             out.append({"name": f"{r.get('model', '')}.{r.get('metric', '')}".strip("."),
                         "value": fmt(finite_or_none(r.get("value")) if to_number(r.get("value")) is not None
                                      else r.get("value", "")),
                         "threshold": fmt(to_number(r.get("threshold"))),
-                        "flag": str(r.get("flag", "")).lower(), "message": str(r.get("message", ""))})
+                        "flag": str(r.get("flag", "")).lower(),
+                        "kind": str(r.get("kind") or parsed["kind"]),
+                        "rule": str(r.get("rule") or parsed["rule"]),
+                        "message": _without_kind(message)})
         else:
-            out.append({"name": "", "value": "", "threshold": "", "flag": "", "message": str(r)})
+            parsed = reason_item(str(r))
+            out.append({"name": "", "value": "", "threshold": "", "flag": "", "kind": parsed["kind"],
+                        "rule": parsed["rule"], "message": _without_kind(str(r))})
+    return out
+
+
+def _without_kind(message: str) -> str:
+    """A message without its leading ``evidence:`` / ``context:`` / ``fact:`` (shown as a badge)."""
+    for kind in ("evidence", "context", "fact"):
+        if message.startswith(kind + ": "):
+            return message[len(kind) + 2:]
+    return message
+
+
+def input_kind_text(kind: Any) -> str:
+    """One line saying what kind of input the scan was detected as (``_qa.json["input_kind"]``)."""
+    if not isinstance(kind, dict):
+        return ""
+    parts = [label for key, label in (("skull_stripped", "skull-stripped"), ("defaced", "defaced"),
+                                      ("zero_filled", "zero-filled background")) if kind.get(key) is True]
+    grid = kind.get("standard_grid")
+    if isinstance(grid, str) and grid:
+        parts.append(f"on a standard grid ({grid})")
+    elif grid is True:
+        parts.append("on a standard (registered or conformed) grid")
+    if not parts:
+        parts.append("unprocessed head image (not skull-stripped, not defaced, native grid)")
+    if kind.get("background_metrics_applicable") is False:
+        parts.append("background metrics (EFC, FBER, SNRd, QI1 ...) not applicable")
+    return "; ".join(parts)
+
+
+def note_rows(notes: Any) -> list[dict[str, str]]:
+    """The judge's notes (``_qa.json["notes"]``: facts that do not change the verdict, such as
+    the acquisition, the detected input kind, explained flags) as ``{"kind", "source", "message"}``."""
+    out = []
+    for n in notes or []:
+        if isinstance(n, dict):
+            out.append({"kind": str(n.get("kind") or "fact"), "source": str(n.get("model") or ""),
+                        "message": _without_kind(str(n.get("message", "")))})
+        elif n:
+            out.append({"kind": "fact", "source": "", "message": str(n)})
     return out
 
 
 def match_row(series: SliceSeries, rows: list[ScoreRow]) -> tuple[float | None, str]:
     """Threshold and direction a per-slice series is drawn with, from the scan's ``_qa.tsv``.
 
-    The row of the same ``<model>.<metric>`` when there is one; else the model's only thresholded
-    row (e.g. per-slice ``severity`` against ``severity.score``: paper 000's cut of 1 applies to
-    slices and volumes alike). The direction falls back to any of the model's rows, then to the
-    name (SSIM: lower is worse).
+    The row of the same ``<model>.<metric>`` when there is one; else, for a series named after its
+    model, the model's only thresholded row (per-slice ``severity`` against ``severity.score``:
+    Hays et al.'s cut of 1 applies to slices and volumes alike); ``flow.m1`` gets nothing from
+    ``flow.log_density``. The direction falls back to any of the model's rows, then to the name
+    (SSIM: lower is worse).
     """
     exact = next((r for r in rows if r.model == series.model and r.metric == series.metric), None)
     same_model = [r for r in rows if r.model == series.model]
     thresholded = [r for r in same_model if r.threshold is not None]
+    # A series named after its model (per-slice ``severity``) is judged like the model's one
+    # thresholded score; any other series (``flow.m1``, an embedding coordinate) only by its own
+    # row: the density flag's level means nothing on an m axis.
+    named_after_model = series.metric == series.model
     threshold = exact.threshold if exact and exact.threshold is not None else (
-        thresholded[0].threshold if len(thresholded) == 1 else None)
+        thresholded[0].threshold if len(thresholded) == 1 and named_after_model else None)
     direction = (exact.direction if exact and exact.direction else
                  next((r.direction for r in same_model if r.direction in ("higher_is_worse", "lower_is_worse")), ""))
     if not direction:
@@ -467,12 +535,38 @@ def ruler_blocks(rulers: Any, base_dir: Path, rel_prefix: str = "") -> tuple[lis
                                "score": float(lev["score"]), "href": ref})
             threshold = finite_or_none(spec.get("threshold"))
             scan_value = finite_or_none(spec.get("scan_value"))
+            higher = spec.get("higher_is_worse", True) is not False
+            for lv in levels:
+                lv["crosses"] = threshold is not None and (lv["score"] > threshold if higher else lv["score"] < threshold)
             scale = ruler_scale([lv["score"] for lv in levels], threshold, scan_value)
             blocks.append({"model": str(model), "metric": str(spec.get("metric", "")), "levels": levels,
-                           "threshold": threshold, "scan_value": scan_value, "scale": scale})
+                           "threshold": threshold, "scan_value": scan_value, "scale": scale,
+                           "source": str(spec.get("reference") or "this scan's central slice"),
+                           "position": ruler_position(levels, scan_value, threshold, higher, scale.nearest)})
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             notes.append(f"ruler for {model!s} is malformed ({type(err).__name__}: {err}); not shown")
     return blocks, notes
+
+
+def ruler_position(levels: list[dict[str, Any]], scan_value: float | None, threshold: float | None,
+                   higher_is_worse: bool, nearest: int | None) -> str:
+    """Where the scan lies on its ruler, in words that cannot read as clean on a degraded scan."""
+    if scan_value is None or nearest is None or not levels:
+        return ""
+    scores = [lv["score"] for lv in levels]
+    worse = (lambda a, b: a > b) if higher_is_worse else (lambda a, b: a < b)
+    side = "above" if higher_is_worse else "below"
+    crossed = threshold is not None and worse(scan_value, threshold)
+    verdict = f"this scan ({fmt(scan_value)}) is {side} the threshold {fmt(threshold)}" if crossed else (
+        f"this scan ({fmt(scan_value)}) is within the threshold {fmt(threshold)}" if threshold is not None
+        else f"this scan scores {fmt(scan_value)}")
+    if all(worse(s, scan_value) for s in scores):
+        return f"{verdict}; every ruler level scores worse than it (even level 1)"
+    if all(worse(scan_value, s) for s in scores):
+        return f"{verdict}; it scores worse than every ruler level (beyond level {len(levels)})"
+    lv = levels[nearest]
+    return (f"{verdict}; closest ruler level: {lv['n']} (score {fmt(lv['score'])}"
+            + (f", {side} the threshold)" if lv.get("crosses") else ")"))
 
 
 def slice_panels(series: list[SliceSeries], rows: list[ScoreRow], default_axis: int) -> tuple[list[Any], list[tuple[int, str]], int]:
@@ -488,13 +582,21 @@ def slice_panels(series: list[SliceSeries], rows: list[ScoreRow], default_axis: 
     axis = default_axis
     for k, s in enumerate(ordered):
         threshold, direction = match_row(s, rows)
-        bad = worst_slices(s.index, s.values, direction)
+        if threshold is None and s.metric != s.model:
+            direction = ""  # an unjudged coordinate (flow.m1): no "worse" side, no worst slices
+        bad = worst_slices(s.index, s.values, direction) if direction else []
         plots.append(slice_plot(s.name, s.index, s.values, threshold, bad, direction))
         if k == 0:
             axis = default_axis if s.axis is None else s.axis
             lookup = dict(zip(s.index.astype(int).tolist(), s.values.tolist(), strict=True))
             worst = [(i, f"slice {i}: {s.name} = {fmt(lookup[i])}") for i in bad]
     return plots, worst, axis
+
+
+def judged_row(row: ScoreRow) -> bool:
+    """Whether a metric row was judged (has a threshold or a flag): the others are information,
+    listed compactly under "other metrics" instead of as a wall of n/a badges."""
+    return row.threshold is not None or row.flag not in ("n/a", "", "none")
 
 
 def scan_context(out_dir: Path, outputs_json: Path) -> dict[str, Any]:
@@ -538,11 +640,15 @@ def scan_context(out_dir: Path, outputs_json: Path) -> dict[str, Any]:
         "title": f"bids_qa report: {scan_id}", "scan_id": scan_id, "stem": d.stem, "folder": d.folder,
         "suffix": suffix, "verdict": verdict,
         "reasons": reason_rows(info.get("reasons") or []), "errors": errors,
+        "scan_notes": note_rows(info.get("notes")),
+        "input_kind": input_kind_text(info.get("input_kind")),
         "warnings": [str(w) for w in (info.get("warnings") or [])], "notes": notes,
         "facts": facts, "entities": entities, "metadata": meta,
-        "scores": [r for r in rows if r.model not in IQM_MODELS and r.model != "error"],
-        "iqms": [r for r in rows if r.model in IQM_MODELS],
-        "figures": None, "slice_axis": slice_axis, "worst": worst, "worst_axis": worst_axis,
+        "scores": [r for r in rows if r.model not in IQM_MODELS and r.model != "error" and judged_row(r)],
+        "other_scores": [r for r in rows if r.model not in IQM_MODELS and r.model != "error" and not judged_row(r)],
+        "iqms": [r for r in rows if r.model in IQM_MODELS and judged_row(r)],
+        "other_iqms": [r for r in rows if r.model in IQM_MODELS and not judged_row(r)],
+        "figures": None, "extra_figures": None, "slice_axis": slice_axis, "worst": worst, "worst_axis": worst_axis,
         "slice_plots": plots, "rulers": rulers,
         "provenance": provenance_rows(prov), "data": data,
         "ratings": RATINGS, "artifacts": ARTIFACTS,
