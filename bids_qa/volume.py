@@ -193,7 +193,9 @@ def head_mask(data: np.ndarray) -> np.ndarray:
 
     sample = data[:: max(1, data.shape[0] // 64), :: max(1, data.shape[1] // 64), :: max(1, data.shape[2] // 64)]
     thr = otsu_threshold(sample.ravel())
-    small = ndimage.binary_opening(data[::2, ::2, ::2] > thr, iterations=1)
+    coarse = data[::2, ::2, ::2] > thr
+    # The output keeps the input's memory order, so the upsampling below copies without a transpose.
+    small = ndimage.binary_opening(coarse, iterations=1, output=np.empty_like(coarse, order="K"))
     return upsample_mask(small, data)
 
 
@@ -519,7 +521,9 @@ def pool_in_memory_order(data: np.ndarray, kernel: list[int]) -> Any:
     arr = np.asarray(data, dtype=np.float32)
     shape = arr.shape
     out_shape = tuple(-(-n // k) for n, k in zip(shape, kernel, strict=True))
-    out = np.zeros(out_shape, dtype=np.float32)
+    # The sums are accumulated in ``arr``'s memory order (contiguous slabs), reordered at the end.
+    order = [int(a) for a in np.argsort([-abs(st) for st in arr.strides], kind="stable")]
+    out = np.zeros([out_shape[a] for a in order], dtype=np.float32).transpose(np.argsort(order))
     # Voxels per block (blocks at the far edges are cut by the image border, as with ceil_mode).
     counts = [np.minimum(k, n - np.arange(m) * k) for n, k, m in zip(shape, kernel, out_shape, strict=True)]
     divisor = (counts[0][:, None, None] * counts[1][None, :, None] * counts[2][None, None, :]).astype(np.float32)
@@ -538,7 +542,7 @@ def pool_in_memory_order(data: np.ndarray, kernel: list[int]) -> Any:
             part = block[off[0] :: kernel[0], off[1] :: kernel[1], off[2] :: kernel[2]]
             acc[: part.shape[0], : part.shape[1], : part.shape[2]] += part
         acc /= divisor[tuple(out_index)]
-    return torch.from_numpy(out)[None, None]
+    return torch.from_numpy(np.ascontiguousarray(out))[None, None]
 
 
 @functools.lru_cache(maxsize=64)
