@@ -45,6 +45,7 @@ RUN if [ -z "${TORCH_SPEC}" ]; then \
 
 COPY pyproject.toml README.md /tmp/bids_qa_src/
 COPY bids_qa /tmp/bids_qa_src/bids_qa
+COPY templates /tmp/bids_qa_src/templates
 # A regular (non-editable) install: templates, thresholds and weights land in site-packages.
 # The source copy is removed so that only the installed package can be imported.
 RUN pip install --no-cache-dir /tmp/bids_qa_src \
@@ -68,6 +69,9 @@ ENV HOME=/tmp \
     HF_HUB_OFFLINE=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
+# Marks this image's own bids_qa for dataset_description.json's GeneratedBy.Container (a pip
+# install that merely runs inside some container is not reported as one).
+ENV BIDS_QA_IMAGE=bids_qa:0.1.0
 
 WORKDIR /tmp
 ENTRYPOINT ["bids_qa"]

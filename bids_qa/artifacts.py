@@ -437,27 +437,6 @@ def _apply_noise(image: np.ndarray, params: dict) -> np.ndarray:
     return np.sqrt(real * real + imag * imag).astype(np.float32)
 
 
-def averaged_rician(image: np.ndarray, std: float, n: float, unit_noise: np.ndarray) -> np.ndarray:
-    """Rician noise of ``std`` added at a finer resolution, seen after ``n`` independent fine voxels
-    were averaged into each voxel of ``image`` (a resampled, coarser grid).
-
-    Each voxel gets the exact Rician mean for its value A (``std * sqrt(pi/2) * L_1/2(-A^2/2std^2)``,
-    with scaled Bessel functions) plus ``unit_noise`` (zero mean, unit variance, the shape of
-    ``image``; white or with the resampling's spatial correlation) times the Rician SD over
-    ``sqrt(n)``: averaged noise is near-Gaussian and shrinks by ``sqrt(n)``, while the noise floor
-    it leaves in the air (the Rician bias) does not. This is what noise added at acquisition looks
-    like on a model's coarse input grid, at the cost of one draw per coarse voxel.
-    """
-    from scipy.special import i0e, i1e
-
-    a = np.clip(np.asarray(image, dtype=np.float64), 0.0, None)
-    x = a * a / (2.0 * std * std)
-    mean = std * np.sqrt(np.pi / 2.0) * ((1.0 + x) * i0e(x / 2.0) + x * i1e(x / 2.0))
-    var = np.clip(2.0 * std * std + a * a - mean * mean, 0.0, None)
-    out = mean + np.sqrt(var / n) * unit_noise
-    return np.clip(out, 0.0, None).astype(np.float32)
-
-
 def ghosting_spectrum(image: np.ndarray, num_ghosts: int, intensity: float, axis: int,
                       restore: float | None = None) -> np.ndarray:
     """TorchIO's ``Ghosting`` artifact computed directly with numpy's FFT (real part, like TorchIO).
@@ -709,8 +688,7 @@ TIER_MOTION_EVENTS = 4
 TIER_CONTRAST_LOG_GAMMA = {"moderate": (-0.2, -0.05), "severe": (-0.45, -0.3)}
 #: Paper 003's mean SNRs of its simulated moderate and severe noise.
 TIER_SNR_TARGETS = {"moderate": 38.0, "severe": 27.0}
-#: Rician noise std ranges on our normalised scale, calibrated (see ``docs/simulation.md`` and
-#: :func:`calibrate_tier_noise`) so that the mean :func:`estimate_snr` over the training volumes
+#: Rician noise std ranges on our normalised scale, calibrated (see ``docs/simulation.md``) so that the mean :func:`estimate_snr` over the training volumes
 #: is 38 (moderate) and 27 (severe). Adjacent ranges of equal width, like the paper's [5, 15]
 #: and [15, 25].
 TIER_NOISE_STD = {"moderate": (0.0206, 0.0311), "severe": (0.0311, 0.0416)}
@@ -765,55 +743,6 @@ def estimate_snr(image: np.ndarray, mask: np.ndarray, margin: int = 5) -> float:
     """
     signal, air_std = snr_components(image, mask, margin)
     return signal / air_std if air_std > 0 else float("inf")
-
-
-def expected_snr(signal: float, clean_air_std: float, std: float) -> float:
-    """SNR after adding Rician noise of ``std`` to an image whose air std was ``clean_air_std``
-    (NaN or 0 for a zeroed background): the air becomes Rayleigh with
-    sigma = sqrt(sigma0^2 + std^2), whose std is 0.655 sigma."""
-    s0 = 0.0 if not np.isfinite(clean_air_std) else clean_air_std / _RAYLEIGH_STD
-    return float(signal / (_RAYLEIGH_STD * np.sqrt(s0 * s0 + std * std)))
-
-
-def calibrate_tier_noise(
-    components: Sequence[tuple[float, float]],
-    targets: tuple[float, float] = (TIER_SNR_TARGETS["moderate"], TIER_SNR_TARGETS["severe"]),
-) -> dict[str, tuple[float, float]]:
-    """Noise std ranges ``moderate = [b - w, b]``, ``severe = [b, b + w]`` whose mean expected SNR
-    over the given volumes (``(signal, clean air std)`` from :func:`snr_components`, std drawn
-    uniformly in the range) equals ``targets``. Solved by nested bisection (both means fall
-    monotonically as b and w grow)."""
-    sig = np.array([c[0] for c in components], dtype=np.float64)
-    s0 = np.array([0.0 if not np.isfinite(c[1]) else c[1] / _RAYLEIGH_STD for c in components])
-    if sig.size == 0:
-        raise ValueError("need at least one volume to calibrate")
-    u = (np.arange(64) + 0.5) / 64
-
-    def mean_snr(lo: float, hi: float) -> float:
-        std = lo + (hi - lo) * u
-        return float(
-            np.mean(sig[:, None] / (_RAYLEIGH_STD * np.sqrt(s0[:, None] ** 2 + std[None] ** 2)))
-        )
-
-    def bisect(f, lo: float, hi: float) -> float:
-        for _ in range(60):
-            mid = (lo + hi) / 2
-            if f(mid) > 0:
-                lo = mid
-            else:
-                hi = mid
-        return (lo + hi) / 2
-
-    def b_for(w: float) -> float:  # severe mean == target[1]
-        return bisect(lambda b: mean_snr(b, b + w) - targets[1], 1e-6, 1.0)
-
-    def gap(w: float) -> float:  # moderate mean minus target[0], grows with w
-        b = b_for(w)
-        return targets[0] - mean_snr(max(b - w, 1e-6), b)
-
-    w = bisect(gap, 1e-6, b_for(1e-6) * 0.999)
-    b = b_for(w)
-    return {"moderate": (round(b - w, 4), round(b, 4)), "severe": (round(b, 4), round(b + w, 4))}
 
 
 def sample_tier_params(

@@ -23,7 +23,10 @@ HELPERS = {
     "simulate": "bids_qa.simulate",
     "synthesize": "bids_qa.synthesize",
     "evaluate": "bids_qa.evaluate",
+    "calibrate": "bids_qa.calibrate",
     "train": "bids_qa.training",
+    "ratings": "bids_qa.ratings",
+    "methods": "bids_qa.methods",
 }
 TRAIN_FAMILIES = ("severity", "flow", "ssim", "tiers")
 
@@ -47,11 +50,14 @@ helper commands:
   bids_qa simulate ...             apply simulated artifacts to an image
   bids_qa synthesize LABELS OUT    draw synthetic heads of any contrast from label maps
   bids_qa evaluate ...             measure the models on labelled data
+  bids_qa calibrate OUT --ratings FILE ...  learn thresholds from a dataset's ratings
   bids_qa train FAMILY ...         train a model family (severity, flow, ssim, tiers)
+  bids_qa ratings merge FILE... -o merged.tsv   join raters' exports, with agreement (kappa)
+  bids_qa methods OUTPUT_DIR       print a methods paragraph with citations
 
 exit codes: 0 success; 1 internal failure; 16 invalid BIDS dataset; 17 unknown analysis level;
 18 filters selected no files; 64 usage error; 65 every scan failed; 66 no input;
-73 cannot create outputs; 130/143 interrupted/terminated (rerun to resume).
+73 cannot create outputs; 74 output disk full (rerun to resume); 130/143 interrupted/terminated (rerun to resume).
 See docs/usage.md.
 """
 
@@ -134,6 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="contrasts to assess (T1w T2w FLAIR PDw PD T2starw inplaneT1 inplaneT2 PDT2; "
         "aliases T1, T2, MPRAGE, T2star); default: every structural contrast found. In plain-NIfTI mode a "
         "single --suffix also names files whose name gives no contrast",
+    )
+    sel.add_argument(
+        "--suffix-map",
+        "--suffix_map",
+        metavar="FILE",
+        help="plain-NIfTI mode: glob pattern -> contrast, as JSON {\"*/t1_*\": \"T1w\"} or a TSV of "
+        "pattern<TAB>suffix lines; the first matching pattern (on the path below BIDS_DIR or the file "
+        "name) names a file's contrast before its name or sidecar is read",
     )
     sel.add_argument(
         "--bids-filter-file",
@@ -265,9 +279,37 @@ def _dispatch_helper(argv: list[str]) -> int:
     return int(module.main(rest) or 0)
 
 
-def _usage_error(parser: argparse.ArgumentParser, message: str) -> int:
+#: Options taking one or more values: given before the positional arguments, they take those too.
+_LIST_OPTIONS = ("--participant-label", "--participant_label", "--session-id", "--session_id",
+                 "--run-id", "--run_id", "--suffix", "--modalities", "-m", "--scorers")  # fmt: skip
+
+
+def positional_hint(message: str, argv: list[str]) -> str | None:
+    """A hint for "the following arguments are required" when options came first: a list option
+    (``--participant-label 01 ...``) takes every word after it, positional arguments included."""
+    if "the following arguments are required" not in message:
+        return None
+    listed = [a for a in argv if a.split("=", 1)[0] in _LIST_OPTIONS]
+    if listed:
+        return (
+            f"{listed[0]} takes every value after it, so BIDS_DIR OUTPUT_DIR and the analysis level "
+            "were read as its values: give the positional arguments first "
+            "(bids_qa BIDS_DIR OUTPUT_DIR participant --participant-label 01 02), or end the list "
+            "with -- before them"
+        )
+    if argv and argv[0].startswith("-"):
+        return "the positional arguments BIDS_DIR OUTPUT_DIR {participant,group} come first, then the options"
+    return None
+
+
+def _usage_error(
+    parser: argparse.ArgumentParser, message: str, argv: list[str] | None = None
+) -> int:
     parser.print_usage(sys.stderr)
     print(f"bids_qa: error: {message}", file=sys.stderr)
+    hint = positional_hint(message, argv or [])
+    if hint:
+        print(f"bids_qa: hint: {hint}", file=sys.stderr)
     return EXIT_USAGE
 
 
@@ -280,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
     except UsageError as err:
-        return _usage_error(parser, str(err))
+        return _usage_error(parser, str(err), argv)
     except SystemExit as exit_:  # --help and --version
         return int(exit_.code or 0)
 
@@ -293,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_UNKNOWN_LEVEL
 
     from bids_qa.config import RunConfig
+    from bids_qa.contrasts import SuffixMapError, load_suffix_map
     from bids_qa.discover import (
         DiscoveryError,
         load_filter_file,
@@ -333,8 +376,18 @@ def main(argv: list[str] | None = None) -> int:
         runs = normalise_labels(args.run_id, "run")
         suffixes = normalise_suffixes(args.suffix)
         filters = load_filter_file(args.bids_filter_file) if args.bids_filter_file else None
+        suffix_map = (
+            load_suffix_map(
+                Path(args.suffix_map).expanduser(),
+                normalise=lambda name: normalise_suffixes([name])[0],
+            )
+            if args.suffix_map
+            else ()
+        )
     except DiscoveryError as err:
         return _usage_error(parser, err.message)
+    except SuffixMapError as err:
+        return _usage_error(parser, str(err))
     thresholds_file = Path(args.thresholds).expanduser().absolute() if args.thresholds else None
     try:
         thresholds = load_thresholds(thresholds_file)
@@ -349,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         session_id=sessions,
         run_id=runs,
         suffixes=suffixes,
+        suffix_map=suffix_map,
         bids_filters=filters,
         skip_bids_validation=args.skip_bids_validation,
         bids_database_dir=Path(args.bids_database_dir).expanduser().absolute()
@@ -365,11 +419,26 @@ def main(argv: list[str] | None = None) -> int:
         overwrite=args.overwrite,
         verbosity=args.verbose - args.quiet,
     )
+    if config.analysis_level == "group" and not _has_participant_outputs(output_dir):
+        print(
+            f"bids_qa: error: no participant-level outputs (*_qa.json) in {output_dir}; run the "
+            "participant level first (nothing was written)",
+            file=sys.stderr,
+        )
+        return EXIT_NO_INPUT
     from bids_qa import pipeline
 
     if config.analysis_level == "participant":
         return pipeline.run_participant(config, thresholds)
     return pipeline.run_group(config, thresholds)
+
+
+def _has_participant_outputs(output_dir: Path) -> bool:
+    """Whether the group level has anything to read; checked before any folder is created, so
+    that a group run on an empty or mistyped folder leaves it untouched."""
+    from bids_qa.derivatives import find_scan_outputs
+
+    return output_dir.is_dir() and bool(find_scan_outputs(output_dir))
 
 
 def run() -> None:

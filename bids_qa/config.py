@@ -44,6 +44,8 @@ class RunConfig:
         Entity filters (labels without their ``sub-``/``ses-``/``run-`` prefix); empty means all.
     suffixes
         Contrasts to assess (``T1w``, ``T2w``, ...); empty means every structural contrast found.
+    suffix_map
+        ``(glob pattern, suffix)`` pairs from ``--suffix-map`` (plain-NIfTI mode).
     bids_filters
         Parsed ``--bids-filter-file`` (a mapping of queries), or ``None``.
     skip_bids_validation
@@ -84,6 +86,7 @@ class RunConfig:
     session_id: tuple[str, ...] = ()
     run_id: tuple[str, ...] = ()
     suffixes: tuple[str, ...] = ()
+    suffix_map: tuple[tuple[str, str], ...] = ()
     bids_filters: dict[str, Any] | None = field(default=None, hash=False)
     skip_bids_validation: bool = False
     bids_database_dir: Path | None = None

@@ -80,10 +80,33 @@ GROUP_COLUMNS: dict[str, str] = {
     "run": "Run index as in the file name; n/a when the file has none.",
     "suffix": "Contrast (BIDS suffix) the scan was assessed as.",
     "source": "Path of the image relative to the input folder.",
+    "acquisition": "BIDS acq entity (without 'acq-'); n/a when the file has none.",
+    "reconstruction": "BIDS rec entity (without 'rec-'); n/a when the file has none.",
+    "ceagent": "BIDS ce entity (contrast agent, without 'ce-'); in plain-NIfTI mode 'Gd' or 'post' when the "
+    "file name marks a contrast-enhanced T1 (T1POST, T1Gd, T1CE); n/a when none.",
+    "manufacturer": "Scanner manufacturer (sidecar Manufacturer); n/a without a sidecar.",
+    "field_strength": "Magnetic field strength in tesla (sidecar MagneticFieldStrength); n/a when unknown.",
+    "repetition_time": "Repetition time in seconds (sidecar RepetitionTime); n/a when unknown.",
+    "echo_time": "Echo time in seconds (sidecar EchoTime); n/a when unknown.",
+    "voxel_size": "Voxel size in mm from the image header, canonical (RAS) axis order, as 'x' x 'y' x 'z' "
+    "(e.g. 1x1x1.2); n/a when the header could not be read.",
     "verdict": "pass, review, fail, or error when the scan could not be fully assessed.",
     "reasons": "Why the verdict is not pass: one message per flagged metric, then one per error, joined by "
     "'; '.",
+    "notes": "Facts that do not change the verdict (acquisition, resolution, processed input, "
+    "explained flags, protocol group too small), joined by ' | '.",
     "report": "Path of the scan's HTML report relative to the output folder; n/a when none was made.",
+}
+
+#: Group columns read from a scan's JSON ``scan`` block: column -> (where, key).
+SCAN_INFO_COLUMNS: dict[str, tuple[str, str]] = {
+    "acquisition": ("entities", "acquisition"),
+    "reconstruction": ("entities", "reconstruction"),
+    "ceagent": ("entities", "ceagent"),
+    "manufacturer": ("metadata", "Manufacturer"),
+    "field_strength": ("metadata", "MagneticFieldStrength"),
+    "repetition_time": ("metadata", "RepetitionTime"),
+    "echo_time": ("metadata", "EchoTime"),
 }
 
 _TMP_MARK = ".bqtmp-"
@@ -424,8 +447,20 @@ def cleanup_stale_temp(out_dir: str | os.PathLike[str], max_age_s: float = 86400
 # dataset_description.json
 
 
+#: Set by the bids_qa Dockerfile (``ENV BIDS_QA_IMAGE=bids_qa:<version>``): marks an
+#: installation that is the container's own application, not a pip install that merely runs
+#: inside some container (a CI job, a development container).
+IMAGE_MARKER_VAR = "BIDS_QA_IMAGE"
+
+
 def container_info() -> dict[str, str] | None:
-    """The container this process runs in (BIDS ``GeneratedBy.Container``), or None."""
+    """The bids_qa container this process runs in (BIDS ``GeneratedBy.Container``), or None.
+
+    Singularity/Apptainer set ``SINGULARITY_CONTAINER``/``APPTAINER_CONTAINER`` to the image
+    they run. Docker and Podman leave ``/.dockerenv`` or ``/run/.containerenv``, which also exist
+    when a pip-installed bids_qa runs in any other container; those count only together with the
+    image marker (:data:`IMAGE_MARKER_VAR`) that bids_qa's own image sets.
+    """
     for var, kind in (
         ("APPTAINER_CONTAINER", "apptainer"),
         ("SINGULARITY_CONTAINER", "singularity"),
@@ -433,13 +468,13 @@ def container_info() -> dict[str, str] | None:
         image = os.environ.get(var)
         if image:
             return {"Type": kind, "Tag": Path(image).name}
+    tag = os.environ.get(IMAGE_MARKER_VAR)
+    if not tag:
+        return None
+    if Path("/run/.containerenv").exists() or os.environ.get("container") == "podman":
+        return {"Type": "podman", "Tag": tag}
     if Path("/.dockerenv").exists():
-        return {"Type": "docker"}
-    if Path("/run/.containerenv").exists():
-        return {"Type": "podman"}
-    kind = os.environ.get("container")  # podman/systemd-nspawn set it, also under --read-only
-    if kind:
-        return {"Type": kind}
+        return {"Type": "docker", "Tag": tag}
     return None
 
 
@@ -681,6 +716,28 @@ def find_scan_outputs(out_dir: str | os.PathLike[str]) -> list[Path]:
 # Group tables
 
 
+def scan_parameters(scan: Mapping[str, Any]) -> dict[str, Any]:
+    """The acquisition columns of a scan (:data:`SCAN_INFO_COLUMNS` and ``voxel_size``) from its
+    JSON ``scan`` block: entities, sidecar metadata and header voxel sizes. Values a sidecar gives
+    in an unexpected type (a list for TE) are kept as text; absent ones are None."""
+    out: dict[str, Any] = {}
+    for column, (where, key) in SCAN_INFO_COLUMNS.items():
+        block = scan.get(where) or {}
+        value = block.get(key) if isinstance(block, Mapping) else None
+        if isinstance(value, (list, tuple)):
+            value = ",".join(format_value(v) for v in value)
+        out[column] = value
+    zooms = scan.get("zooms")
+    if isinstance(zooms, (list, tuple)) and len(zooms) >= 3:
+        try:
+            out["voxel_size"] = "x".join(f"{float(z):.3g}" for z in zooms[:3])
+        except (TypeError, ValueError):
+            out["voxel_size"] = None
+    else:
+        out["voxel_size"] = None
+    return out
+
+
 @dataclass
 class GroupTable:
     """One contrast's group table assembled from derivatives.
@@ -748,10 +805,15 @@ def collect_group_rows(
             "run": entities.get("run"),
             "suffix": suffix,
             "source": scan.get("source"),
+            **scan_parameters(scan),
             "verdict": outputs.sidecar.get("verdict", "error"),
             # " | ": a reason's own explanation may hold "; " (e.g. a tier's graded artifacts)
             "reasons": " | ".join(reasons),
+            "notes": " | ".join(
+                str(n.get("message", "")) for n in outputs.sidecar.get("notes") or []
+            ),
             "report": report.relative_to(out_dir).as_posix() if report.is_file() else None,
+            "_metadata": scan.get("metadata") or {},  # for protocol groups; not a column
         }
         table = tables.setdefault(suffix, GroupTable(suffix, [], [], {}))
         for model, metric, value in zip(

@@ -7,9 +7,15 @@ Two modes:
   file-name validation is on: files whose names are not valid BIDS are left out, and we say how
   many. ``--skip-bids-validation`` indexes them too. The full bids-validator is never run.
 * **Plain-NIfTI mode** (no ``dataset_description.json``): every ``.nii``/``.nii.gz`` below the
-  folder, the contrast read from the file name where possible (``T1w``, ``T1``, ``MPRAGE``,
-  ``T2``, ``FLAIR``, ``PD``, ``T2star``, ... case-insensitive), BIDS-like ``key-value`` entities
-  (``sub-``, ``ses-``, ``run-``, ...) parsed from the path where present.
+  folder, the contrast read from ``--suffix-map``, the file name or the sidecar
+  (:mod:`bids_qa.contrasts`), BIDS-like ``key-value`` entities (``sub-``, ``ses-``, ``run-``,
+  ...) parsed from the path where present, else subject and session from folder names that look
+  like them (``patient01/`` -> subject ``patient01``, ``visit2/`` or a ``study1_`` file-name
+  prefix -> session). Each scan's id is built from its path below the input folder
+  (:func:`plain_scan_id`), so equal file names in different folders never share an id.
+
+Symbolic links: a link loop is skipped with a warning; a link whose target is missing (a DataLad
+file that was not fetched) is kept, and loading it gives an error row that says so.
 
 Entity filters follow the BIDS-Apps convention: a file that does not have the filtered entity
 at all is kept (``--session-id 1`` keeps scans of session-less subjects).
@@ -24,6 +30,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from bids_qa import contrasts
+from bids_qa.plainpaths import (  # noqa: F401  (re-exported)
+    SESSION_NAME_RE,
+    SUBJECT_NAME_RE,
+    folder_entities,
+    link_problem,
+    plain_scan_id,
+    real_path,
+)
 
 #: Anatomical contrasts assessed by default (BIDS suffixes). Quantitative maps (T1map, ...) and
 #: angiography are left out: their intensities do not follow the structural-image assumptions.
@@ -44,6 +60,7 @@ NIFTI_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii")
 
 #: File-name words (lower case) naming a contrast, for plain-NIfTI mode and ``--suffix`` aliases.
 CONTRAST_ALIASES: dict[str, str] = {
+    **contrasts.CONTRAST_WORDS,
     **{s.lower(): s for s in STRUCTURAL_SUFFIXES},
     "t1": "T1w",
     "mprage": "T1w",
@@ -58,18 +75,6 @@ CONTRAST_ALIASES: dict[str, str] = {
     "t2*": "T2starw",
     "t2s": "T2starw",
 }
-#: When a name holds several contrast words ("T2_FLAIR", "PD_T2"), the first listed here wins.
-_CONTRAST_PRIORITY = (
-    "FLAIR",
-    "T2starw",
-    "PDT2",
-    "PDw",
-    "PD",
-    "inplaneT1",
-    "inplaneT2",
-    "T1w",
-    "T2w",
-)
 #: File-name words that mark a file we must not assess in plain-NIfTI mode (masks, maps, other
 #: modalities), even when another word names a contrast.
 NON_STRUCTURAL_WORDS = frozenset(
@@ -158,6 +163,8 @@ class Scan:
         True when found by BIDS indexing, False in plain-NIfTI mode.
     root
         The input folder the scan was found in (for relative paths in the outputs).
+    name
+        The scan's id when it is not the file name (plain-NIfTI files in subfolders).
     """
 
     path: Path
@@ -165,6 +172,7 @@ class Scan:
     sidecar: Path | None = None
     bids: bool = True
     root: Path | None = None
+    name: str | None = None
 
     @property
     def suffix(self) -> str:
@@ -184,8 +192,9 @@ class Scan:
 
     @property
     def scan_id(self) -> str:
-        """Source file name without ``.nii``/``.nii.gz`` (e.g. ``sub-01_ses-1_run-1_T1w``)."""
-        return strip_nifti_extension(self.path.name)
+        """Source file name without ``.nii``/``.nii.gz`` (e.g. ``sub-01_ses-1_run-1_T1w``); for
+        plain-NIfTI files in subfolders the id built from the path (:func:`plain_scan_id`)."""
+        return self.name or strip_nifti_extension(self.path.name)
 
     @property
     def source(self) -> str:
@@ -220,15 +229,18 @@ def strip_nifti_extension(name: str) -> str:
     return name
 
 
-def _scan(path: Path, entities: dict[str, str], *, bids: bool, root: Path) -> Scan:
-    """A :class:`Scan` with its JSON sidecar (same name, ``.json``) when one exists."""
+def sidecar_of(path: Path) -> Path | None:
+    """The JSON sidecar with the same name (``.json``), when one exists."""
     sidecar = path.with_name(strip_nifti_extension(path.name) + ".json")
+    return sidecar if sidecar.is_file() else None
+
+
+def _scan(
+    path: Path, entities: dict[str, str], *, bids: bool, root: Path, name: str | None = None
+) -> Scan:
+    """A :class:`Scan` with its JSON sidecar when one exists."""
     return Scan(
-        path=path,
-        entities=entities,
-        sidecar=sidecar if sidecar.is_file() else None,
-        bids=bids,
-        root=root,
+        path=path, entities=entities, sidecar=sidecar_of(path), bids=bids, root=root, name=name
     )
 
 
@@ -299,11 +311,7 @@ def normalise_suffixes(values: Iterable[str] | None) -> tuple[str, ...]:
 
 
 def contrast_from_name(name: str) -> str | None:
-    """The contrast a file name announces, or None.
-
-    The BIDS suffix (last ``_`` part) is tried first, then every word of the name (split on any
-    non-alphanumeric character, optional ``2d``/``3d`` prefix removed) against
-    :data:`CONTRAST_ALIASES`; with several matches :data:`_CONTRAST_PRIORITY` decides.
+    """The contrast a file name announces, or None (rules: :func:`bids_qa.contrasts.contrast_of_text`).
 
     Examples
     --------
@@ -311,22 +319,13 @@ def contrast_from_name(name: str) -> str | None:
     'T1w'
     >>> contrast_from_name("patient3_t2_flair_tra.nii")
     'FLAIR'
+    >>> contrast_from_name("adi_brain_mocoMEMPRAGE_rms.nii.gz")
+    'T1w'
     >>> contrast_from_name("brain.nii") is None
     True
     """
-    stem = strip_nifti_extension(name)
-    last = stem.rsplit("_", 1)[-1].lower()
-    if last in CONTRAST_ALIASES and last == CONTRAST_ALIASES[last].lower():
-        return CONTRAST_ALIASES[last]
-    found: set[str] = set()
-    for word in _WORD_SPLIT_RE.split(stem.lower()):
-        for candidate in (word, re.sub(r"^[23]d", "", word)):
-            if candidate in CONTRAST_ALIASES:
-                found.add(CONTRAST_ALIASES[candidate])
-    for suffix in _CONTRAST_PRIORITY:
-        if suffix in found:
-            return suffix
-    return None
+    found = contrasts.contrast_of_text(name)
+    return found.suffix if found is not None else None
 
 
 def is_non_structural_name(name: str) -> bool:
@@ -524,10 +523,10 @@ def _excluded_dirs(root: Path, exclude: Iterable[Path]) -> list[Path]:
     out = []
     for path in exclude:
         try:
-            path.resolve().relative_to(root.resolve())
+            real_path(path).relative_to(real_path(root))
         except ValueError:
             continue
-        out.append(path.resolve())
+        out.append(real_path(path))
     return out
 
 
@@ -541,6 +540,7 @@ def discover(
     skip_bids_validation: bool = False,
     database_dir: str | os.PathLike[str] | None = None,
     exclude: Iterable[Path] = (),
+    suffix_map: Sequence[tuple[str, str]] = (),
 ) -> Discovery:
     """Find the scans to assess under ``root``.
 
@@ -560,12 +560,16 @@ def discover(
         Persistent pybids index folder (created, or reused when it exists).
     exclude
         Folders never to descend into (the output and work folders when they lie inside root).
+    suffix_map
+        ``(glob pattern, suffix)`` pairs for plain-NIfTI mode (``--suffix-map``, see
+        :func:`bids_qa.contrasts.load_suffix_map`); the first match names a file's contrast.
 
     Raises
     ------
     DiscoveryError
         66 when root is missing, 16 when ``dataset_description.json`` is unreadable (unless
-        validation is skipped, which then falls back to plain-NIfTI mode).
+        validation is skipped, which then falls back to plain-NIfTI mode), 73 when the
+        ``database_dir`` cannot be created or written.
     """
     root = Path(root).absolute()
     if not root.is_dir():
@@ -590,7 +594,7 @@ def discover(
     if mode == "bids":
         scans, more = _discover_bids(root, not skip_bids_validation, database_dir, exclude_dirs)
     else:
-        scans, more = _discover_plain(root, suffixes, exclude_dirs)
+        scans, more = _discover_plain(root, suffixes, exclude_dirs, suffix_map)
     warnings += more
     wanted = (
         set(suffixes)
@@ -607,7 +611,47 @@ def discover(
         and matches_filters(s.entities, bids_filters)
     ]
     selected.sort(key=lambda s: s.source)
+    warnings += unmatched_label_warnings(
+        [s for s in scans if s.suffix in wanted],
+        {"subject": participant_label, "session": session_id, "run": run_id},
+    )
     return Discovery(scans=selected, mode=mode, warnings=warnings)
+
+
+def unmatched_label_warnings(
+    scans: Sequence[Scan], labels: Mapping[str, Sequence[str]]
+) -> list[str]:
+    """One warning per requested label that no scan carries (``--participant-label sub-99``
+    would otherwise pass unnoticed when other labels match)."""
+    prefixes = {"subject": "sub", "session": "ses", "run": "run"}
+    options = {"subject": "--participant-label", "session": "--session-id", "run": "--run-id"}
+    out: list[str] = []
+    for key, wanted in labels.items():
+        present = [s.entities[key] for s in scans if key in s.entities]
+        for label in wanted:
+            if not any(_value_matches(value, [label], key) for value in present):
+                out.append(
+                    f"{options[key]} {prefixes[key]}-{label} matched no scan"
+                    f"{' (no scan has a ' + key + ' at all)' if not present else ''}"
+                )
+    return out
+
+
+def _check_database_dir(database_dir: str | os.PathLike[str]) -> None:
+    """The ``--bids-database-dir`` must be creatable and writable (pybids writes its index
+    there); raise 73 (cannot create) with a clear message otherwise."""
+    folder = Path(database_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".bids_qa_write_test_{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise DiscoveryError(
+            73,
+            f"--bids-database-dir {folder} cannot be created or written ({err.strerror or err}); "
+            "choose a writable folder, or leave the option out to index in memory",
+        ) from err
 
 
 def _discover_bids(
@@ -621,9 +665,10 @@ def _discover_bids(
 
     ignore: list[Any] = list(DEFAULT_LOCATIONS_TO_IGNORE)
     for path in exclude_dirs:
-        ignore.append(path.relative_to(root.resolve()).as_posix())
+        ignore.append(path.relative_to(real_path(root)).as_posix())
     kwargs: dict[str, Any] = {}
     if database_dir is not None:
+        _check_database_dir(database_dir)
         kwargs["database_path"] = str(database_dir)
     try:
         layout = BIDSLayout(
@@ -639,9 +684,13 @@ def _discover_bids(
     warnings: list[str] = []
     scans: list[Scan] = []
     indexed: set[Path] = set()
+    loops: list[str] = []
     for bfile in layout.get(datatype="anat", extension=list(NIFTI_EXTENSIONS)):
         path = Path(bfile.path)
-        indexed.add(path.resolve())
+        indexed.add(real_path(path))
+        if link_problem(path) == "loop":
+            loops.append(path.name)
+            continue
         entities = {k: str(v) for k, v in bfile.get_entities().items()}
         entities["extension"] = nifti_extension(path.name) or entities.get("extension", "")
         scans.append(_scan(path, entities, bids=True, root=root))
@@ -649,7 +698,7 @@ def _discover_bids(
         skipped = [
             p
             for p in root.glob("sub-*/**/anat/*.nii*")
-            if p.resolve() not in indexed
+            if real_path(p) not in indexed
             and nifti_extension(p.name)
             and not any(part.startswith(".") for part in p.parts)
         ]
@@ -659,49 +708,101 @@ def _discover_bids(
                 f"{len(skipped)} NIfTI file(s) in anat folders were ignored because their names are not valid "
                 f"BIDS ({shown}{', ...' if len(skipped) > 5 else ''}); use --skip-bids-validation to include them"
             )
+    if loops:
+        warnings.append(
+            f"{len(loops)} symbolic link(s) loop back on themselves and were skipped "
+            f"({', '.join(sorted(loops)[:3])}{', ...' if len(loops) > 3 else ''})"
+        )
     return scans, warnings
 
 
 def _discover_plain(
-    root: Path, suffixes: Sequence[str], exclude_dirs: list[Path]
+    root: Path,
+    suffixes: Sequence[str],
+    exclude_dirs: list[Path],
+    suffix_map: Sequence[tuple[str, str]] = (),
 ) -> tuple[list[Scan], list[str]]:
     warnings: list[str] = []
     scans: list[Scan] = []
     unnamed: list[str] = []
+    loops: list[str] = []
     for folder, dirs, files in os.walk(root, followlinks=False):
         here = Path(folder)
         dirs[:] = sorted(
-            d for d in dirs if not d.startswith(".") and (here / d).resolve() not in exclude_dirs
+            d for d in dirs if not d.startswith(".") and real_path(here / d) not in exclude_dirs
         )
         for name in sorted(files):
             ext = nifti_extension(name)
             if ext is None or name.startswith("."):
                 continue
             path = here / name
-            if not path.is_file():
-                continue
             rel = path.relative_to(root).as_posix()
+            problem = link_problem(path)
+            if problem == "loop":
+                loops.append(rel)
+                continue
+            if problem is None and not path.is_file():
+                continue
             if is_non_structural_name(name):
                 continue
             entities = parse_entities(rel)
-            contrast = contrast_from_name(name)
-            if contrast is None:
+            for key, value in folder_entities(rel).items():
+                entities.setdefault(key, value)
+            sidecar = sidecar_of(path)
+            found = contrasts.recognise(rel, sidecar, suffix_map)
+            if found is None:
                 if len(suffixes) == 1:
                     contrast = suffixes[0]
                 else:
                     contrast = UNKNOWN_SUFFIX
                     unnamed.append(rel)
+            else:
+                contrast = found.suffix
+                if found.ceagent and "ceagent" not in entities:
+                    entities["ceagent"] = found.ceagent
+            order = list(ENTITY_KEYS.values())
+            entities = {k: entities[k] for k in sorted(entities, key=order.index)}
             entities["suffix"] = contrast
             entities["extension"] = ext
-            scans.append(_scan(path, entities, bids=False, root=root))
+            scans.append(
+                Scan(path, entities, sidecar, bids=False, root=root, name=plain_scan_id(rel))
+            )
+    scans = _unique_plain_ids(scans)
+    if loops:
+        warnings.append(
+            f"{len(loops)} symbolic link(s) loop back on themselves and were skipped "
+            f"({', '.join(loops[:3])}{', ...' if len(loops) > 3 else ''})"
+        )
     if unnamed and suffixes:
         warnings.append(
             f"{len(unnamed)} file(s) name no contrast and were left out because --suffix lists several "
-            f"({', '.join(unnamed[:3])}{', ...' if len(unnamed) > 3 else ''}); give one --suffix to assess them"
+            f"({', '.join(unnamed[:3])}{', ...' if len(unnamed) > 3 else ''}); give one --suffix or a "
+            "--suffix-map to assess them"
         )
     elif unnamed:
         warnings.append(
             f"{len(unnamed)} file(s) name no contrast; assessed as '{UNKNOWN_SUFFIX}' with default thresholds "
-            f"({', '.join(unnamed[:3])}{', ...' if len(unnamed) > 3 else ''}); use --suffix to set it"
+            f"({', '.join(unnamed[:3])}{', ...' if len(unnamed) > 3 else ''}); use --suffix or --suffix-map "
+            "to set it"
         )
     return scans, warnings
+
+
+def _unique_plain_ids(scans: list[Scan]) -> list[Scan]:
+    """Scans whose shortened ids collide get the id of their full path (every folder kept)."""
+    counts: dict[str, int] = {}
+    for scan in scans:
+        counts[scan.scan_id] = counts.get(scan.scan_id, 0) + 1
+    out = []
+    for scan in scans:
+        if counts[scan.scan_id] > 1:
+            scan = Scan(
+                scan.path,
+                scan.entities,
+                scan.sidecar,
+                bids=False,
+                root=scan.root,
+                name=plain_scan_id(scan.source, full=True),
+            )
+        out.append(scan)
+    return out

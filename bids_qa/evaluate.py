@@ -28,6 +28,8 @@ import numpy as np
 
 SEVERITY_LEVELS = (0.1, 0.3, 0.5, 0.7, 0.9)
 IQM_COLUMNS = ("cjv", "cnr", "efc", "fber", "snr_total")
+#: IQMs kept in the rows but not in the Table-2 layout (bids_qa.label_benchmark uses them).
+EXTRA_IQM_COLUMNS = ("inu_range", "inu_cv")
 FAMILIES = ("severity", "tiers", "ssim", "flow")
 
 #: Paper 000, Table 2 ("Ours" column) and paper-reported reference figures for the other families.
@@ -50,7 +52,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--split", default="validation", help="manifest split to corrupt (default: validation)"
     )
     p.add_argument("--out", default="benchmark", help="folder for benchmark.json and benchmark.md")
-    p.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
+    p.add_argument("--families", nargs="*", default=list(FAMILIES), choices=FAMILIES)
+    p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="score noise/ghosting/motion copies with every family and derive the verdict's "
+        "review/fail levels and combination rule (bids_qa.calibration_levels)",
+    )
+    p.add_argument(
+        "--calibrate-rows",
+        metavar="BENCHMARK_JSON",
+        help="with --calibrate: derive from the rows of an earlier benchmark.json, no rescoring",
+    )
+    p.add_argument(
+        "--calibrate-write",
+        metavar="THRESHOLDS_JSON",
+        help="with --calibrate: write the derived levels and rule into this thresholds file",
+    )
     p.add_argument("--levels", nargs="+", type=float, default=list(SEVERITY_LEVELS))
     p.add_argument("--no-iqms", action="store_true", help="skip the classical IQMs column (faster)")
     p.add_argument("--seed", type=int, default=0)
@@ -130,6 +148,7 @@ def evaluate_severity(
     """Score clean and corrupted copies of every volume; return rows and the summary figures."""
     from bids_qa import artifacts
     from bids_qa.iqms import IQMScorer
+    from bids_qa.label_benchmark import case_figures
     from bids_qa.models.severity import SeverityScorer
     from bids_qa.volume import volume_from_array
 
@@ -161,13 +180,14 @@ def evaluate_severity(
                 "change": artifacts.realised_change(vol.data, corrupted.data, vol.mask)
                 if artifact != "none"
                 else 0.0,
+                **case_figures(artifact, vol, corrupted.data),
             }
             if iqm is not None:
                 iq = iqm.score(corrupted).values
                 row.update(
                     {
                         k: float(iq[k]) if isinstance(iq.get(k), (int, float)) else float("nan")
-                        for k in IQM_COLUMNS
+                        for k in IQM_COLUMNS + EXTRA_IQM_COLUMNS
                     }
                 )
             rows.append(row)
@@ -177,6 +197,7 @@ def evaluate_severity(
 
 def summarise_severity(rows: list[dict[str, Any]], levels: tuple[float, ...]) -> dict[str, Any]:
     from bids_qa import artifacts
+    from bids_qa.label_benchmark import summarise_labels
 
     clean = np.array([r["score"] for r in rows if r["artifact"] == "none"])
     out: dict[str, Any] = {
@@ -218,10 +239,12 @@ def summarise_severity(rows: list[dict[str, Any]], levels: tuple[float, ...]) ->
         if np.isfinite(iq).any():
             cell[k] = {"mean": float(np.nanmean(iq)), "sd": float(np.nanstd(iq))}
     out["table"]["none@0"] = cell
+    out.update(summarise_labels(rows))
     return out
 
 
 def severity_markdown(summary: dict[str, Any]) -> str:
+    from bids_qa.label_benchmark import labels_markdown
     def fmt(c: dict | None) -> str:
         return "—" if not c else f"{c['mean']:.3g} ± {c['sd']:.2g}"
 
@@ -262,6 +285,7 @@ def severity_markdown(summary: dict[str, Any]) -> str:
     else:
         lines += ["", "| artifact | Spearman(score, SS) |", "|---|---|"]
         lines += [f"| {a} | {rho:.3f} |" for a, rho in summary["spearman"].items()]
+    lines.append(labels_markdown(summary))
     within = summary.get("spearman_within_scan", {})
     if within:
         lines += [
@@ -341,8 +365,8 @@ def benchmark_tiers(
     data_dir: str, split: str, seed: int, device: str, weights: str | None = None
 ) -> dict[str, Any]:
     """Paper 003's figures: balanced accuracy of each task and of the tier splits."""
+    from bids_qa.evaluate_tiers import evaluate_weights
     from bids_qa.models.weights import packaged_weights
-    from bids_qa.training.tiers import evaluate_weights
 
     res = evaluate_weights(
         weights or packaged_weights("tiers.safetensors"),
@@ -352,12 +376,7 @@ def benchmark_tiers(
         device=device,
     )
     paper = {"motion": (99.54, 100.0), "noise": (87.35, 97.78), "contrast": (90.17, 97.57)}
-    if res.get("native_noise"):
-        noise_def = "noise added to each scan's acquired voxels, then resampled into the cube"
-    elif res.get("noise_reference_mm"):
-        noise_def = f"noise of a {res['noise_reference_mm']:g} mm scan, resampled into the cube"
-    else:
-        noise_def = "noise added to the model's input cube"
+    noise_def = "noise added to the model's input cube"
     lines = [
         "### Tiers (paper 003, synthetic test set)",
         "",
@@ -446,6 +465,28 @@ def parse_weight_overrides(items: list[str]) -> dict[str, str]:
     return out
 
 
+def _calibration(args: argparse.Namespace, volumes: list, result: dict[str, Any]) -> str:
+    """``--calibrate``: rows of every family on the same corrupted copies, the derived levels and
+    the three target figures (stored under ``result["calibration"]``); the Markdown section."""
+    from bids_qa import calibration_levels as cl
+
+    if args.calibrate_rows:
+        stored = json.loads(Path(args.calibrate_rows).read_text())
+        rows = stored["calibration"]["rows"]
+    else:
+        print("calibrating the verdict (every family on each corrupted copy) ...", file=sys.stderr)
+        rows = cl.score_cases(volumes, seed=args.seed, device=args.device)
+    res = cl.calibrate_from_rows(rows)
+    res["rows"] = rows
+    result["calibration"] = res
+    if args.calibrate_write:
+        from bids_qa import __version__
+
+        stamp = f"bids_qa {__version__}, {args.split} split, seed {args.seed}, {time.strftime('%Y-%m-%d')}"
+        cl.write_levels(res, args.calibrate_write, stamp)
+    return cl.markdown(res)
+
+
 def main(argv: list[str] | None = None) -> int:
     from bids_qa.derivatives import json_ready
     from bids_qa.scoring import REGISTRY
@@ -504,6 +545,8 @@ def main(argv: list[str] | None = None) -> int:
             md.append(res.get("markdown", ""))
         res["seconds"] = round(time.time() - tf, 1)
         result["families"][family] = res
+    if args.calibrate:
+        md.append(_calibration(args, volumes, result))
     result["seconds"] = round(time.time() - t0, 1)
     md.append(f"Total benchmark time: {result['seconds']:.0f} s.")
     (out_dir / "benchmark.json").write_text(  # strict JSON: a figure that could not be computed is null

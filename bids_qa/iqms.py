@@ -45,6 +45,7 @@ import numpy as np
 from scipy import ndimage
 
 from bids_qa.errors import ScanError
+from bids_qa.inu import inu_values
 from bids_qa.scoring import ScanScores
 from bids_qa.volume import ANISOTROPY_2D_RATIO, Volume
 
@@ -972,8 +973,11 @@ class IQMScorer:
                 f"no head found: threshold {regions.threshold:g} left {n_head} voxels; "
                 "the image looks empty or is pure noise",
             )
-        tissues = tissue_classes(img, tissue_region(img, regions, zooms), suffix)
-        return ScanScores(scorer=self.name, values=self._values(img, regions, tissues, stride))
+        region = tissue_region(img, regions, zooms)
+        tissues = tissue_classes(img, region, suffix)
+        values = self._values(img, regions, tissues, stride)
+        values.update(inu_values(img, regions.head, region, zooms))
+        return ScanScores(scorer=self.name, values=values)
 
     @staticmethod
     def _values(

@@ -58,7 +58,8 @@ from bids_qa.discover import (
     metadata_subset,
     read_metadata,
 )
-from bids_qa.errors import ScanError
+from bids_qa.errors import ScanError, is_out_of_space, out_of_space_message
+from bids_qa.methods import methods_text, write_methods_file
 from bids_qa.scoring import (
     REGISTRY,
     ScanScores,
@@ -68,7 +69,7 @@ from bids_qa.scoring import (
     runs_in_loader,
     score_many,
 )
-from bids_qa.thresholds import ThresholdError, ThresholdTable, judge, load_thresholds
+from bids_qa.thresholds import ThresholdError, ThresholdTable, judge_scan, load_thresholds
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -79,6 +80,7 @@ EXIT_USAGE = 64
 EXIT_ALL_FAILED = 65
 EXIT_NO_INPUT = 66
 EXIT_CANT_CREATE = 73
+EXIT_NO_SPACE = 74  # hook(userfix): disk full
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 
@@ -95,6 +97,8 @@ EXIT_CODES: dict[int, str] = {
     EXIT_NO_INPUT: "no input: the input folder is missing or holds no structural scan; at group level, "
     "no participant-level outputs were found",
     EXIT_CANT_CREATE: "the output or work folder cannot be created or written",
+    EXIT_NO_SPACE: "the output disk is full (no space left); the run stopped at the first failed write, "
+    "finished scans are kept, rerun to resume",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C); finished scans are kept, rerun to resume",
     EXIT_TERMINATED: "terminated (SIGTERM, e.g. a scheduler's time limit); finished scans are kept",
 }
@@ -258,10 +262,18 @@ def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+class _QuietFileHandler(logging.FileHandler):
+    """A log file that falls silent when it cannot be written (a full disk): the console still
+    says what happened, without a logging traceback. hook(userfix)"""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        return None
+
+
 def _setup_logging(log_file: Path, verbosity: int) -> list[logging.Handler]:
     LOGGER.setLevel(logging.DEBUG)
     LOGGER.propagate = False
-    file_handler = logging.FileHandler(log_file, encoding="utf-8")
+    file_handler = _QuietFileHandler(log_file, encoding="utf-8")
     file_handler.setLevel(logging.DEBUG)
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s"))
     console = _TqdmHandler()
@@ -804,7 +816,11 @@ def assess_scan(
     volume = loaded.volume
 
     t0 = time.perf_counter()
-    verdict, reasons, rows = judge(results, scan.suffix, shared.thresholds)
+    from bids_qa.input_kind import describe_volume  # issue 23: processed-input facts, notes
+
+    input_kind = describe_volume(volume) if volume is not None else None
+    judgement = judge_scan(results, scan.suffix, shared.thresholds, loaded.metadata, input_kind)
+    verdict, reasons, rows = judgement.verdict, judgement.reasons, judgement.rows
     if errors:
         verdict = "error"
     used = shared.thresholds.for_contrast(scan.suffix)
@@ -833,6 +849,7 @@ def assess_scan(
             slice_axis=None,
             anisotropy=None,
         )
+    scan_info["parameters"] = deriv.scan_parameters(scan_info)  # hook(userfix): group columns
     rulers: dict[str, Any] = {}
     for r in results:
         if r.ruler is not None:
@@ -860,6 +877,8 @@ def assess_scan(
             "scan": scan_info,
             "verdict": "error" if any(e["stage"] != "report" for e in errors) else verdict,
             "reasons": reasons,
+            "notes": judgement.notes,
+            "input_kind": input_kind.as_dict() if input_kind is not None else None,
             "errors": list(errors),
             "warnings": warnings,
             "thresholds": {k: t.as_dict() for k, t in used.items() if k in judged},
@@ -897,6 +916,8 @@ def assess_scan(
             timings["write"] = round(timings.get("write", 0.0) + time.perf_counter() - t_write, 4)
             deriv.write_json(paths.json, sidecar(status)[1])  # last: it marks the scan as done
         except OSError as err:
+            if is_out_of_space(err):  # hook(userfix): stop the run, see _process
+                raise
             LOGGER.error("%s: cannot write outputs in %s: %s", scan.source, paths.folder, err)
             errors.append({"stage": "write", "message": f"cannot write outputs: {err}"})
             return False
@@ -966,6 +987,7 @@ def _discover(config: RunConfig) -> Discovery:
             skip_bids_validation=config.skip_bids_validation,
             database_dir=config.bids_database_dir,
             exclude=exclude,
+            suffix_map=config.suffix_map,  # hook(userfix)
         )
     except DiscoveryError as err:
         raise PipelineError(err.code, err.message) from err
@@ -997,6 +1019,11 @@ def _run_level(config: RunConfig, body: Callable[[RunContext], int]) -> int:
             except PipelineError as err:
                 LOGGER.error("%s", err.message)
                 return err.code
+            except OSError as err:  # hook(userfix): a full disk outside a scan's writes
+                if not is_out_of_space(err):
+                    raise
+                LOGGER.error("%s", out_of_space_message(err, config.output_dir, 0, 0))
+                return EXIT_NO_SPACE
             except KeyboardInterrupt:
                 LOGGER.error("interrupted; finished scans are kept, rerun to resume")
                 return EXIT_INTERRUPTED
@@ -1129,7 +1156,15 @@ def _process(
         for group in iter_groups(stream, plan.scan_batch):
             scorings = score_group([(item[0], loaded) for item, loaded in group], scorer_set)
             for ((scan, paths), loaded), scoring in zip(group, scorings, strict=True):
-                outcome = assess_scan(scan, paths, loaded, shared, scoring)
+                try:
+                    outcome = assess_scan(scan, paths, loaded, shared, scoring)
+                except OSError as err:  # hook(userfix): a full disk stops the run (exit 74)
+                    if not is_out_of_space(err):
+                        raise
+                    raise PipelineError(
+                        EXIT_NO_SPACE,
+                        out_of_space_message(err, config.output_dir, len(outcomes), len(todo)),
+                    ) from err
                 loaded.volume = None  # free it now, not when the whole group is done
                 outcomes.append(outcome)
                 bar.update(1)
@@ -1227,6 +1262,17 @@ def _group(ctx: RunContext, thresholds: ThresholdTable | None) -> int:
         except Exception as err:  # the refit is an extra: never lose the group table over it
             LOGGER.debug("flow refit failed:\n%s", traceback.format_exc())
             LOGGER.error("%s: flow density refit failed: %s: %s", suffix, type(err).__name__, err)
+        try:  # issue 23: dataset-relative (protocol group) flags
+            from bids_qa.protocols import PROTOCOL_COLUMNS, apply_protocol_flags
+
+            group_provenance["protocols"] = apply_protocol_flags(table)
+            descriptions.update(PROTOCOL_COLUMNS)
+        except Exception as err:  # an extra, like the refit: never lose the group table over it
+            LOGGER.error("%s: protocol groups failed: %s: %s", suffix, type(err).__name__, err)
+        group_provenance["thresholds"] = thresholds.provenance()
+        group_provenance["methods"] = methods_text(  # hook(userfix)
+            out_dir, suffix, flow_refit="flow_density" in group_provenance
+        )
         paths = deriv.write_group_table(out_dir, table, descriptions, group_provenance)
         counts: dict[str, int] = {}
         for row in table.rows:
@@ -1248,4 +1294,5 @@ def _group(ctx: RunContext, thresholds: ThresholdTable | None) -> int:
                     suffix,
                     getattr(err, "message", None) or f"{type(err).__name__}: {err}",
                 )
+    LOGGER.info("methods paragraph: %s", write_methods_file(out_dir).name)  # hook(userfix)
     return EXIT_OK

@@ -42,7 +42,9 @@ EXIT_CANT_CREATE = 73
 DEFAULT_LEVELS = ("0.3", "0.6", "0.9")
 TIER_NAMES = ("moderate", "severe")
 TABLE_NAME = "simulation.tsv"
-TABLE_COLUMNS = ("path", "source", "artifact", "level", "severity", "seed", "params")
+TABLE_COLUMNS = (
+    "path", "source", "artifact", "level", "severity", "severity_damage", "damage", "seed", "params",
+)  # fmt: skip
 #: pybids path pattern for anatomical files (entities in BIDS order).
 PATH_PATTERN = (
     "sub-{subject}[/ses-{session}]/anat/sub-{subject}[_ses-{session}][_task-{task}][_acq-{acquisition}]"
@@ -306,6 +308,10 @@ TABLE_DESCRIPTION = {
     "artifact": "artifact name, names joined by '+' for combinations, 'none' for the clean copy",
     "level": "requested level: severity score, 'moderate'/'severe' (paper-003 tiers) or 'random'",
     "severity": "severity score SS in [0, 1] of the drawn parameters (see docs/simulation.md)",
+    "severity_damage": "damage-based SS in [0, 1]: the damage below through the artifact's "
+    "calibration (bids_qa.damage; docs/simulation.md)",
+    "damage": "visible damage 1 - SSIM between the corrupted and the clean normalised volume, "
+    "inside the head",
     "seed": "seed sequence of the draw, as JSON [seed, crc32(source, artifact, level)]",
     "params": "every drawn parameter as JSON; bids_qa.artifacts.apply_artifact replays them on the "
     "normalised image (normalised exactly as bids_qa.simulate.intensity_scale does)",
@@ -485,9 +491,13 @@ def _sidecar(scan: Any) -> dict[str, Any]:
 def _simulate_scan(
     scan: Any, out: Path, artifacts: list[str], levels: list[Level], seed: int, copy_clean: bool
 ) -> list[dict[str, Any]]:
+    from bids_qa.damage import damage_label
+    from bids_qa.volume import NORM_CLIP, head_mask
+
     img, raw = read_scan(Path(scan.path))
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
     norm, lo, hi = intensity_scale(raw)
+    head = head_mask(np.clip(norm, NORM_CLIP[0], NORM_CLIP[1]))
     entities = scan_entities(scan)
     meta = _sidecar(scan)
     rows = []
@@ -504,11 +514,12 @@ def _simulate_scan(
                 json.dumps(meta, indent=2, sort_keys=True)
             )
         rows.append({"path": rel, "source": scan.source, "artifact": "none", "level": "none", "severity": 0.0,
-                     "seed": "", "params": "{}"})  # fmt: skip
+                     "severity_damage": 0.0, "damage": 0.0, "seed": "", "params": "{}"})  # fmt: skip
     for artifact in artifacts:
         for level in levels:
             seq = stable_seed(seed, scan.source, artifact, level)
             corrupted, label = draw(norm, artifact, level, np.random.default_rng(seq), zooms)
+            damage, severity_damage = damage_label(label.artifact, norm, corrupted, head)
             rel = build_output_path(output_entities(entities, artifact, level))
             target = out / rel
             write_like(img, lo + corrupted.astype(np.float64) * (hi - lo), target)
@@ -518,6 +529,8 @@ def _simulate_scan(
                 "Artifact": label.artifact,
                 "Level": level.text,
                 "Severity": label.severity,
+                "SeverityDamage": severity_damage,
+                "Damage": damage,
                 "Parameters": label.params,
             }
             target.with_name(target.name.replace(".nii.gz", ".json")).write_text(
@@ -529,6 +542,8 @@ def _simulate_scan(
                 "artifact": label.artifact,
                 "level": level.text,
                 "severity": label.severity,
+                "severity_damage": severity_damage,
+                "damage": damage,
                 "seed": json.dumps(seq),
                 "params": json.dumps(label.params, sort_keys=True),
             })  # fmt: skip

@@ -49,7 +49,19 @@ _FIELDS = {
     "fail_values",
     "description",
     "explain",
+    "justification",
 }
+#: Top-level keys of a thresholds file that are not contrasts.
+_RULE_KEY = "rule"
+_ORIGIN_KEY = "_origin"
+#: Kind of statement a metric makes (DESIGN.md "The verdict"): header facts and protocol-group
+#: context are notes unless given a level; everything else is evidence.
+_KIND_OF_MODEL = {"header": "fact", "protocol": "context"}
+
+
+def kind_of(key: str) -> str:
+    """``fact``, ``evidence`` or ``context`` for a ``<model>.<metric>`` key."""
+    return _KIND_OF_MODEL.get(key.split(".", 1)[0], "evidence")
 _SEVERITY = {"n/a": 0, "pass": 1, "review": 2, "fail": 3}
 
 
@@ -87,6 +99,7 @@ class Threshold:
     fail_values: tuple[str, ...] = ()
     description: str = ""
     explain: str = ""
+    justification: str = ""
 
     @property
     def active(self) -> bool:
@@ -142,7 +155,46 @@ class Threshold:
             out["description"] = self.description
         if self.explain:
             out["explain"] = self.explain
+        if self.justification:
+            out["justification"] = self.justification
         return out
+
+
+@dataclass(frozen=True)
+class VerdictRule:
+    """How flags combine into the verdict (``"rule"`` in a thresholds file).
+
+    ``agree``: the number of evidence families (models) at review level or beyond that together
+    fail a scan (0: never; a fail level alone still fails).
+    """
+
+    agree: int = 0
+    description: str = ""
+    justification: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "agree": self.agree,
+            "description": self.description,
+            "justification": self.justification,
+        }
+
+
+def parse_rule(spec: Any, where: str) -> VerdictRule:
+    if spec is None:
+        return VerdictRule()
+    if not isinstance(spec, dict) or set(spec) - {"agree", "description", "justification"}:
+        raise ThresholdError(
+            f"{where}: 'rule' must be an object with agree, description, justification"
+        )
+    agree = spec.get("agree", 0)
+    if isinstance(agree, bool) or not isinstance(agree, int) or agree < 0:
+        raise ThresholdError(f"{where}: rule.agree must be a whole number >= 0, got {agree!r}")
+    return VerdictRule(
+        agree=agree,
+        description=str(spec.get("description", "")),
+        justification=str(spec.get("justification", "")),
+    )
 
 
 @dataclass(frozen=True)
@@ -162,6 +214,17 @@ class ThresholdTable:
     table: dict[str, dict[str, Threshold | None]]
     sources: tuple[str, ...]
     sha256: str
+    rule: VerdictRule = VerdictRule()
+    origin: str = "default"
+
+    def provenance(self) -> dict[str, Any]:
+        """What the group tables say about the thresholds in force."""
+        return {
+            "origin": self.origin,
+            "sources": list(self.sources),
+            "sha256": self.sha256,
+            "rule": self.rule.as_dict(),
+        }
 
     def lookup(self, suffix: str, key: str) -> Threshold | None:
         """The threshold for ``key`` on contrast ``suffix``, or None when it has none."""
@@ -214,6 +277,9 @@ def merge_tables(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[s
     merged = copy.deepcopy(dict(base))
     for contrast, entries in override.items():
         if contrast.startswith("_"):
+            continue
+        if contrast == _RULE_KEY:
+            merged[_RULE_KEY] = {**(merged.get(_RULE_KEY) or {}), **(entries or {})}
             continue
         if not isinstance(entries, dict):
             raise ThresholdError(
@@ -292,6 +358,9 @@ def parse_threshold(spec: Mapping[str, Any], where: str) -> Threshold:
     explain = spec.get("explain", "")
     if not isinstance(explain, str):
         raise ThresholdError(f"{where}.explain must be text")
+    justification = spec.get("justification", "")
+    if not isinstance(justification, str):
+        raise ThresholdError(f"{where}.justification must be text")
     return Threshold(
         review=review,
         fail=fail,
@@ -301,6 +370,7 @@ def parse_threshold(spec: Mapping[str, Any], where: str) -> Threshold:
         fail_values=values["fail_values"],
         description=description,
         explain=explain,
+        justification=justification,
     )
 
 
@@ -310,7 +380,7 @@ def parse_table(
     """Validate a merged raw table into :class:`Threshold` objects."""
     table: dict[str, dict[str, Threshold | None]] = {}
     for contrast, entries in raw.items():
-        if contrast.startswith("_"):
+        if contrast.startswith("_") or contrast == _RULE_KEY:
             continue
         if not isinstance(entries, dict):
             raise ThresholdError(
@@ -343,14 +413,20 @@ def load_thresholds(user_file: str | os.PathLike[str] | None = None) -> Threshol
     raw = merge_tables({}, _read_json(shipped))
     sources = [str(shipped)]
     origin = "shipped thresholds"
+    kind = "default"
     if user_file is not None:
         user_path = Path(user_file)
-        raw = merge_tables(raw, _read_json(user_path))
+        user_raw = _read_json(user_path)
+        raw = merge_tables(raw, user_raw)
         sources.append(str(user_path))
         origin = f"thresholds file {user_path}"
+        kind = str(user_raw.get(_ORIGIN_KEY) or "user file")
     table = parse_table(raw, origin)
+    rule = parse_rule(raw.get(_RULE_KEY), origin)
     digest = hashlib.sha256(json.dumps(raw, sort_keys=True).encode("utf-8")).hexdigest()
-    return ThresholdTable(table=table, sources=tuple(sources), sha256=digest)
+    return ThresholdTable(
+        table=table, sources=tuple(sources), sha256=digest, rule=rule, origin=kind
+    )
 
 
 def _fmt(value: float) -> str:
@@ -416,69 +492,166 @@ def worst_flag(flags: Sequence[str]) -> str:
 
 
 def judge(
-    scores: Sequence[ScanScores], suffix: str, thresholds: ThresholdTable
+    scores: Sequence[ScanScores],
+    suffix: str,
+    thresholds: ThresholdTable,
+    metadata: Mapping[str, Any] | None = None,
+    input_kind: Any = None,
 ) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
-    """Verdict, reasons and table rows for one scan.
+    """Verdict, reasons and table rows for one scan (:func:`judge_scan` without its notes)."""
+    out = judge_scan(scores, suffix, thresholds, metadata, input_kind)
+    return out.verdict, out.reasons, out.rows
 
-    Parameters
-    ----------
-    scores
-        What each scorer said about the scan.
-    suffix
-        The scan's contrast (selects per-contrast thresholds).
-    thresholds
-        The table in force.
 
-    Returns
-    -------
-    verdict
-        ``fail`` if any metric fails, else ``review`` if any needs review, else ``pass``.
-    reasons
-        One dict per flagged metric: model, metric, value, threshold, flag, message.
-    rows
-        One dict per metric (the ``_qa.tsv`` rows): model, metric, value, threshold, flag,
-        direction.
+@dataclass
+class Judgement:
+    """What :func:`judge_scan` decided about one scan.
+
+    ``verdict``: pass/review/fail. ``reasons``: one dict per flag that counts (model, metric,
+    value, threshold, flag, kind, rule, message). ``rows``: one dict per metric (the ``_qa.tsv``
+    rows). ``notes``: facts and explained flags that do not change the verdict (kind, message).
     """
+
+    verdict: str
+    reasons: list[dict[str, Any]]
+    rows: list[dict[str, Any]]
+    notes: list[dict[str, Any]]
+
+
+def _acquisition(values: dict[str, Any], metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Header values with the sidecar's ``MRAcquisitionType`` deciding 2D/3D when present."""
+    values = dict(values)
+    declared = str((metadata or {}).get("MRAcquisitionType", "")).upper()
+    if declared in ("2D", "3D"):
+        values["acquisition"] = declared
+        values["acquisition_source"] = "sidecar MRAcquisitionType"
+        if declared == "3D":
+            values["acquisition_plane"] = "n/a"
+    else:
+        values["acquisition_source"] = "voxel shape"
+    return values
+
+
+def header_note(values: Mapping[str, Any]) -> str:
+    """``2D acquisition (axial; from voxel shape), voxels 0.72x0.72x4.00 mm, ...``."""
+
+    def num(name: str, fmt: str = ".3g") -> str:
+        v = values.get(name)
+        return format(float(v), fmt) if isinstance(v, (int, float)) else "n/a"
+
+    plane = values.get("acquisition_plane")
+    where = f"{plane}; " if plane and plane != "n/a" else ""
+    fov = "x".join(num(k, ".0f") for k in ("fov_x", "fov_y", "fov_z"))
+    return (
+        f"{values.get('acquisition', '?')} acquisition ({where}from {values.get('acquisition_source')}), "
+        f"voxels {values.get('voxel_size')} mm, anisotropy {num('anisotropy')}, slice thickness "
+        f"{num('slice_thickness')} mm, field of view {fov} mm"
+    )
+
+
+def _rule_text(key: str, thr: Threshold, flag: str, cut: float | None, suffix: str) -> str:
+    if thr.direction == "categorical":
+        return f"{key} in {flag}_values ({suffix})"
+    op = {"higher_is_worse": ">=" if thr.inclusive else ">", "lower_is_worse": "<=" if thr.inclusive else "<"}[thr.direction]
+    return f"{key} {op} {flag} level {_fmt(cut) if cut is not None else '?'} ({suffix})"
+
+
+def judge_scan(
+    scores: Sequence[ScanScores],
+    suffix: str,
+    thresholds: ThresholdTable,
+    metadata: Mapping[str, Any] | None = None,
+    input_kind: Any = None,
+) -> Judgement:
+    """Judge one scan by the table's levels and combination rule.
+
+    Facts (``header.*``) are notes unless the table gives them a level. Metrics that need air
+    are not judged when ``input_kind`` (:class:`bids_qa.input_kind.InputKind`) says the
+    background was zeroed; a flow outlier flag on a processed input is a note. The verdict is
+    ``fail`` when one flag is at fail level or ``thresholds.rule.agree`` (> 0) evidence families
+    are at review level or beyond, ``review`` when any flag is, else ``pass``.
+    """
+    from bids_qa.input_kind import is_background_metric
+
     rows: list[dict[str, Any]] = []
     reasons: list[dict[str, Any]] = []
+    notes: list[dict[str, Any]] = []
+    no_air = input_kind is not None and not input_kind.background_applicable
+    processed = input_kind is not None and input_kind.processed
+    if input_kind is not None:
+        notes += [{"kind": "fact", "model": "input", "message": m} for m in input_kind.notes]
     for result in scores:
-        for metric, value in result.values.items():
+        values = result.values
+        if result.scorer == "header":
+            values = _acquisition(values, metadata)
+            notes.insert(0, {"kind": "fact", "model": "header", "message": header_note(values)})
+            values.pop("acquisition_source", None)  # in the note, not a metric row
+        for metric, value in values.items():
             key = f"{result.scorer}.{metric}"
             thr = thresholds.lookup(suffix, key)
+            row = {
+                "model": result.scorer,
+                "metric": metric,
+                "value": value,
+                "threshold": "",
+                "flag": "n/a",
+                "direction": "",
+            }
+            rows.append(row)
             if thr is None:
-                rows.append(
+                continue
+            row["direction"] = thr.direction
+            if no_air and is_background_metric(key):
+                continue  # not applicable: the input-kind note says why
+            flag, cut = thr.apply(value)
+            row["flag"] = flag
+            row["threshold"] = cut if cut is not None else ""
+            if flag not in ("review", "fail"):
+                continue
+            kind = kind_of(key)
+            message = f"{kind}: " + reason_message(key, value, thr, flag, cut, result.values)
+            rule = _rule_text(key, thr, flag, cut, suffix)
+            if result.scorer == "flow" and processed:
+                row["flag"] = "note"
+                notes.append(
                     {
-                        "model": result.scorer,
-                        "metric": metric,
-                        "value": value,
-                        "threshold": "",
-                        "flag": "n/a",
-                        "direction": "",
+                        "kind": "fact",
+                        "model": "flow",
+                        "message": f"{message} — explained by the processing detected "
+                        "(the flow reference holds unprocessed heads): a note, not a review",
                     }
                 )
                 continue
-            flag, cut = thr.apply(value)
-            rows.append(
+            reasons.append(
                 {
                     "model": result.scorer,
                     "metric": metric,
                     "value": value,
-                    "threshold": cut if cut is not None else "",
+                    "threshold": cut,
                     "flag": flag,
-                    "direction": thr.direction,
+                    "kind": kind,
+                    "rule": rule,
+                    "message": message,
                 }
             )
-            if flag in ("review", "fail"):
-                reasons.append(
-                    {
-                        "model": result.scorer,
-                        "metric": metric,
-                        "value": value,
-                        "threshold": cut,
-                        "flag": flag,
-                        "message": reason_message(key, value, thr, flag, cut, result.values),
-                    }
-                )
     reasons.sort(key=lambda r: -_SEVERITY[r["flag"]])
-    verdict = worst_flag([r["flag"] for r in rows])
-    return verdict, reasons, rows
+    verdict = worst_flag([r["flag"] for r in reasons])
+    agree = thresholds.rule.agree
+    families = sorted({r["model"] for r in reasons if r["kind"] == "evidence"})
+    if verdict == "review" and agree > 0 and len(families) >= agree:
+        verdict = "fail"
+        reasons.insert(
+            0,
+            {
+                "model": "rule",
+                "metric": "agree",
+                "value": len(families),
+                "threshold": agree,
+                "flag": "fail",
+                "kind": "evidence",
+                "rule": f"{agree} or more families at review level -> fail",
+                "message": f"evidence: {len(families)} families agree at review level or beyond "
+                f"({', '.join(families)}); the rule fails a scan when {agree} do",
+            },
+        )
+    return Judgement(verdict, reasons, rows, notes)

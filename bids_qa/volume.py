@@ -17,7 +17,9 @@ resolution itself is reported as its own metric (see :class:`bids_qa.iqms.Header
 
 from __future__ import annotations
 
-import functools
+import errno
+import io
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +34,11 @@ T = TypeVar("T")
 
 #: Refuse headers that would need more voxels than this (about 2 GB as float32) before allocating.
 MAX_VOXELS = 400_000_000
+#: Voxel sizes (mm) outside this range are refused as a corrupt header: nothing scanned in a
+#: clinical or research MRI has voxels under 10 micrometres or over 5 cm.
+VOXEL_MM_RANGE = (0.01, 50.0)
+#: Largest field of view (mm) along any axis; a whole-spine scan spans about 1 m.
+MAX_FOV_MM = 2000.0
 #: Voxel-size ratio above which a volume is treated as a 2D (thick-slice) acquisition.
 ANISOTROPY_2D_RATIO = 1.5
 #: Output range of the normalised image.
@@ -303,14 +310,23 @@ def load_volume(path: str | Path, max_voxels: int = MAX_VOXELS) -> Volume:
     import nibabel as nib
 
     path = Path(path)
+    warnings: list[str] = []
     try:
         size = path.stat().st_size
     except OSError as err:
-        raise ScanError("load", f"cannot read {path.name}: {err}") from err
+        raise ScanError("load", _unreadable_message(path, err)) from err
     if size == 0:
         raise ScanError("load", f"{path.name} is an empty (zero-byte) file")
     try:
-        img = nib.load(str(path))
+        if _gz_name_without_gzip(path):
+            img = _load_uncompressed(path)
+            warnings.append(
+                f"{path.name} is named .nii.gz but is not gzip-compressed; read as a plain .nii"
+            )
+        else:
+            img = nib.load(str(path))
+    except ScanError:
+        raise
     except Exception as err:  # nibabel raises several types for bad files
         raise ScanError("load", f"{path.name} is not a readable NIfTI image ({type(err).__name__}: {err})") from err
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
@@ -333,6 +349,11 @@ def load_volume(path: str | Path, max_voxels: int = MAX_VOXELS) -> Volume:
             f"{path.name} declares dimensions {shape[:3]} ({int(np.prod(shape[:3])):,} voxels), over the "
             f"limit of {max_voxels:,}; refusing to allocate it (corrupt header?)",
         )
+    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    if not all(np.isfinite(z) and z > 0 for z in zooms):
+        warnings.append(f"invalid voxel sizes {zooms} in header; assuming 1 mm")
+        zooms = (1.0, 1.0, 1.0)
+    check_geometry(path.name, shape[:3], zooms, max_voxels)  # type: ignore[arg-type]
     if len(shape) > 3:
         img = img.slicer[..., 0] if len(shape) == 4 else nib.Nifti1Image(
             np.asanyarray(img.dataobj).reshape(shape[:3]), img.affine, img.header
@@ -345,7 +366,6 @@ def load_volume(path: str | Path, max_voxels: int = MAX_VOXELS) -> Volume:
     always_finite = _always_finite(img)
     raw, img = canonical_view(img, stored.reshape(stored.shape[:3]))
 
-    warnings: list[str] = []
     if not always_finite:
         finite = np.isfinite(raw)
         if not finite.all():
@@ -356,10 +376,10 @@ def load_volume(path: str | Path, max_voxels: int = MAX_VOXELS) -> Volume:
             warnings.append(f"{n_bad:,} NaN/Inf voxels set to 0")
         del finite
 
-    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
-    if not all(np.isfinite(z) and z > 0 for z in zooms):
-        warnings.append(f"invalid voxel sizes {zooms} in header; assuming 1 mm")
-        zooms = (1.0, 1.0, 1.0)
+    # canonical reorientation permutes the axes: the voxel sizes follow
+    zooms = tuple(float(z) for z in img.header.get_zooms()[:3]) if all(
+        np.isfinite(z) and z > 0 for z in img.header.get_zooms()[:3]
+    ) else (1.0, 1.0, 1.0)
     try:
         data, mask = normalise(raw)
     except ScanError:
@@ -380,6 +400,100 @@ def _always_finite(img: Any) -> bool:
         return False
     slope, inter = img.header.get_slope_inter()
     return all(v is None or np.isfinite(v) for v in (slope, inter))
+
+
+def _unreadable_message(path: Path, err: OSError) -> str:
+    """Why a file cannot be opened, with what to do for broken symbolic links."""
+    if path.is_symlink():
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        if getattr(err, "errno", None) == errno.ELOOP:
+            return f"{path.name} is a symbolic link that loops back on itself ({target})"
+        return (
+            f"{path.name} is a symbolic link whose target is missing ({target}); in a DataLad "
+            f"dataset, `datalad get {path.name}` fetches the file"
+        )
+    return f"cannot read {path.name}: {err}"
+
+
+def _gz_name_without_gzip(path: Path) -> bool:
+    """Whether a ``.gz`` file lacks the gzip magic bytes (a plain NIfTI misnamed ``.nii.gz``)."""
+    if not path.name.lower().endswith(".gz"):
+        return False
+    try:
+        with path.open("rb") as handle:
+            return handle.read(2) != b"\x1f\x8b"
+    except OSError:
+        return False
+
+
+def _load_uncompressed(path: Path) -> Any:
+    """A plain NIfTI-1/2 image from a file whose name says gzip (header checked before data)."""
+    import nibabel as nib
+
+    with path.open("rb") as handle:
+        head = handle.read(540)
+    nifti1 = len(head) >= 348 and head[344:348] in (b"n+1\x00", b"ni1\x00")
+    nifti2 = len(head) >= 540 and head[4:8] == b"n+2\x00"
+    if not (nifti1 or nifti2):
+        raise ScanError(
+            "load",
+            f"{path.name} is not a readable NIfTI image (named .nii.gz, but neither gzip-compressed "
+            "nor starting with a NIfTI header)",
+        )
+    kind = nib.Nifti2Image if nifti2 else nib.Nifti1Image
+    header = kind.header_class.from_fileobj(io.BytesIO(head))
+    shape = tuple(int(s) for s in header.get_data_shape())
+    if len(shape) >= 3 and int(np.prod(shape[:3])) > MAX_VOXELS:
+        raise ScanError(
+            "load",
+            f"{path.name} declares dimensions {shape[:3]}, over the limit of {MAX_VOXELS:,} voxels; "
+            "refusing to allocate it (corrupt header?)",
+        )
+    return kind.from_bytes(path.read_bytes())
+
+
+def check_geometry(
+    name: str, shape: tuple[int, int, int], zooms: tuple[float, float, float], max_voxels: int = MAX_VOXELS
+) -> None:
+    """Refuse voxel sizes, fields of view and resampled grids no real scan has, before any
+    allocation (a corrupt header must give an error row, not a 20 TB allocation).
+
+    The resampled grid is the largest square-slice stack the slice models build (each slice
+    padded to a square field of view at its own pixel size, :func:`slices_to_square`).
+
+    Raises
+    ------
+    ScanError
+        Stage ``"load"``, with the offending values.
+    """
+    lo, hi = VOXEL_MM_RANGE
+    bad = [z for z in zooms if not lo <= z <= hi]
+    if bad:
+        raise ScanError(
+            "load",
+            f"{name}: voxel sizes {tuple(round(z, 6) for z in zooms)} mm are outside {lo}-{hi} mm; "
+            "refusing the image (corrupt header?)",
+        )
+    fov = [n * z for n, z in zip(shape, zooms, strict=True)]
+    if max(fov) > MAX_FOV_MM:
+        raise ScanError(
+            "load",
+            f"{name}: field of view {tuple(round(f, 1) for f in fov)} mm exceeds {MAX_FOV_MM:g} mm; "
+            "refusing the image (corrupt header?)",
+        )
+    for axis in range(3):
+        (h, zh), (w, zw) = [(shape[a], zooms[a]) for a in range(3) if a != axis]
+        extent = max(h * zh, w * zw)
+        voxels = max(h, round(extent / zh)) * max(w, round(extent / zw)) * shape[axis]
+        if voxels > max_voxels:
+            raise ScanError(
+                "load",
+                f"{name}: resampling to square slices along axis {axis} would need {voxels:,} voxels "
+                f"(limit {max_voxels:,}) for voxel sizes {zooms} mm; refusing the image",
+            )
 
 
 def volume_from_array(data: np.ndarray, zooms: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> Volume:
@@ -543,33 +657,6 @@ def pool_in_memory_order(data: np.ndarray, kernel: list[int]) -> Any:
             acc[: part.shape[0], : part.shape[1], : part.shape[2]] += part
         acc /= divisor[tuple(out_index)]
     return torch.from_numpy(np.ascontiguousarray(out))[None, None]
-
-
-@functools.lru_cache(maxsize=64)
-def resampled_unit_noise(
-    voxel_mm: float, zooms: tuple[float, float, float], size: int
-) -> tuple[np.ndarray, float]:
-    """White noise on a grid of ``zooms`` voxels taken through :func:`cube_at_spacing` onto
-    ``size``^3 voxels of ``voxel_mm``: the field rescaled to unit variance (it keeps the
-    resampling's spatial correlation) and ``n``, the number of independent acquired voxels one
-    cube voxel averages (1 / the resampled variance; below 1 never happens, interpolation only
-    averages). Tells how much of a scan's acquisition noise survives in a fixed-voxel cube: a
-    1 mm scan on a 2.5 mm cube averages ~28 voxels, a 2 mm scan ~3.5. Deterministic; cached."""
-    shape = tuple(int(np.ceil(size * voxel_mm / z)) + 4 for z in zooms)
-    noise = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    cube = cube_at_spacing(noise, np.ones(shape, dtype=bool), tuple(zooms), size, voxel_mm)
-    var = float(cube.var())
-    field = ((cube - cube.mean()) / np.sqrt(var)).astype(np.float32)
-    field.setflags(write=False)
-    return field, 1.0 / var
-
-
-def averaged_voxel_count(voxel_mm: float, zooms: tuple[float, ...]) -> float:
-    """How many acquired voxels of size ``zooms`` one cube voxel of ``voxel_mm`` averages when a
-    scan is resampled as the scorers do (:func:`resampled_unit_noise` on a 24^3 cube; axis order
-    and sub-0.01 mm differences only change the sampling phase, so they are normalised away)."""
-    key = tuple(sorted(round(float(z), 2) for z in zooms))
-    return resampled_unit_noise(float(voxel_mm), key, 24)[1]  # type: ignore[arg-type]
 
 
 def resample_to_cube(

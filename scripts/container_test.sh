@@ -8,8 +8,9 @@
 # No registry has to be reachable: the base is a Debian bookworm rootfs made with debootstrap and
 # imported with `podman import` (cached as $BIDS_QA_BASE_IMAGE; --rebuild-base remakes it). torch
 # is installed in the image from pip's configured indexes (torch==2.13.0, the CPU build where this
-# machine's pip configuration provides it); the host's pip configuration, the folders it points
-# at and the CA bundle are mounted into the build. Needs root (or rootful podman), podman, runc and
+# machine's pip configuration provides it); the host's pip configuration and every local file or
+# folder it names (constraints, requirements, find-links, file:// indexes, cert) are mounted into
+# the build. Needs root (or rootful podman), podman, runc and
 # debootstrap: apt-get install podman buildah runc debootstrap.
 #
 # Checks (each one prints "ok ..." or stops the script with "FAIL ..." and exit status 1):
@@ -19,7 +20,8 @@
 #   4. `bids_qa demo /tmp/out` (the built-in example) succeeds inside the container;
 #   5. the demo again into a mounted folder, then the BIDS-App itself (participant, then group) on
 #      the demo dataset mounted read-only: per-scan TSVs, group tables and reports exist on the
-#      host, owned by uid 1000, and dataset_description.json names bids_qa and its version.
+#      host, owned by uid 1000 and readable by another user (uid 2000, also checked by reading every
+#      file in a container), and dataset_description.json names bids_qa and its version.
 # Environment: BIDS_QA_IMAGE (default localhost/bids_qa:test), BIDS_QA_BASE_IMAGE (default
 # localhost/bids_qa-base:bookworm), DEBIAN_MIRROR, TORCH_SPEC (default torch==2.13.0),
 # TORCH_INDEX_URL (default empty: pip's configured index).
@@ -89,8 +91,9 @@ fi
 # ---------------------------------------------------------------------------------------------
 step "pip configuration for the build"
 # The host's pip settings (global, user and PIP_* variables merged) become the image's
-# /etc/pip.conf during the build only; local folders they name (find-links, file:// indexes) and
-# the CA bundle are mounted read-only at the same paths.
+# /etc/pip.conf during the build only. Every local file or folder a setting names (constraint,
+# requirement, find-links, file:// indexes, cert, client-cert, ...) is mounted read-only at the
+# same path, so the copied settings resolve inside the build exactly as on the host.
 MOUNTS=(-v /etc/ssl/certs:/etc/ssl/certs:ro)
 python3 - "$WORK/pip.conf" > "$WORK/pip_mounts" <<'PY'
 import os, subprocess, sys
@@ -101,22 +104,26 @@ for line in out.splitlines():
     section, _, name = key.rpartition(".")
     if section in (":env:", "global", "install"):
         settings[name] = value.strip().strip("'\"")
-settings.pop("cert", None)  # the image's own CA bundle path is the same /etc/ssl/certs one
 with open(sys.argv[1], "w") as fh:
     fh.write("[global]\n" + "".join(f"{k} = {v}\n" for k, v in sorted(settings.items())))
-folders = set()
-for key in ("find-links", "index-url", "extra-index-url"):
-    for item in settings.get(key, "").split():
+paths = set()
+for value in settings.values():
+    for item in value.split():
         path = item[len("file://"):] if item.startswith("file://") else item
-        path = path.rstrip("/")
+        path = path.rstrip("/") or path
         if path.endswith("/simple"):  # a PEP 503 index links to ../../files: mount its parent
             path = os.path.dirname(path)
         if path.startswith("/") and os.path.exists(path):
-            folders.add(path)
-print("\n".join(sorted(folders)))
+            paths.add(path)  # podman follows a symbolic link on the host side
+# one mount per tree: a path inside another mounted folder (or /etc/ssl/certs) comes with it
+kept = []
+for path in sorted(paths, key=len):
+    if not any(path == top or path.startswith(top + "/") for top in kept + ["/etc/ssl/certs"]):
+        kept.append(path)
+print("\n".join(sorted(kept)))
 PY
-while read -r folder; do
-    [ -n "$folder" ] && MOUNTS+=(-v "$folder:$folder:ro")
+while read -r path; do
+    [ -n "$path" ] && MOUNTS+=(-v "$path:$path:ro")
 done < "$WORK/pip_mounts"
 MOUNTS+=(-v "$WORK/pip.conf:/etc/pip.conf:ro")
 sed 's/^/  /' "$WORK/pip.conf"
@@ -228,7 +235,23 @@ PY
 done
 stray=$(find "$OUT" ! -uid 1000 | head -3)
 [ -z "$stray" ] || fail "files not owned by uid 1000: $stray"
-echo "ok outputs: 8 scans x (_qa.tsv, _qa.json, _report.html), 4 group tables of 2 rows, all owned by 1000"
+# Another user (uid 2000, not the owner, not in its group) must be able to read every output: a
+# lab shares one derivatives folder. Checked by the permission bits and by reading every file.
+unreadable=$(find "$OUT/app" "$OUT/demo/qa" \( -type f ! -perm -o=r \) -o \( -type d ! -perm -o=rx \) | head -3)
+[ -z "$unreadable" ] || fail "outputs other users cannot read: $unreadable"
+"${PODMAN[@]}" run --rm "${ULIMIT[@]}" --network none --read-only --user 2000:2000 \
+    -v "$OUT:/out:ro" --entrypoint python "$IMAGE" -c '
+import os, sys
+n = 0
+for top in ("/out/app", "/out/demo/qa"):
+    for folder, _, files in os.walk(top):
+        for name in files:
+            with open(os.path.join(folder, name), "rb") as fh:
+                fh.read(1)
+            n += 1
+print(f"  uid 2000 read {n} output files")
+' || fail "another user (uid 2000) cannot read the outputs"
+echo "ok outputs: 8 scans x (_qa.tsv, _qa.json, _report.html), 4 group tables of 2 rows, owned by 1000, readable by others"
 
 echo
 echo "container_test: all checks passed ($IMAGE, bids_qa $VERSION)"

@@ -81,6 +81,12 @@ def bad_run(tmp_path_factory, mni_small):
     write_nifti(root / "sub-01_acq-<b>x</b>_T1w.nii.gz", good)  # '/' in '</b>' makes a folder
     write_nifti(root / "<script>alert(1)</script>" / "scan_T1w.nii.gz", good)
 
+    write_nifti(root / "sub-18_T1w.nii.gz", good, zooms=(1e6, 1e6, 1e6))
+    write_nifti(root / "sub-19_T1w.nii", good)
+    (root / "sub-19_T1w.nii").rename(root / "sub-19_T1w.nii.gz")  # plain bytes, .gz name
+    (root / "sub-20_T1w.nii.gz").symlink_to("annex/objects/missing.nii.gz")  # not fetched
+    (root / "sub-21_T1w.nii.gz").symlink_to("sub-21_T1w.nii.gz")  # loops on itself
+
     before = snapshot(root)
     out = root.parent / "out"
     start = time.perf_counter()
@@ -120,7 +126,7 @@ def assert_error(out: Path, stem: str, subject: str, *fragments: str) -> dict:
 def test_run_completes_with_exit_0(bad_run):
     _, out, code, seconds = bad_run
     assert code == 0
-    assert len(list(out.rglob("*_qa.json"))) == 19
+    assert len(list(out.rglob("*_qa.json"))) == 22  # the looping link is skipped
     assert seconds < 120
 
 
@@ -207,12 +213,16 @@ def test_unicode_name(bad_run):
 
 def test_html_characters_in_names(bad_run):
     root, out, _, _ = bad_run
-    stem = safe_stem("b>_T1w")
+    stem = safe_stem("sub-01_acq-<b>x<_b>_T1w")
     sidecar, _ = outputs(out, stem, "01")
     assert sidecar["scan"]["source"] == "sub-01_acq-<b>x</b>_T1w.nii.gz"
-    assert sidecar["scan_id"] == "b>_T1w" and sidecar["errors"] == []
+    assert sidecar["scan_id"] == "sub-01_acq-<b>x<_b>_T1w" and sidecar["errors"] == []
     script = (
-        out / "nonbids" / safe_stem("<script>alert(1)<") / safe_stem("script>") / "scan_T1w_qa.json"
+        out
+        / "nonbids"
+        / safe_stem("<script>alert(1)<")
+        / safe_stem("script>")
+        / f"{safe_stem('<script>alert(1)<_script>_scan_T1w')}_qa.json"
     )
     assert (
         json.loads(script.read_text(encoding="utf-8"))["scan"]["source"]
@@ -227,11 +237,34 @@ def test_group_level_includes_error_rows(bad_run):
     assert main([str(bad_run[0]), str(out), "group", "--no-reports", "-q"]) == 0
     rows = read_tsv(out / "group_T1w.tsv")
     by_id = {r["scan_id"]: r for r in rows}
-    assert len(rows) == 19
+    assert len(rows) == 22
     assert by_id["sub-03_T1w"]["verdict"] == "error"
     assert (
         by_id["sub-03_T1w"]["reasons"]
         == "error [load]: sub-03_T1w.nii.gz is an empty (zero-byte) file"
     )
     assert by_id["sub-03_T1w"]["iqm.efc"] == "n/a"
-    assert by_id["b>_T1w"]["verdict"] != "error"
+    assert by_id["sub-01_acq-<b>x<_b>_T1w"]["verdict"] != "error"
+
+
+def test_absurd_voxel_sizes_are_refused_before_allocating(bad_run):
+    sidecar = assert_error(bad_run[1], "sub-18_T1w", "18", "voxel sizes", "refusing")
+    assert sidecar["scan"]["zooms"][:3] == [1e6, 1e6, 1e6]
+
+
+def test_uncompressed_file_named_nii_gz_is_read_with_a_warning(bad_run):
+    sidecar, rows = outputs(bad_run[1], "sub-19_T1w", "19")
+    assert sidecar["errors"] == [] and sidecar["verdict"] in {"pass", "review", "fail"}
+    assert any("not gzip-compressed" in w for w in sidecar["warnings"])
+    assert any(r["model"] == "iqm" for r in rows)
+
+
+def test_dangling_link_says_the_target_is_missing(bad_run):
+    assert_error(
+        bad_run[1], "sub-20_T1w", "20", "symbolic link whose target is missing", "datalad get"
+    )
+
+
+def test_link_loop_is_skipped_not_fatal(bad_run):
+    assert bad_run[2] == 0
+    assert not (bad_run[1] / "sub-21").exists()

@@ -251,6 +251,20 @@ def test_participant_and_group_end_to_end(small_bids, tmp_path):
     assert meta["n_scans"] == 2 and "iqm.efc" in meta["columns"]
     assert meta["thresholds"]["header.anisotropy"]["review"] == 2.0
     assert (out / "group_T2w.tsv").is_file()
+    # acquisition columns: entities and sidecar parameters
+    first = table.loc[0]
+    assert (first["manufacturer"], first["field_strength"], first["echo_time"]) == (
+        "TestVendor", "3", "0.003",
+    )  # fmt: skip
+    assert list(table["voxel_size"]) == ["4x4x4", "4x4x4"]
+    assert table["repetition_time"].isna().all() and table["acquisition"].isna().all()
+    assert "manufacturer" in meta["columns"] and "acquisition" in meta["columns"]
+    assert sidecar["scan"]["parameters"]["manufacturer"] == "TestVendor"
+    # methods paragraph: in the group JSON and in group_methods.md, citing what ran
+    methods = meta["provenance"]["methods"]
+    assert "Esteban et al., 2017" in methods and "References" in methods
+    assert "2 T1w scan(s) of 2 subjects" in methods
+    assert "Esteban O" in (out / "group_methods.md").read_text(encoding="utf-8")
     assert not (out / ".bids_qa_work").exists()  # default work folder cleaned up
     assert len(list((out / "logs").glob("bids_qa_*.log"))) == 2
 
@@ -459,8 +473,8 @@ def test_plain_nifti_folder_with_suffix(tmp_path, mni_small):
         for p in out.rglob("*_qa.json")
     }
     assert list(sidecars) == [
-        f"nonbids/{safe_stem('patient 1')}/head_qa.json"
-    ]  # patient2_T2 is a T2w
+        f"sub-patient1/anat/{safe_stem('patient 1_head')}_qa.json"
+    ]  # patient2_T2 is a T2w; the folder "patient 1" names the subject
     only = next(iter(sidecars.values()))
     assert (
         only["scan"]["source"] == "patient 1/head.nii.gz"
@@ -491,3 +505,111 @@ def test_no_network_access_with_reports(small_bids, tmp_path, monkeypatch):
     assert (out / "sub-01/anat/sub-01_T1w_report.html").is_file() and (
         out / "group_T1w.html"
     ).is_file()
+
+
+# --------------------------------------------------------------------------------------------
+# New-user fixes (issue 24)
+
+
+def test_unmatched_participant_label_is_warned_about(small_bids, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = run(
+        small_bids, out, "participant", "--no-reports", "--scorers", "header",
+        "--participant-label", "sub-99", "01",
+    )  # fmt: skip
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "--participant-label sub-99 matched no scan" in err
+    assert "sub-01 matched" not in err
+    assert (out / "sub-01/anat/sub-01_T1w_qa.json").is_file()
+
+
+def test_unwritable_bids_database_dir_exits_73(small_bids, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x", encoding="utf-8")
+    code = run(
+        small_bids, tmp_path / "out", "participant", "--no-reports", "--scorers", "header",
+        "--bids-database-dir", blocker / "index",
+    )  # fmt: skip
+    assert code == 73
+    assert "--bids-database-dir" in capsys.readouterr().err
+
+
+def test_group_on_an_empty_folder_writes_nothing(small_bids, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    assert run(small_bids, out, "group", "--no-reports") == 66
+    assert list(out.iterdir()) == []
+    assert run(small_bids, tmp_path / "missing", "group") == 66
+    assert not (tmp_path / "missing").exists()
+    assert "nothing was written" in capsys.readouterr().err
+
+
+def test_options_before_positionals_get_a_hint(small_bids, tmp_path, capsys):
+    code = run("--participant-label", "01", small_bids, tmp_path / "out", "participant")
+    assert code == 64
+    err = capsys.readouterr().err
+    assert "the following arguments are required" in err
+    assert "hint: --participant-label takes every value after it" in err and " -- " in err
+    # the documented way out works
+    code = run(
+        "--scorers", "header", "--no-reports", "--participant-label", "01", "--",
+        small_bids, tmp_path / "out", "participant",
+    )  # fmt: skip
+    assert code == 0
+    capsys.readouterr()
+    assert run(small_bids, tmp_path / "out") == 64  # simply forgot the level: no misleading hint
+    assert "hint" not in capsys.readouterr().err
+
+
+def test_suffix_map_names_contrasts_in_plain_mode(tmp_path, mni_small, capsys):
+    folder = tmp_path / "scans"
+    write_nifti(folder / "p1" / "series_0003.nii.gz", mni_small + 0.01)
+    write_nifti(folder / "p1" / "series_0004.nii.gz", mni_small + 0.01)
+    mapping = tmp_path / "map.tsv"
+    mapping.write_text("pattern\tsuffix\n*_0003.nii.gz\tT1\n*/series_0004*\tflair\n", encoding="utf-8")
+    out = tmp_path / "out"
+    assert run(folder, out, "participant", "--no-reports", "--scorers", "header",
+               "--suffix-map", mapping) == 0  # fmt: skip
+    suffixes = {
+        json.loads(p.read_text(encoding="utf-8"))["scan"]["source"]: json.loads(
+            p.read_text(encoding="utf-8")
+        )["scan"]["entities"]["suffix"]
+        for p in out.rglob("*_qa.json")
+    }
+    assert suffixes == {"p1/series_0003.nii.gz": "T1w", "p1/series_0004.nii.gz": "FLAIR"}
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"*.nii.gz": "bold"}', encoding="utf-8")
+    assert run(folder, out, "participant", "--suffix-map", bad) == 64
+    assert "bold" in capsys.readouterr().err
+
+
+def test_full_disk_stops_the_run_with_exit_74(bids_factory, tmp_path, monkeypatch, capsys):
+    import errno
+
+    from bids_qa import derivatives
+
+    root = bids_factory(
+        scans=tuple(f"sub-0{i}/anat/sub-0{i}_T1w.nii.gz" for i in range(1, 5)), extras=False
+    )
+    out = tmp_path / "out"
+    real = derivatives.write_scan_tables
+    calls = []
+
+    def fill_up(paths, *args, **kwargs):
+        calls.append(paths.stem)
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(paths, *args, **kwargs)
+
+    monkeypatch.setattr(derivatives, "write_scan_tables", fill_up)
+    code = run(root, out, "participant", "--no-reports", "--scorers", "header", "--nprocs", "1")
+    assert code == 74
+    assert calls == ["sub-01_T1w", "sub-02_T1w"]  # stopped at the first full write
+    err = capsys.readouterr().err
+    assert "no space left" in err and "stopped after 1 of 4 scan(s)" in err and "resume" in err
+    assert "Traceback" not in err and "Logging error" not in err
+    assert (out / "sub-01/anat/sub-01_T1w_qa.json").is_file()
+    monkeypatch.setattr(derivatives, "write_scan_tables", real)
+    assert run(root, out, "participant", "--no-reports", "--scorers", "header") == 0
+    assert len(list(out.rglob("*_qa.json"))) == 4

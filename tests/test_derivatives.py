@@ -174,10 +174,23 @@ def test_dataset_description_names_the_container(tmp_path, monkeypatch):
     deriv.write_dataset_description(tmp_path, tmp_path / "in")
     assert path.stat().st_mtime_ns == mtime  # identical content is not rewritten
     monkeypatch.delenv("SINGULARITY_CONTAINER")
-    assert (
-        "Container" not in deriv.dataset_description()["GeneratedBy"][0]
-        or Path("/.dockerenv").exists()
+    monkeypatch.delenv(deriv.IMAGE_MARKER_VAR, raising=False)
+    # a pip install is never reported as a container, even inside one (/.dockerenv may exist)
+    assert "Container" not in deriv.dataset_description()["GeneratedBy"][0]
+
+
+def test_docker_container_needs_the_image_marker(monkeypatch):
+    for var in ("APPTAINER_CONTAINER", "SINGULARITY_CONTAINER", "container"):
+        monkeypatch.delenv(var, raising=False)
+    real_exists = Path.exists
+    monkeypatch.setattr(
+        Path, "exists", lambda self: str(self) == "/.dockerenv" or (
+            str(self) != "/run/.containerenv" and real_exists(self))
     )
+    monkeypatch.delenv(deriv.IMAGE_MARKER_VAR, raising=False)
+    assert deriv.container_info() is None
+    monkeypatch.setenv(deriv.IMAGE_MARKER_VAR, "bids_qa:0.1.0")
+    assert deriv.container_info() == {"Type": "docker", "Tag": "bids_qa:0.1.0"}
 
 
 def test_slice_rows_union_of_metrics():
@@ -433,3 +446,24 @@ def test_readers(small_bids, tmp_path):
         and len(problems) == 1
         and "sub-01_T1w_qa.json" in problems[0]
     )
+
+
+def test_scan_parameters_give_entity_and_acquisition_columns():
+    scan = {
+        "entities": {"acquisition": "mprage", "reconstruction": "norm", "ceagent": "Gd"},
+        "metadata": {"Manufacturer": "Siemens", "MagneticFieldStrength": 3, "RepetitionTime": 2.3,
+                     "EchoTime": [0.002, 0.004]},
+        "zooms": [1.0, 1.0, 1.2],
+    }  # fmt: skip
+    assert deriv.scan_parameters(scan) == {
+        "acquisition": "mprage",
+        "reconstruction": "norm",
+        "ceagent": "Gd",
+        "manufacturer": "Siemens",
+        "field_strength": 3,
+        "repetition_time": 2.3,
+        "echo_time": "0.002,0.004",  # a multi-echo list stays one cell
+        "voxel_size": "1x1x1.2",
+    }
+    empty = deriv.scan_parameters({"entities": {}, "metadata": {}, "zooms": None})
+    assert set(empty) <= set(deriv.GROUP_COLUMNS) and all(v is None for v in empty.values())

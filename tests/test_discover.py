@@ -39,7 +39,11 @@ from bids_qa.discover import (
         ("study1_T2W.nii.gz", "T2w"),
         ("spine_t2star_axial.nii.gz", "T2starw"),
         ("scan_t2*.nii", "T2starw"),
-        ("pd_t2.nii", "PD"),
+        ("pd_t2.nii", "PDw"),
+        ("adi_brain_mocoMEMPRAGE_rms.nii.gz", "T1w"),
+        ("T1POST_brain_MNI.nii.gz", "T1w"),
+        ("adi_brain_ax_fse_t2.nii.gz", "T2w"),
+        ("uih_umr770_t1_gre_fsp_3d_sag.nii.gz", "T1w"),
         ("brain.nii.gz", None),
         ("t1map.nii.gz", None),
     ],
@@ -210,9 +214,13 @@ def test_plain_nifti_mode(tmp_path, mni_small):
     ]
     assert got["site1/patient01/T1_MPRAGE.nii.gz"].suffix == "T1w"
     assert got["site1/patient01/t2_flair_tra.nii"].entities == {
+        "subject": "patient01",  # the folder looks like a subject
         "suffix": "FLAIR",
         "extension": ".nii",
     }
+    assert got["site1/patient01/t2_flair_tra.nii"].scan_id == "site1_patient01_t2_flair_tra"
+    assert got["sub-05/ses-b/sub-05_ses-b_run-3_T2w.nii.gz"].scan_id == "sub-05_ses-b_run-3_T2w"
+    assert got["other/random.nii.gz"].scan_id == "other_random"
     assert got["sub-05/ses-b/sub-05_ses-b_run-3_T2w.nii.gz"].entities == {
         "subject": "05",
         "session": "b",
@@ -299,7 +307,104 @@ def test_docstring_examples():
 
     import bids_qa.derivatives
     import bids_qa.discover
+    import bids_qa.plainpaths
 
-    for module in (bids_qa.discover, bids_qa.derivatives):
+    for module in (bids_qa.discover, bids_qa.derivatives, bids_qa.plainpaths):
         result = doctest.testmod(module)
         assert result.attempted > 0 and result.failed == 0, module.__name__
+
+
+def test_plain_ids_are_unique_for_equal_file_names(tmp_path, mni_small):
+    root = tmp_path / "ms"
+    for rel in (
+        "patient01/study1_FLAIR.nii.gz",
+        "patient03/study1_FLAIR.nii.gz",
+        "patient04/study1_FLAIR.nii.gz",
+        "patient04/study2_FLAIR.nii.gz",
+        "visits/case7/visit2/flair.nii",
+    ):
+        write_nifti(root / rel, mni_small)
+    found = discover(root)
+    got = {s.source: s for s in found.scans}
+    ids = [s.scan_id for s in found.scans]
+    assert len(set(ids)) == len(ids) == 5
+    assert got["patient01/study1_FLAIR.nii.gz"].scan_id == "patient01_study1_FLAIR"
+    assert got["patient03/study1_FLAIR.nii.gz"].scan_id == "patient03_study1_FLAIR"
+    assert [(s.subject, s.session) for s in found.scans] == [
+        ("patient01", "study1"),
+        ("patient03", "study1"),
+        ("patient04", "study1"),
+        ("patient04", "study2"),
+        ("case7", "visit2"),
+    ]
+    # stable: a new file elsewhere changes no existing id
+    write_nifti(root / "study1_FLAIR.nii.gz", mni_small)
+    again = {s.source: s.scan_id for s in discover(root).scans}
+    assert all(again[source] == scan.scan_id for source, scan in got.items())
+    assert again["study1_FLAIR.nii.gz"] == "study1_FLAIR"
+    # and the outputs of the three patients land in three places
+    from bids_qa.derivatives import plan_scan_paths
+
+    planned, dropped = plan_scan_paths(tmp_path / "out", discover(root).scans)
+    assert dropped == [] and len({p.json for _, p in planned}) == 6
+
+
+def test_shortened_plain_ids_that_collide_fall_back_to_the_full_path(tmp_path, mni_small):
+    root = tmp_path / "in"
+    write_nifti(root / "sub-01" / "sub-01_T1w.nii.gz", mni_small)
+    write_nifti(root / "sub-01_T1w.nii.gz", mni_small)
+    ids = sorted(s.scan_id for s in discover(root).scans)
+    assert ids == ["sub-01_T1w", "sub-01_sub-01_T1w"]
+
+
+def test_sidecar_and_suffix_map_name_plain_files(tmp_path, mni_small):
+    root = tmp_path / "in"
+    write_nifti(root / "p1" / "series_0003.nii.gz", mni_small)
+    write_json(root / "p1" / "series_0003.json", {"SeriesDescription": "AX T2 FLAIR"})
+    write_nifti(root / "p1" / "series_0004.nii.gz", mni_small)
+    found = {s.source: s.suffix for s in discover(root).scans}
+    assert found == {"p1/series_0003.nii.gz": "FLAIR", "p1/series_0004.nii.gz": "unknown"}
+    mapped = discover(root, suffix_map=(("*_0004*", "PDw"), ("*", "T1w")))
+    assert {s.source: s.suffix for s in mapped.scans} == {
+        "p1/series_0003.nii.gz": "T1w",
+        "p1/series_0004.nii.gz": "PDw",
+    }
+
+
+def test_contrast_enhanced_t1_gets_a_ce_entity(tmp_path, mni_small):
+    write_nifti(tmp_path / "patient07" / "T1POST_brain_MNI.nii.gz", mni_small)
+    (scan,) = discover(tmp_path).scans
+    assert scan.suffix == "T1w" and scan.entities["ceagent"] == "post"
+    assert scan.subject == "patient07"
+
+
+@pytest.mark.parametrize("bids", [False, True])
+def test_symlink_loops_are_skipped_and_dangling_links_kept(bids_factory, tmp_path, mni_small, bids):
+    if bids:
+        root = bids_factory(scans=("sub-01/anat/sub-01_T1w.nii.gz",), extras=False)
+        anat = root / "sub-01" / "anat"
+    else:
+        root = tmp_path / "plain"
+        anat = root / "sub-01"
+        write_nifti(anat / "sub-01_T1w.nii.gz", mni_small)
+    (anat / "sub-01_T2w.nii.gz").symlink_to("sub-01_T2w.nii.gz")
+    (anat / "sub-01_FLAIR.nii.gz").symlink_to(".git/annex/objects/XX/missing")
+    found = discover(root)
+    assert sorted(s.suffix for s in found.scans) == ["FLAIR", "T1w"]
+    assert any("1 symbolic link(s) loop" in w and "sub-01_T2w" in w for w in found.warnings)
+
+
+def test_unmatched_labels_are_warned_about(small_bids):
+    found = discover(small_bids, participant_label=("99", "01"), run_id=("7",))
+    assert {s.subject for s in found.scans} == {"01"}
+    assert "--participant-label sub-99 matched no scan" in found.warnings
+    assert not any("sub-01" in w for w in found.warnings)
+    assert any(w.startswith("--run-id run-7 matched no scan") for w in found.warnings)
+
+
+def test_unwritable_database_dir_is_exit_73(small_bids, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x", encoding="utf-8")
+    with pytest.raises(DiscoveryError) as info:
+        discover(small_bids, database_dir=blocker / "db")
+    assert info.value.code == 73 and "--bids-database-dir" in info.value.message

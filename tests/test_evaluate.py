@@ -154,3 +154,23 @@ def test_weight_overrides_are_checked(tmp_path):
         with pytest.raises(SystemExit) as exc:
             parse_weight_overrides(bad)
         assert exc.value.code == 64
+
+
+def test_label_and_inu_figures_from_synthetic_rows():
+    from bids_qa.label_benchmark import labels_markdown, summarise_labels
+
+    rows = [{"artifact": "none", "ss": 0.0, "ss_damage": 0.0, "ssim_source": 1.0,
+             "inu_range": 0.1 + 0.01 * i, "inu_cv": 0.03} for i in range(4)]  # fmt: skip
+    for i, s in enumerate((0.6, 0.7, 0.8, 0.9)):
+        # parameter SS rises while the damage (SSIM) does not; the damage label follows SSIM
+        ssim = (0.9, 0.7, 0.95, 0.8)[i]
+        rows.append({"artifact": "motion", "ss": s, "ss_damage": 1 - ssim, "ssim_source": ssim})
+        rows.append({"artifact": "bias", "ss": s, "ss_damage": 0.1, "ssim_source": 0.99 - 0.01 * i,
+                     "inu_range": 0.5 + 0.1 * i, "inu_cv": 0.02})  # fmt: skip
+    out = summarise_labels(rows)
+    assert out["spearman_label_ssim"]["motion"]["damage"] == pytest.approx(-1.0)
+    assert out["spearman_label_ssim"]["motion"]["parameter"] == pytest.approx(0.0, abs=1e-9)
+    assert out["inu_auc"]["inu_range"] == pytest.approx(1.0)
+    assert out["inu_auc"]["inu_cv"] == pytest.approx(0.0)
+    md = labels_markdown(out)
+    assert "| motion | 0.000 | -1.000 | 4 |" in md and "`iqm.inu_range` 1.000" in md

@@ -36,11 +36,12 @@ def test_shipped_defaults_match_the_papers():
     assert (tier.review, tier.fail, tier.inclusive) == (2, None, True)  # advisory until validated
     flow = table.lookup("PDw", "flow.flag_5pct")
     assert (flow.review, flow.inclusive) == (1, True)
-    assert table.lookup("T1w", "header.anisotropy").review == 2.0
+    assert table.lookup("T1w", "header.anisotropy") is None  # a fact: a note unless a user judges it
+    assert table.rule.agree == 2
     assert table.lookup("T1w", "iqm.efc") is None
     raw = json.loads(default_thresholds_path().read_text(encoding="utf-8"))
     for contrast, entries in raw.items():
-        if contrast.startswith("_"):
+        if contrast.startswith("_") or contrast == "rule":
             continue
         for key, spec in entries.items():
             assert len(spec.get("description", "")) > 40, f"{contrast}/{key} needs a description"
@@ -111,6 +112,7 @@ def test_user_file_is_merged_field_by_field(tmp_path):
                 "ssim.ssim_mean": {"review": 0.9},
                 "severity.score": None,
                 "iqm.cjv": {"review": 0.8},
+                "header.anisotropy": {"review": 2.0, "description": "a user's own level on a fact"},
             },
             "T2w": {"tiers.tier": {"fail": 2.5}, "header.anisotropy": None},
         },
@@ -158,8 +160,11 @@ def test_user_file_errors_name_the_file(tmp_path):
         )
 
 
-def test_judge_verdict_reasons_and_rows():
-    table = load_thresholds()
+def test_judge_verdict_reasons_and_rows(tmp_path):
+    # header facts are judged only when a user gives them a level
+    table = load_thresholds(
+        write_json(tmp_path / "h.json", {"default": {"header.anisotropy": {"review": 2.0}}})
+    )
     scores = [
         ScanScores("header", {"anisotropy": 5.5, "acquisition": "2D", "vox_x": 0.7}),
         ScanScores("ssim", {"ssim_mean": 0.55, "ssim_min": 0.3}),
@@ -175,12 +180,11 @@ def test_judge_verdict_reasons_and_rows():
     # the comparison, then the threshold's explanation filled from the same model's values
     # (names the model did not report read n/a)
     assert reasons[0]["message"].startswith(
-        "ssim.ssim_mean = 0.55 is below the fail threshold 0.6 (lower is worse): "
+        "evidence: ssim.ssim_mean = 0.55 is below the fail threshold 0.6 (lower is worse): "
         "lowest predicted SSIM 0.3 at slice n/a (5th percentile n/a)"
     )
     assert reasons[1]["message"] == (
-        "header.anisotropy = 5.5 is above the review threshold 2 (higher is worse): "
-        "voxels n/a mm, a 2D acquisition"
+        "fact: header.anisotropy = 5.5 is above the review threshold 2 (higher is worse)"
     )
     assert reasons[0]["threshold"] == 0.6 and reasons[0]["value"] == 0.55
     by_key = {(r["model"], r["metric"]): r for r in rows}
@@ -205,7 +209,10 @@ def test_judge_verdict_reasons_and_rows():
 
 def test_per_contrast_override_applies_only_to_that_contrast(tmp_path):
     table = load_thresholds(
-        write_json(tmp_path / "t.json", {"FLAIR": {"header.anisotropy": {"review": 6}}})
+        write_json(
+            tmp_path / "t.json",
+            {"default": {"header.anisotropy": {"review": 2}}, "FLAIR": {"header.anisotropy": {"review": 6}}},
+        )
     )
     scores = [ScanScores("header", {"anisotropy": 5.0})]
     assert judge(scores, "FLAIR", table)[0] == "pass"
@@ -218,7 +225,7 @@ def test_inclusive_message_and_worst_flag():
     assert (
         verdict == "review"
         and reasons[0]["message"]
-        == "tiers.tier = 2 is at or above the review threshold 2 (higher is worse): graded n/a"
+        == "evidence: tiers.tier = 2 is at or above the review threshold 2 (higher is worse): graded n/a"
     )
     assert thr.as_dict() == {
         "direction": "higher_is_worse",

@@ -22,3 +22,42 @@ def test_fast_forward_replays_the_schedule_without_warning():
 
     assert sched_after(0) == 1.0
     assert sched_after(5) == pytest.approx(0.5)
+
+
+def test_file_record_and_command_name_files_not_machine_paths(tmp_path):
+    import hashlib
+
+    from bids_qa.training import loop
+
+    init = tmp_path / "deep" / "start.safetensors"
+    init.parent.mkdir()
+    init.write_bytes(b"weights")
+    assert loop.file_record(init) == {
+        "file": "start.safetensors",
+        "sha256": hashlib.sha256(b"weights").hexdigest(),
+    }
+    assert loop.file_record(tmp_path / "gone.safetensors") == {
+        "file": "gone.safetensors",
+        "sha256": None,
+    }
+    assert loop.file_record(None) is None
+    cmd = loop.portable_command("tiers", ["--data", str(tmp_path), "--init", str(init), "--lr", "1"])
+    assert cmd == f"bids_qa train tiers --data {tmp_path.name} --init start.safetensors --lr 1"
+
+
+@pytest.mark.parametrize("family", ["flow", "severity", "ssim", "tiers"])
+def test_shipped_weights_record_no_absolute_path(family):
+    import json
+    import re
+
+    from bids_qa.models.weights import load_weights, packaged_weights
+
+    path = packaged_weights(f"{family}.safetensors")
+    if not path.is_file():
+        pytest.skip(f"{path} not installed")
+    meta = load_weights(path)[1]
+    text = json.dumps(meta)
+    assert not re.search(r'(^|[\s"=])/(work|home|tmp|scratch|data)\b', text), family
+    init = meta.get("training", {}).get("init")
+    if init is not None:
+        assert set(init) >= {"file", "sha256"} and "/" not in init["file"]

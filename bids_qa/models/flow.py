@@ -61,16 +61,12 @@ class EncoderConfig:
     #: dot products are ~0.1 and learning crawls. Scaling m by 4 is the same as a temperature of
     #: 1/16 on the dot products, and leaves the loss exactly the paper's for the scaled m.
     output_scale: float = 4.0
-    #: 0: slices read as :meth:`Volume.slice_stack` (whole field of view in ``input_size`` pixels);
-    #: > 0: as :meth:`Volume.spacing_stack` (this many mm per pixel, cut around the head), as the
-    #: severity model's ``pixel_mm``.
-    pixel_mm: float = 0.0
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EncoderConfig:
         return cls(input_size=int(d["input_size"]), channels=tuple(int(c) for c in d["channels"]),  # type: ignore[arg-type]
                    hidden=int(d["hidden"]), negative_slope=float(d["negative_slope"]),
-                   output_scale=float(d.get("output_scale", 1.0)), pixel_mm=float(d.get("pixel_mm", 0.0)))
+                   output_scale=float(d.get("output_scale", 1.0)))
 
 
 @dataclass(frozen=True)
@@ -581,17 +577,17 @@ class FlowScorer:
     def encoder_inputs(self, volume: Volume) -> tuple[np.ndarray, np.ndarray]:
         """(the centre anatomy slices at the encoder's input size (k, S, S), their indices (k,)),
         cached on the volume; the same slices :func:`stack_m` encodes."""
-        size, px = self.encoder_config.input_size, self.encoder_config.pixel_mm
+        size = self.encoder_config.input_size
 
         def compute() -> tuple[np.ndarray, np.ndarray]:
-            stack = volume.slice_stack(size, pixel_mm=px)
+            stack = volume.slice_stack(size)
             anatomy = anatomy_indices(volume)
             if len(anatomy) == 0:
                 anatomy = np.arange(len(stack))
             idx = centre_slices(np.asarray(anatomy))
             return stack[idx], idx
 
-        key = ("flow_inputs", size, N_CENTRE_SLICES, volume.slice_axis) + ((px,) if px > 0 else ())
+        key = ("flow_inputs", size, N_CENTRE_SLICES, volume.slice_axis)
         return volume_view(volume, key, compute)
 
     def prepare(self, volume: Volume) -> None:

@@ -35,7 +35,9 @@ MIDDLE_FRACTION = 0.6
 #: Artifact graded along the severity ruler (paper 004's rulers are noise rulers).
 RULER_ARTIFACT = "noise"
 #: Orders of the encoder's last two operations (see :class:`SeverityConfig`).
-POOLINGS = ("pool_abs", "abs_pool")
+#: Pooling of the last map: ``"pool_abs"``, |spatial mean| (Hays et al.'s order; the only one
+#: shipped weights use).
+POOLINGS = ("pool_abs",)
 
 
 @dataclass(frozen=True)
@@ -45,9 +47,7 @@ class SeverityConfig:
     input_size: int = 128
     channels: tuple[int, int] = (16, 32)
     negative_slope: float = 0.2
-    #: ``"pool_abs"``: |spatial mean of the last map| (the paper's order); ``"abs_pool"``: spatial
-    #: mean of |last map|, so local evidence of opposite sign (e.g. noise adds high-frequency
-    #: energy, anisotropy removes it) adds up instead of cancelling.
+    #: see :data:`POOLINGS`
     pooling: str = "pool_abs"
     #: 0: each slice's whole field of view squeezed into ``input_size`` pixels (about 1.9 mm per
     #: pixel for a 240 mm head). > 0: slices resampled to this many mm per pixel and cut to
@@ -105,8 +105,6 @@ def build_encoder(config: SeverityConfig):
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             last = self.reduce(self.blocks(x))
-            if config.pooling == "abs_pool":
-                return self.pool(last.abs()).flatten(1)[:, 0]
             return self.pool(last).flatten(1)[:, 0].abs()
 
     return SeverityEncoder()

@@ -58,25 +58,17 @@ class SSIMConfig:
         Channels of the first stage; stages have ``width * (1, 2, 4, 8)`` channels (64 in ResNet-18).
     blocks
         BasicBlocks per stage (ResNet-18: 2-2-2-2).
-    pixel_mm
-        0: each slice's whole field of view squeezed into ``input_size`` pixels (the shipped weights).
-        > 0: slices at this fixed pixel size cut around the head
-        (:meth:`bids_qa.volume.Volume.spacing_stack`), so the network and its SSIM labels see every
-        scanner's anatomy and motion ghosts at the same physical scale.
     """
 
     input_size: int = 128
     width: int = 16
     blocks: tuple[int, int, int, int] = (2, 2, 2, 2)
-    pixel_mm: float = 0.0
 
     def __post_init__(self) -> None:
         if self.input_size < 32:
             raise ValueError(f"input_size {self.input_size} is too small for a ResNet (need >= 32)")
         if self.width < 1 or len(self.blocks) != 4 or min(self.blocks) < 1:
             raise ValueError(f"invalid ResNet shape: width {self.width}, blocks {self.blocks}")
-        if self.pixel_mm < 0:
-            raise ValueError(f"pixel_mm must be >= 0, got {self.pixel_mm}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SSIMConfig:
@@ -84,7 +76,6 @@ class SSIMConfig:
             input_size=int(d["input_size"]),
             width=int(d["width"]),
             blocks=tuple(int(b) for b in d["blocks"]),
-            pixel_mm=float(d.get("pixel_mm", 0.0)),  # absent in weights older than the field
         )  # type: ignore[arg-type]
 
     def to_dict(self) -> dict[str, Any]:
@@ -92,7 +83,6 @@ class SSIMConfig:
             "input_size": self.input_size,
             "width": self.width,
             "blocks": list(self.blocks),
-            "pixel_mm": self.pixel_mm,
         }
 
 
@@ -246,14 +236,14 @@ class SSIMScorer:
 
     def prepare(self, volume: Volume) -> None:
         """Cache the anatomy slices at the input size on ``volume`` (loader threads)."""
-        scored_slices(volume, self.config.input_size, self.config.pixel_mm)
+        scored_slices(volume, self.config.input_size)
 
     def score(self, volume: Volume) -> ScanScores:
         return self.score_many([volume])[0]
 
     def score_many(self, volumes: Sequence[Volume]) -> list[ScanScores]:
         """Score several volumes with one batched pass over all their anatomy slices."""
-        parts = [scored_slices(v, self.config.input_size, self.config.pixel_mm) for v in volumes]
+        parts = [scored_slices(v, self.config.input_size) for v in volumes]
         outputs = self.predict_slices([slices for slices, _ in parts])
         results, pos = [], 0
         for volume, (slices, anatomy) in zip(volumes, parts, strict=True):

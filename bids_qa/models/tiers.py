@@ -55,30 +55,6 @@ TASKS: tuple[str, ...] = ("moderate", "severe")
 DECISION_THRESHOLD = 0.5
 #: Human-readable grade names (the reasons say "noise: severe").
 GRADE_NAMES: dict[int, str] = {0: "none", 1: "moderate", 2: "severe"}
-#: Sequence families a contrast-aware network is told about (one-hot side input); any other or
-#: unknown suffix (a plain NIfTI folder) is all zeros.
-CONTRAST_FAMILIES: tuple[str, ...] = ("T1w", "T2w", "FLAIR", "PDw")
-#: BIDS suffixes read as one of :data:`CONTRAST_FAMILIES`.
-SUFFIX_FAMILY: dict[str, str] = {
-    "T1w": "T1w",
-    "inplaneT1": "T1w",
-    "T2w": "T2w",
-    "inplaneT2": "T2w",
-    "FLAIR": "FLAIR",
-    "PDw": "PDw",
-    "PD": "PDw",
-}
-
-
-def contrast_code(suffix: str | None) -> np.ndarray:
-    """One-hot :data:`CONTRAST_FAMILIES` code of a scan's suffix (zeros when unknown)."""
-    code = np.zeros(len(CONTRAST_FAMILIES), dtype=np.float32)
-    family = SUFFIX_FAMILY.get(str(suffix or ""))
-    if family is not None:
-        code[CONTRAST_FAMILIES.index(family)] = 1.0
-    return code
-
-
 @dataclass(frozen=True)
 class TierRule:
     """One row of the paper's Table 2: the tier given by the worst grade over the artifacts."""
@@ -164,62 +140,14 @@ class TierConfig:
     #: 3.8 mm voxels at 64^3). > 0: a cube of this voxel size hung around the head
     #: (:meth:`Volume.cube`), which keeps noise texture and ringing visible at the same cost.
     voxel_mm: float = 0.0
-    #: What the noise grades mean (training and benchmark simulation, not the input). 0: Rician
-    #: noise of the calibrated SD added to the model's cube itself (weights before this field);
-    #: > 0: added at this isotropic resolution (paper 003: 1 mm volumes) and averaged into the
-    #: cube as resampling averages acquisition noise, so a paper-strength noise added to a 1 mm
-    #: scan is graded as such (:func:`bids_qa.volume.averaged_voxel_count`).
-    noise_reference_mm: float = 0.0
-    #: True: noise grades refer to Rician noise added to each *acquired* voxel of the scan (so a
-    #: 1 mm scan and a 2 mm scan with the same per-voxel SNR get the same grade), simulated at each
-    #: scan's own voxel size; the network is told how many acquired voxels one cube voxel
-    #: averages (:meth:`side_input`), because the cube alone cannot show it.
-    native_noise: bool = False
-    #: True: the network is also told the scan's sequence family (:func:`contrast_code` of its
-    #: BIDS suffix), because what a contrast change looks like depends on what the contrast
-    #: should be; scans of unknown suffix read as all zeros (seen in training too).
-    contrast_input: bool = False
 
     def __post_init__(self) -> None:
         if self.voxel_mm < 0:
             raise ValueError(f"voxel_mm must be >= 0, got {self.voxel_mm}")
-        if self.noise_reference_mm < 0:
-            raise ValueError(f"noise_reference_mm must be >= 0, got {self.noise_reference_mm}")
-        if self.noise_reference_mm > 0 and self.voxel_mm == 0:
-            raise ValueError("noise_reference_mm needs a fixed-voxel cube (voxel_mm > 0)")
-        if self.native_noise and (self.voxel_mm == 0 or self.noise_reference_mm > 0):
-            raise ValueError(
-                "native_noise needs a fixed-voxel cube (voxel_mm > 0) and no noise_reference_mm"
-            )
 
     def input_cube(self, volume: Volume) -> np.ndarray:
         """The network's input for ``volume`` (cached on the volume)."""
         return volume.cube(self.grid, self.voxel_mm)
-
-    @property
-    def side_features(self) -> int:
-        """How many scalars enter the network beside the cube (0, 1, 4 or 5)."""
-        return int(self.native_noise) + len(CONTRAST_FAMILIES) * int(self.contrast_input)
-
-    def side_vector(
-        self, cube_voxel_mm: float, zooms: Sequence[float] | None, suffix: str | None
-    ) -> np.ndarray | None:
-        """The scalars the network reads beside a cube of ``cube_voxel_mm`` voxels made from a
-        scan of voxel sizes ``zooms`` and BIDS ``suffix`` (None when it reads none):
-        :func:`noise_averaging_feature` with ``native_noise``, then :func:`contrast_code` with
-        ``contrast_input``."""
-        parts = []
-        if self.native_noise:
-            if zooms is None:
-                raise ValueError("native_noise weights need the scan's voxel sizes")
-            parts.append(np.array([noise_averaging_feature(cube_voxel_mm, zooms)], np.float32))
-        if self.contrast_input:
-            parts.append(contrast_code(suffix))
-        return np.concatenate(parts) if parts else None
-
-    def side_input(self, volume: Volume, suffix: str | None = None) -> np.ndarray | None:
-        """The scalars the network reads beside ``volume``'s cube (:meth:`side_vector`)."""
-        return self.side_vector(self.voxel_mm, volume.zooms, suffix)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TierConfig:
@@ -230,9 +158,6 @@ class TierConfig:
             first_stride=int(d["first_stride"]),
             dropout=float(d["dropout"]),
             voxel_mm=float(d.get("voxel_mm", 0.0)),
-            noise_reference_mm=float(d.get("noise_reference_mm", 0.0)),
-            native_noise=bool(d.get("native_noise", False)),
-            contrast_input=bool(d.get("contrast_input", False)),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -243,9 +168,6 @@ class TierConfig:
             "first_stride": self.first_stride,
             "dropout": self.dropout,
             "voxel_mm": self.voxel_mm,
-            "noise_reference_mm": self.noise_reference_mm,
-            "native_noise": self.native_noise,
-            "contrast_input": self.contrast_input,
         }
 
     def trunk_output_size(self) -> int:
@@ -258,25 +180,11 @@ class TierConfig:
         return size
 
 
-def noise_averaging_feature(voxel_mm: float, zooms: Sequence[float]) -> float:
-    """``log(n) / log(64)``, where ``n`` is how many acquired voxels of size ``zooms`` one cube
-    voxel of ``voxel_mm`` averages (:func:`bids_qa.volume.averaged_voxel_count`): 0.30 for a
-    2 mm scan on the 2.5 mm cube, 0.80 for a 1 mm one. Noise added to the acquired voxels shrinks
-    by ``sqrt(n)`` in the cube, so this is what a network needs to grade per-voxel noise from the
-    cube."""
-    from bids_qa.volume import averaged_voxel_count
-
-    n = averaged_voxel_count(voxel_mm, tuple(zooms))
-    return float(np.log(max(n, 1.0)) / np.log(64.0))
-
-
 def build_network(config: TierConfig):
     """Shared Conv5FC3 trunk + one head per artifact; ``(B, 1, G, G, G) -> (B, 3, 2)`` logits.
 
     Logit ``[:, a, 0]`` is artifact ``ARTIFACTS[a]``'s moderate task (grade >= 1), ``[:, a, 1]``
-    its severe task (grade 2). With ``config.side_features`` the network also takes ``(B, k)``
-    scalars (``forward(x, side)``), added to FC 1 through a linear map that starts at zero, so
-    weights without it warm-start the network exactly.
+    its severe task (grade 2).
     """
     from torch import nn
 
@@ -299,10 +207,6 @@ def build_network(config: TierConfig):
             h1, h2 = config.fc
             # FC 1 is shared; FC 2 and FC 3 belong to each artifact (three FC layers per path).
             self.shared = nn.Sequential(nn.Flatten(), nn.Dropout(config.dropout), nn.Linear(flat, h1))
-            self.side = nn.Linear(config.side_features, h1) if config.side_features else None
-            if self.side is not None:
-                nn.init.zeros_(self.side.weight)
-                nn.init.zeros_(self.side.bias)
             self.heads = nn.ModuleList(
                 nn.Sequential(
                     nn.Dropout(config.dropout),
@@ -313,14 +217,10 @@ def build_network(config: TierConfig):
                 for _ in ARTIFACTS
             )
 
-        def forward(self, x, side=None):
+        def forward(self, x):
             import torch
 
             z = self.shared(self.trunk(x))
-            if self.side is not None:
-                if side is None:
-                    raise ValueError("this tiers network needs its side input (TierConfig.side_vector)")
-                z = z + self.side(side.to(z.dtype))
             z = torch.relu(z)
             return torch.stack([head(z) for head in self.heads], dim=1)
 
@@ -363,22 +263,12 @@ class TierScorer:
         self.batch_size = int(batch_size)
         self._torch = torch
 
-    def probabilities(self, grids, side: np.ndarray | None = None) -> np.ndarray:
+    def probabilities(self, grids) -> np.ndarray:
         """Sigmoid outputs ``(n, 3, 2)`` for a stack of model-grid cubes ``(n, G, G, G)`` (or a
-        list of such stacks, taken as their concatenation), with their side inputs ``(n, k)``
-        when the network takes them (:meth:`TierConfig.side_input`)."""
+        list of such stacks, taken as their concatenation)."""
         from bids_qa.models.weights import predict_batched
 
-        if self.config.side_features and side is None:
-            raise ValueError("these tiers weights need the scans' side input (TierConfig.side_vector)")
-        probs = predict_batched(
-            self.net,
-            grids,
-            self.batch_size,
-            self.device,
-            post=self._torch.sigmoid,
-            side=side if self.config.side_features else None,
-        )
+        probs = predict_batched(self.net, grids, self.batch_size, self.device, post=self._torch.sigmoid)
         return probs.reshape(len(probs), len(ARTIFACTS), len(TASKS))
 
     def prepare(self, volume: Volume) -> None:
@@ -387,8 +277,8 @@ class TierScorer:
 
     @property
     def needs_suffix(self) -> bool:
-        """Whether the grades depend on the scan's BIDS suffix (contrast-aware weights)."""
-        return bool(self.config.contrast_input)
+        """The grades do not depend on the scan's BIDS suffix."""
+        return False
 
     def score(self, volume: Volume, suffix: str | None = None) -> ScanScores:
         return self.score_many([volume], [suffix])[0]
@@ -396,15 +286,7 @@ class TierScorer:
     def score_many(
         self, volumes: Sequence[Volume], suffixes: Sequence[str | None] | None = None
     ) -> list[ScanScores]:
-        """Grade several volumes with one batched pass over their grids (``suffixes``: their
-        BIDS suffixes, read only by contrast-aware weights)."""
+        """Grade several volumes with one batched pass over their grids (``suffixes`` unused)."""
         grids = [self.config.input_cube(v)[None] for v in volumes]
-        if suffixes is None:
-            suffixes = [None] * len(volumes)
-        side = (
-            np.stack([self.config.side_input(v, s) for v, s in zip(volumes, suffixes, strict=True)])
-            if self.config.side_features
-            else None
-        )
-        probs = self.probabilities(grids, side)
+        probs = self.probabilities(grids)
         return [ScanScores(scorer=NAME, values=scores_from_probabilities(p)) for p in probs]

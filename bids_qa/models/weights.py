@@ -140,17 +140,6 @@ def _batches(inputs: Any, batch_size: int):
         yield _join(pending)
 
 
-def _side_rows(side: Any, start: int, n: int, device: Any):
-    """Rows ``start:start + n`` of the side inputs as a float32 tensor on ``device``."""
-    import numpy as np
-    import torch
-
-    rows = np.ascontiguousarray(np.asarray(side, dtype=np.float32)[start : start + n])
-    if len(rows) != n:
-        raise ValueError(f"side inputs cover {start + len(rows)} items, the inputs more")
-    return torch.from_numpy(rows).to(device)
-
-
 def _parts(inputs: Any) -> list[Any]:
     """``inputs`` as a list of arrays (one array is a list of one)."""
     import numpy as np
@@ -166,7 +155,7 @@ def _join(pieces: list[Any]):
     return np.concatenate(pieces).astype(np.float32, copy=False)
 
 
-def predict_batched(net, inputs, batch_size: int, device: str, post=None, side=None):
+def predict_batched(net, inputs, batch_size: int, device: str, post=None):
     """Run ``net`` over ``inputs`` in batches, adding the channel axis; float32 numpy out.
 
     ``inputs`` is one array (n, ...) or a sequence of arrays with the same trailing shape, taken
@@ -184,9 +173,7 @@ def predict_batched(net, inputs, batch_size: int, device: str, post=None, side=N
     * outputs stay on the GPU until the end and come back in one copy, so the host never waits
       for the GPU inside the loop.
 
-    ``post`` (e.g. ``torch.sigmoid``) is applied to each batch's float32 output. ``side``: an
-    array ``(n, k)`` of per-item scalars passed as the network's second argument, row for row
-    (the tiers network's native voxel size); None calls ``net(x)``.
+    ``post`` (e.g. ``torch.sigmoid``) is applied to each batch's float32 output.
     """
     import numpy as np
     import torch
@@ -197,14 +184,9 @@ def predict_batched(net, inputs, batch_size: int, device: str, post=None, side=N
     outs = []
     with torch.inference_mode():
         if not cuda:
-            done = 0
             for batch in _batches(inputs, batch_size):
                 x = torch.from_numpy(batch)[:, None].to(device)
-                if side is None:
-                    y = net(x).float()
-                else:
-                    y = net(x, _side_rows(side, done, len(batch), device)).float()
-                done += len(batch)
+                y = net(x).float()
                 outs.append((post(y) if post is not None else y).numpy())
         else:
             # Staging rows: a batch, or all the items when there are fewer (8 tiers grids of 64^3
@@ -212,7 +194,6 @@ def predict_batched(net, inputs, batch_size: int, device: str, post=None, side=N
             rows = min(batch_size, sum(len(part) for part in inputs))
             staging: list[Any] = [None, None]
             copied: list[Any] = [None, None]
-            done = 0
             for i, batch in enumerate(_batches(inputs, batch_size)):
                 slot = i % 2
                 host = staging[slot]
@@ -230,11 +211,7 @@ def predict_batched(net, inputs, batch_size: int, device: str, post=None, side=N
                 event.record(torch.cuda.current_stream(x.device))
                 copied[slot] = event
                 with torch.autocast("cuda"):
-                    if side is None:
-                        y = net(x[:, None])
-                    else:
-                        y = net(x[:, None], _side_rows(side, done, len(batch), x.device))
-                done += len(batch)
+                    y = net(x[:, None])
                 y = y.float()
                 outs.append(post(y) if post is not None else y)
             outs = [torch.cat(outs).cpu().numpy()] if outs else []

@@ -29,12 +29,14 @@ from urllib.parse import quote
 
 import numpy as np
 
+from bids_qa.derivatives import GROUP_COLUMNS
 from bids_qa.errors import ScanError
 
 #: Per-scan table columns (contract).
 SCAN_COLUMNS = ("model", "metric", "value", "threshold", "flag", "direction")
 #: Group table columns before the ``<model>.<metric>`` score columns (contract).
-GROUP_ID_COLUMNS = ("scan_id", "subject", "session", "run", "suffix", "source", "verdict", "reasons", "report")
+#: The group table's fixed (non-score) columns, acquisition columns included.
+GROUP_ID_COLUMNS = tuple(GROUP_COLUMNS)
 #: Verdicts in display order.
 VERDICTS = ("pass", "review", "fail", "error")
 #: Models whose rows are shown as classical image-quality metrics rather than model scores.
@@ -292,13 +294,24 @@ def write_text_atomic(path: Path, text: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def template_folder() -> Path:
+    """The report templates: ``bids_qa/templates`` in an installed wheel (which ships the top-level
+    ``templates/`` folder there), else the source checkout's ``templates/`` (editable install)."""
+    package = Path(__file__).resolve().parent.parent
+    for folder in (package / "templates", package.parent / "templates"):
+        if (folder / "scan.html").is_file():
+            return folder
+    raise FileNotFoundError(f"report templates not found in {package} or beside it")
+
+
 @lru_cache(maxsize=1)
 def environment():
-    """The Jinja2 environment: package templates, autoescape on for every template, strict undefined."""
+    """The Jinja2 environment: the report templates, autoescape on for every template, strict
+    undefined."""
     import jinja2
 
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("bids_qa", "templates"),
+        loader=jinja2.FileSystemLoader(template_folder()),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
@@ -310,7 +323,7 @@ def environment():
 
 @lru_cache(maxsize=8)
 def asset(name: str) -> str:
-    """A static asset (CSS/JS) shipped in ``bids_qa/templates``, read once."""
+    """A static asset (CSS/JS) shipped beside the templates (:func:`template_folder`), read once."""
     source, _, _ = environment().loader.get_source(environment(), name)
     if "</script" in source.lower() or "</style" in source.lower():
         raise ValueError(f"asset {name} must not contain a closing script/style tag")

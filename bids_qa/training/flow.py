@@ -67,11 +67,6 @@ from bids_qa.training.slices import (
 #: field-of-view truncation, see the model card). ``truncation`` is simulated here
 #: (:func:`truncate_slice`), the others by :mod:`bids_qa.artifacts`.
 NEGATIVE_ARTIFACTS = ("noise", "motion", "ghosting", "bias", "truncation")
-#: Query artifact read from a volume corrupted with TorchIO's 3D motion (the benchmark's motion),
-#: drawn from a bank built once (:func:`motion3d_bank`); never used for simulated negatives.
-MOTION3D = "motion3d"
-#: Severity range of the 3D-motion bank's copies.
-MOTION3D_SEVERITY = (0.3, 1.0)
 #: Weight of the norm penalty.
 NORM_PENALTY = 1e-3
 #: Minimum severity gap between the query and a same-artifact negative.
@@ -86,8 +81,6 @@ def build_parser() -> argparse.ArgumentParser:
     loop.add_common_arguments(p, steps=1200, batch_size=24, lr=1e-3)
     p.add_argument("--input-size", type=int, default=128)
     p.add_argument("--channels", type=int, nargs=3, default=[8, 16, 32])
-    p.add_argument("--pixel-mm", type=float, default=0.0,
-                   help="read slices at this pixel size, cut around the head (0: whole field of view)")
     p.add_argument("--negatives", type=int, default=3, help="simulated negatives per query")
     p.add_argument("--corrupt-prob", type=float, default=0.5, help="probability that a query is corrupted")
     p.add_argument("--artifacts", nargs="+", default=list(NEGATIVE_ARTIFACTS), help="artifacts simulated for negatives")
@@ -98,21 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--evaluate", action="store_true", help="evaluate on the validation split at the end")
     p.add_argument("--mask-same-level", action="store_true",
                    help="drop other-volume negatives at the query's own artifact level (see contrastive_loss)")
-    p.add_argument("--query-weights", type=float, nargs="+", default=None, metavar="W",
-                   help="relative probabilities of the artifacts (in --artifacts order) for corrupted queries "
-                        "(default: uniform; validation always uniform)")
     p.add_argument("--both-motion-models", action="store_true",
                    help="simulate motion with TorchIO's model as well as our k-space one (50/50)")
-    p.add_argument("--separation-weight", type=float, default=0.0,
-                   help="weight of an auxiliary term (not in the paper) that pulls clean embeddings together "
-                        "and pushes corrupted ones (severity >= 0.5) out of their region (0: off)")
-    p.add_argument("--separation-radius", type=float, default=1.5,
-                   help="distance from the clean batch mean that corrupted embeddings are pushed to")
-    p.add_argument("--motion3d-copies", type=int, default=0, metavar="K",
-                   help="also corrupt queries with TorchIO's 3D motion of the whole volume (the benchmark's "
-                        "motion): K copies per training volume, simulated once and held in memory (use --workers 0); "
-                        "adds the query artifact "
-                        f"'{MOTION3D}' after --artifacts (give --query-weights one more number)")
     return p
 
 
@@ -124,29 +104,10 @@ class ContrastiveMaker:
     """Picklable sample factory: (stack (2+K, S, S) float32, source index) from one rng."""
 
     def __init__(self, sources: list[SliceSource], size: int, artifacts: tuple[str, ...], n_neg: int,
-                 corrupt_prob: float, both_motion_models: bool = False,
-                 query_weights: tuple[float, ...] | None = None, pixel_mm: float = 0.0,
-                 motion3d: list[list[tuple[np.ndarray, float]]] | None = None) -> None:
+                 corrupt_prob: float, both_motion_models: bool = False) -> None:
         self.sources, self.size, self.artifacts = sources, size, tuple(artifacts)
-        #: per source, (3D-motion-corrupted normalised data, severity) copies (:func:`motion3d_bank`)
-        self.motion3d = motion3d
-        if MOTION3D in self.artifacts and (motion3d is None or len(motion3d) != len(sources)
-                                           or not all(motion3d)):
-            raise ValueError("the motion3d query artifact needs a bank with copies of every source")
-        self.negative_artifacts = tuple(a for a in self.artifacts if a != MOTION3D)
-        #: see :class:`EncoderConfig` (``pixel_mm``); 0 keeps the whole-field-of-view inputs
-        self.pixel_mm = float(pixel_mm)
         self.n_neg, self.corrupt_prob = n_neg, corrupt_prob
         self.both_motion_models = both_motion_models
-        #: Probability of each artifact for a corrupted *query* (negatives stay uniform); None draws
-        #: uniformly with ``rng.choice(artifacts)``, the random stream of earlier runs.
-        self.query_p = None
-        if query_weights is not None:
-            w = np.asarray(query_weights, dtype=float)
-            if w.shape != (len(self.artifacts),) or (w < 0).any() or w.sum() <= 0:
-                raise ValueError(f"query weights must be {len(self.artifacts)} non-negative numbers, one per artifact")
-            self.query_p = w / w.sum()
-
     def _corrupt(self, img, mask, zooms, art, params):
         from bids_qa import artifacts
 
@@ -171,37 +132,12 @@ class ContrastiveMaker:
         and the final 2x antialiased downsampling to the model size still averages pixel-level noise
         the way the scorer's own resampling of a native scan does.
         """
-        if self.pixel_mm > 0:  # twice the final resolution, twice the final cut, around the head
-            px = self.pixel_mm / 2
-            img2 = to_model_input(img, zooms, 2 * self.size, mask, px)
-            mask2 = to_model_input(mask.astype(np.float32), zooms, 2 * self.size, mask, px) > 0.5
-            return img2, mask2, (px, px)
         h, w = img.shape
         work = int(min(2 * self.size, max(h, w)))
         extent = max(h * zooms[0], w * zooms[1])
         img2 = to_model_input(img, zooms, work)
         mask2 = to_model_input(mask.astype(np.float32), zooms, work) > 0.5
         return img2, mask2, (extent / work, extent / work)
-
-    def _motion3d_pair(self, k: int, picks, gamma: float, geometry: dict, rng: np.random.Generator):
-        """Query and positive slices (at the working resolution) of one 3D-motion copy of source
-        ``k``: the same slices, contrast and flips as the clean pair, so the clean query stays its
-        negative; returns (query, positive, severity)."""
-        assert self.motion3d is not None
-        data, severity = self.motion3d[k][int(rng.integers(len(self.motion3d[k])))]
-        src = self.sources[k]
-        replay = np.random.default_rng()
-        replay.bit_generator.state = geometry
-        out = []
-        for pick in picks:
-            axis, index = src.choices[int(pick)]
-            _, mask, zooms = native_slice(src, axis, index)
-            img = np.take(data, index, axis=axis)
-            if gamma != 1.0:
-                img = np.clip(img, 0, None) ** gamma
-            img, mask, zooms = augment_geometry(img, mask, zooms, replay)
-            out.append(self._to_work(img, mask, zooms)[0])
-        return out[0], out[1], float(severity)
 
     def __call__(self, rng: np.random.Generator):
 
@@ -214,7 +150,6 @@ class ContrastiveMaker:
         if rng.random() < 0.5:  # contrast diversity, a property of the volume: shared by q and p
             gamma = float(np.exp(rng.uniform(-0.3, 0.3)))
             q, p = np.clip(q, 0, None) ** gamma, np.clip(p, 0, None) ** gamma
-        geometry = rng.bit_generator.state  # replayed for a 3D-motion query (same flips as q, p)
         q, qmask, qz = augment_geometry(q, qmask, qz, rng)
         p, pmask, pz = augment_geometry(p, pmask, pz, rng)
         q, qmask, qz = self._to_work(q, qmask, qz)
@@ -222,18 +157,15 @@ class ContrastiveMaker:
         clean_q = q
         art, sev = None, 0.0
         if rng.random() < self.corrupt_prob:
-            art = str(rng.choice(self.artifacts, p=self.query_p))
+            art = str(rng.choice(self.artifacts))
             sev = float(rng.uniform(0.15, 1.0))
-            if art == MOTION3D:
-                q, p, sev = self._motion3d_pair(k, picks, gamma, geometry, rng)
-            else:
-                params = self._params(art, rng, sev)
-                q = self._corrupt(clean_q, qmask, qz, art, params)
-                if "seed" in params:  # same level, fresh noise realisation (no pattern to match)
-                    params = {**params, "seed": int(rng.integers(0, 2**31 - 1))}
-                p = self._corrupt(p, pmask, pz, art, params)
+            params = self._params(art, rng, sev)
+            q = self._corrupt(clean_q, qmask, qz, art, params)
+            if "seed" in params:  # same level, fresh noise realisation (no pattern to match)
+                params = {**params, "seed": int(rng.integers(0, 2**31 - 1))}
+            p = self._corrupt(p, pmask, pz, art, params)
         def final(x, zooms, mask):
-            return to_model_input(x, zooms, self.size, mask, self.pixel_mm)
+            return to_model_input(x, zooms, self.size, mask)
 
         out = [final(q, qz, qmask), final(p, pz, pmask)]
         for j in range(self.n_neg):
@@ -241,7 +173,7 @@ class ContrastiveMaker:
                 neg = clean_q  # clean vs corrupted: different artifact level
             else:
                 while True:
-                    art2 = str(rng.choice(self.negative_artifacts))
+                    art2 = str(rng.choice(self.artifacts))
                     sev2 = float(rng.uniform(0.25, 1.0))
                     if art is None or art2 != art or abs(sev2 - sev) >= SEVERITY_GAP:
                         break
@@ -250,29 +182,6 @@ class ContrastiveMaker:
         # the query's artifact level: -1 clean, else the artifact's index, and its severity
         level = np.array([-1 if art is None else self.artifacts.index(art), sev], dtype=np.float32)
         return np.stack(out).astype(np.float32), k, level
-
-
-def motion3d_bank(sources: list[SliceSource], copies: int, seed: int) -> list[list[tuple[np.ndarray, float]]]:
-    """``copies`` corrupted versions of every source volume, each with TorchIO's 3D motion (as the
-    benchmark simulates it) at a severity drawn in :data:`MOTION3D_SEVERITY` and normalised as a
-    loaded scan; copy ``c`` of source ``k`` comes from ``default_rng([seed, 31337, k, c])``.
-
-    3D motion costs seconds per volume, far more than a training step, so it is simulated once."""
-    from bids_qa import artifacts
-    from bids_qa.volume import normalise
-
-    bank = []
-    for k, src in enumerate(sources):
-        vol = src.volume
-        per = []
-        for c in range(copies):
-            rng = np.random.default_rng([seed, 31337, k, c])
-            severity = float(rng.uniform(*MOTION3D_SEVERITY))
-            params = artifacts.sample_params("motion", rng, severity=severity, ndim=3)
-            moved = artifacts.apply_artifact(vol.data, "motion", params, zooms=vol.zooms)
-            per.append((normalise(moved)[0].astype(np.float32), severity))
-        bank.append(per)
-    return bank
 
 
 def truncation_params(rng: np.random.Generator, severity: float) -> dict:
@@ -344,27 +253,6 @@ def contrastive_loss(m, source, level=None):
                         "acc": float(0.5 * (acc1 + acc2).mean())}
 
 
-def separation_loss(m, level, radius: float, min_severity: float = 0.5):
-    """Auxiliary term (not in paper 001): clean queries and positives are pulled to their batch
-    mean ``c`` (squared distance), corrupted ones of severity >= ``min_severity`` are pushed to at
-    least ``radius`` from it (squared hinge). Eq. 1 only asks a corrupted slice to differ from its
-    own clean version; the density flags need it to leave the clean region. Returns 0 when the
-    batch holds no clean query."""
-    import torch
-
-    pair = m[:, :2]  # query and positive share the artifact level
-    clean = level[:, 0] < 0
-    if not bool(clean.any()):
-        return m.sum() * 0.0
-    centre = pair[clean].reshape(-1, 2).mean(0).detach()
-    pull = ((pair[clean] - centre) ** 2).sum(-1).mean()
-    strong = (~clean) & (level[:, 1] >= min_severity)
-    if not bool(strong.any()):
-        return pull
-    dist = ((pair[strong] - centre) ** 2).sum(-1).clamp(min=1e-12).sqrt()
-    return pull + (torch.relu(radius - dist) ** 2).mean()
-
-
 def validation_metrics(net, batch, device: str) -> dict[str, float]:
     """InfoNCE loss and top-1 accuracy on a fixed validation batch."""
     import torch
@@ -383,25 +271,14 @@ def validation_metrics(net, batch, device: str) -> dict[str, float]:
 
 def train_encoder(settings: loop.TrainSettings, maker: ContrastiveMaker, val_maker: ContrastiveMaker,
                   config: EncoderConfig, argv: list[str], val_size: int = 48,
-                  mask_same_level: bool = False, init: str | None = None,
-                  separation: tuple[float, float] = (0.0, 1.5)) -> dict:
-    """Run (or resume) contrastive training; the best encoder goes to ``best_encoder.safetensors``.
-    ``separation`` = (weight, radius) of :func:`separation_loss` (weight 0: the paper's loss)."""
-    import torch
-
+                  mask_same_level: bool = False, init: str | None = None) -> dict:
+    """Run (or resume) contrastive training; the best encoder goes to ``best_encoder.safetensors``."""
     from bids_qa.models.weights import save_weights
 
-    run_dir = Path(settings.run_dir)
-    loop.write_settings(run_dir, settings, NAME, argv)
-    torch.manual_seed(settings.seed)
-    net = build_encoder(config).to(settings.device)
-    loop.warm_start(net, init)
-    opt = torch.optim.Adam(net.parameters(), lr=settings.lr, weight_decay=1e-5)
-    start, extra = loop.load_checkpoint(run_dir, net, opt)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, settings.steps), eta_min=settings.lr * 0.05)
-    loop.fast_forward(sched, start)
+    run = loop.start_run(settings, NAME, argv, lambda: build_encoder(config), init, weight_decay=1e-5)
+    net, opt, sched, log, extra = run.net, run.opt, run.sched, run.log, run.extra
+    run_dir = run.dir
     best = extra.get("best", {"objective": -1e9})
-    log = loop.RunLog(run_dir)
     val_items = [val_maker(np.random.default_rng([settings.seed + 7919, i])) for i in range(val_size)]
     val_batch = (np.stack([v[0] for v in val_items]), np.array([v[1] for v in val_items]),
                  np.stack([v[2] for v in val_items]) if mask_same_level else None)
@@ -409,15 +286,11 @@ def train_encoder(settings: loop.TrainSettings, maker: ContrastiveMaker, val_mak
     t0 = time.time()
     elapsed_before = float(extra.get("train_seconds", 0.0))
     net.train()
-    for step, (x, src, level) in loop.batches(maker, settings, start):
+    for step, (x, src, level) in loop.batches(maker, settings, run.start):
         x = x.to(settings.device)
         m = net(x.reshape(-1, 1, *x.shape[-2:])).reshape(x.shape[0], x.shape[1], 2)
         loss, parts = contrastive_loss(m, src.to(settings.device),
                                        level.to(settings.device) if mask_same_level else None)
-        if separation[0] > 0:
-            sep = separation_loss(m, level.to(settings.device), separation[1])
-            loss = loss + separation[0] * sep
-            parts["separation"] = float(sep.detach())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -448,7 +321,7 @@ def train_encoder(settings: loop.TrainSettings, maker: ContrastiveMaker, val_mak
 
 
 def reference_population(
-    net, volumes, size: int, device: str = "cpu", pixel_mm: float = 0.0
+    net, volumes, size: int, device: str = "cpu"
 ) -> tuple[np.ndarray, list[str]]:
     """Volume ``m`` of every clean reference volume under :data:`REFERENCE_VARIANTS` x shifts.
 
@@ -460,7 +333,7 @@ def reference_population(
     ms: list[np.ndarray] = []
     names: list[str] = []
     for name, vol in volumes:
-        stack = vol.slice_stack(size, pixel_mm=pixel_mm)
+        stack = vol.slice_stack(size)
         anatomy = vol.anatomy_slices()
         if len(anatomy) == 0:
             anatomy = np.arange(len(stack))
@@ -639,20 +512,14 @@ def load_sources(data_dir: str, n_synthetic: int, seed: int, mix=None):
 
 
 def main(argv: list[str] | None = None) -> int:
-    import sys
 
-    import torch
 
     from bids_qa.models.flow import FlowScorer, plot_m_plane
     from bids_qa.models.weights import load_weights, save_weights
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    settings = loop.settings_from_args(args)
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
-    enc_config = EncoderConfig(input_size=args.input_size, channels=tuple(args.channels), output_scale=args.output_scale,
-                               pixel_mm=args.pixel_mm)
+    argv, args, settings = loop.parse_run(build_parser, argv)
+    loop.limit_threads(settings.threads)
+    enc_config = EncoderConfig(input_size=args.input_size, channels=tuple(args.channels), output_scale=args.output_scale)
     flow_config = FlowConfig()
     fit = FitConfig(steps=args.flow_steps, seed=settings.seed)
     t_load = time.time()
@@ -661,21 +528,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"loaded {len(train_sources)} training volumes ({args.synthetic} synthetic), {len(val_all)} validation "
           f"volumes in {time.time() - t_load:.0f}s", flush=True)
     arts = tuple(args.artifacts)
-    weights = tuple(args.query_weights) if args.query_weights else None
-    bank = None
-    query_arts = arts
-    if args.motion3d_copies > 0:
-        t_bank = time.time()
-        bank = motion3d_bank(train_sources, args.motion3d_copies, settings.seed)
-        query_arts = arts + (MOTION3D,)
-        print(f"3D-motion bank: {args.motion3d_copies} copies of {len(bank)} volumes in "
-              f"{time.time() - t_bank:.0f}s", flush=True)
-    maker = ContrastiveMaker(train_sources, enc_config.input_size, query_arts, args.negatives, args.corrupt_prob,
-                             args.both_motion_models, weights, pixel_mm=enc_config.pixel_mm, motion3d=bank)
+    maker = ContrastiveMaker(train_sources, enc_config.input_size, arts, args.negatives, args.corrupt_prob,
+                             args.both_motion_models)
     val_maker = ContrastiveMaker(val_sources, enc_config.input_size, arts, args.negatives, args.corrupt_prob,
-                                 args.both_motion_models, pixel_mm=enc_config.pixel_mm)
+                                 args.both_motion_models)
     best = train_encoder(settings, maker, val_maker, enc_config, argv, mask_same_level=args.mask_same_level,
-                         init=args.init, separation=(args.separation_weight, args.separation_radius))
+                         init=args.init)
     print(f"encoder: best step {best.get('step')} {json.dumps(best.get('metrics'))}", flush=True)
 
     run_dir = Path(settings.run_dir)
@@ -684,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     net.load_state_dict(state)
     net.eval()
     t0 = time.time()
-    ref_m, ref_names = reference_population(net, ref, enc_config.input_size, pixel_mm=enc_config.pixel_mm)
+    ref_m, ref_names = reference_population(net, ref, enc_config.input_size)
     extra = {"tag": f"s{best.get('step')}",
              "training": {"settings": json.loads((run_dir / "settings.json").read_text()), "best_step": best.get("step"),
                           "validation": best.get("metrics"), "train_seconds": best.get("train_seconds"),
@@ -692,8 +550,7 @@ def main(argv: list[str] | None = None) -> int:
                           "negatives": args.negatives, "norm_penalty": NORM_PENALTY,
                           "mask_same_level": args.mask_same_level,
                           "both_motion_models": args.both_motion_models,
-                          "motion3d_copies": args.motion3d_copies,
-                          "separation": [args.separation_weight, args.separation_radius]}}
+                          **({"init": loop.file_record(args.init)} if args.init else {})}}
     wstate, meta, fitted = build_weights(net, enc_config, flow_config, fit, ref_m, ref_names, extra)
     out_path = run_dir / "flow.safetensors"
     save_weights(out_path, wstate, meta)

@@ -1,4 +1,6 @@
-"""Shared training plumbing: run folders, resumable checkpoints, loss logs, deterministic batches.
+"""Shared training plumbing: the run skeleton every family's trainer follows (:func:`parse_run`,
+:func:`start_run`, :func:`weights_metadata`), run folders, resumable checkpoints, loss logs,
+deterministic batches.
 
 Every family's trainer draws sample ``i`` from ``numpy.random.default_rng([seed, i])``, so the data a
 step sees depends only on the seed and the step number: a resumed run continues with exactly the
@@ -7,11 +9,12 @@ batches an uninterrupted run would have seen, whatever the number of loader work
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -232,13 +235,137 @@ def batches(make: Callable[[Any], Any], settings: TrainSettings, start_step: int
         yield start_step + k, batch
 
 
+def file_record(path: str | Path | None) -> dict[str, str | None] | None:
+    """What a weights file says about a file it came from: its name and sha256 digest (None when
+    the file is gone), never the training machine's absolute path."""
+    if not path:
+        return None
+    path = Path(path)
+    digest = None
+    if path.is_file():
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        digest = h.hexdigest()
+    return {"file": path.name, "sha256": digest}
+
+
+def portable_command(family: str, argv: list[str]) -> str:
+    """The ``bids_qa train`` command line with every absolute path cut to its last component."""
+    words = [Path(a).name if os.path.isabs(a) else a for a in argv]
+    return "bids_qa train " + " ".join([family, *words])
+
+
 def write_settings(run_dir: Path, settings: TrainSettings, family: str, argv: list[str]) -> None:
+    """Record the run's settings in ``settings.json`` (copied into the weights' metadata): folder
+    names rather than the training machine's absolute paths."""
     import dataclasses
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    info = {
-        "family": family,
-        "settings": dataclasses.asdict(settings),
-        "command": "bids_qa train " + " ".join([family, *argv]),
-    }
+    recorded = dataclasses.asdict(settings)
+    recorded["data_dir"] = Path(settings.data_dir).name
+    recorded["run_dir"] = Path(settings.run_dir).name
+    info = {"family": family, "settings": recorded, "command": portable_command(family, argv)}
     (run_dir / "settings.json").write_text(json.dumps(info, indent=2, sort_keys=True))
+
+
+def limit_threads(n: int) -> None:
+    """Use at most ``n`` threads in torch and in SimpleITK (TorchIO's motion resampling), so a
+    ``--threads 1`` run really stays on one core (0: leave the defaults)."""
+    if n <= 0:
+        return
+    import torch
+
+    torch.set_num_threads(n)
+    try:
+        import SimpleITK as sitk
+
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(n)
+    except ImportError:  # pragma: no cover - SimpleITK comes with torchio
+        pass
+
+
+def parse_run(build_parser: Callable[[], Any], argv: list[str] | None):
+    """``(argv, args, settings)`` of a ``bids_qa train FAMILY`` command (``sys.argv`` by default)."""
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    return argv, args, settings_from_args(args)
+
+
+@dataclass
+class Run:
+    """A started (or resumed) run: network, optimiser, schedule, first step, checkpoint extras."""
+
+    dir: Path
+    net: Any
+    opt: Any
+    sched: Any
+    start: int
+    extra: dict[str, Any]
+    log: RunLog
+    init: dict[str, str | None] | None = field(default=None)
+
+
+def start_run(
+    settings: TrainSettings,
+    family: str,
+    argv: list[str] | None,
+    build: Callable[[], Any],
+    init: str | None = None,
+    *,
+    init_partial: bool = False,
+    weight_decay: float = 0.0,
+    lr_factor: Callable[[int], float] | None = None,
+) -> Run:
+    """The steps every trainer takes before its first batch, in the order that keeps runs
+    reproducible: record the settings, limit threads, seed torch, ``build()`` the network, warm
+    start from ``init``, Adam, resume from the run's checkpoint, and the learning-rate schedule
+    (``lr_factor``; default: cosine annealing to 5 % over the run) fast-forwarded to the resumed
+    step."""
+    import torch
+
+    run_dir = Path(settings.run_dir)
+    write_settings(run_dir, settings, family, argv or [])
+    limit_threads(settings.threads)
+    torch.manual_seed(settings.seed)
+    net = build().to(settings.device)
+    fresh = warm_start(net, init, partial=init_partial)
+    if fresh:
+        print(f"warm start from {init}; freshly initialised: {', '.join(fresh)}", flush=True)
+    opt = torch.optim.Adam(net.parameters(), lr=settings.lr, weight_decay=weight_decay)
+    start, extra = load_checkpoint(run_dir, net, opt)
+    if lr_factor is None:
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+            opt, T_max=max(1, settings.steps), eta_min=settings.lr * 0.05
+        )
+    else:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    fast_forward(sched, start)
+    return Run(run_dir, net, opt, sched, start, extra, RunLog(run_dir), file_record(init))
+
+
+def weights_metadata(
+    family: str, config: Any, run: Run, step: int, validation: Any, **training: Any
+) -> dict[str, Any]:
+    """Metadata of a run's weights: family, version ``<release>+s<step>``, architecture, and how
+    they were trained (the run's settings, the step, its validation, the warm start as file name
+    and sha256, and the family's own ``training`` entries)."""
+    from bids_qa import __version__
+
+    record = {
+        "settings": json.loads((run.dir / "settings.json").read_text()),
+        "step": step,
+        "validation": validation,
+        **training,
+    }
+    if run.init is not None:
+        record["init"] = run.init
+    return {
+        "family": family,
+        "version": f"{__version__}+s{step}",
+        "config": config.to_dict(),
+        "training": record,
+    }

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from bids_qa.artifacts import ARTIFACTS_000 as ARTIFACT_NAMES
-from bids_qa.models.severity import NAME, POOLINGS, SeverityConfig, build_encoder
+from bids_qa.models.severity import NAME, SeverityConfig, build_encoder
 from bids_qa.training import loop
 from bids_qa.training.data import synthetic_mix
 from bids_qa.training.slices import (
@@ -34,7 +34,6 @@ from bids_qa.training.slices import (
     augment_geometry,
     draw_slice,
     make_source,
-    native_slice,
     renormalise,
     to_model_input,
 )
@@ -46,19 +45,20 @@ CLEAN_PULL = 0.1
 
 @dataclass(frozen=True)
 class Recipe:
-    """Deviations from the paper's loss and sampling tried in sessions 3-4 (docs/models/severity.md);
-    the defaults are the paper's recipe and draw exactly the samples earlier runs drew."""
+    """Where the loss and sampling may deviate from Hays et al.'s recipe (the defaults: theirs,
+    drawing exactly the samples earlier runs drew; the shipped weights' values are in their
+    metadata). ``damage_margins`` (on by default for new trainings; off for the shipped
+    weights) labels the negatives with the damage-based SS of :mod:`bids_qa.damage` instead of
+    their parameter SS: same images, margins that follow the damage visible on the slice."""
 
     #: see :func:`severity_loss`
-    signed_triplet: bool = False
-    #: see :func:`severity_loss`
     positive_weight: float = 1.0
-    #: see :class:`QuadrupletMaker`
-    positive_from_same_volume: bool = False
     #: see :class:`QuadrupletMaker`
     benign_blur_mm: float = 0.0
     #: weight of the pull of clean scores towards 0 (see :func:`severity_loss`)
     clean_pull: float = CLEAN_PULL
+    #: margins from the damage-based SS (bids_qa.damage) instead of the parameter SS
+    damage_margins: bool = True
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,26 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--channels", type=int, nargs=2, default=[16, 32])
     p.add_argument(
-        "--pooling",
-        choices=POOLINGS,
-        default="pool_abs",
-        help="pool_abs: |mean of the last map| (paper); abs_pool: mean of |last map|",
-    )
-    p.add_argument(
-        "--signed-triplet",
-        action="store_true",
-        help="triplet term on s_neg - s_anchor instead of |s_anchor - s_neg| (see severity_loss)",
-    )
-    p.add_argument(
         "--positive-weight",
         type=float,
         default=1.0,
         help="weight of the anchor-positive terms (L2 and |s_a - s_p| in the triplet); 1 = paper",
-    )
-    p.add_argument(
-        "--positive-same-volume",
-        action="store_true",
-        help="draw the positive from another slice of the anchor's volume (default: another volume)",
     )
     p.add_argument(
         "--benign-blur",
@@ -107,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=CLEAN_PULL,
         help=f"weight of the pull of clean scores towards 0 (default {CLEAN_PULL})",
+    )
+    p.add_argument(
+        "--parameter-margins",
+        action="store_true",
+        help="triplet margins from the parameter SS (the shipped weights' recipe) instead of the "
+        "damage-based SS of bids_qa.damage",
     )
     p.add_argument(
         "--synthetic", type=int, default=6, help="synthetic MNI-derived volumes added to training"
@@ -132,11 +122,13 @@ class QuadrupletMaker:
         sources: list[SliceSource],
         size: int,
         artifact_weights: tuple[float, ...] | None = None,
-        positive_from_same_volume: bool = False,
         benign_blur_mm: float = 0.0,
         pixel_mm: float = 0.0,
+        damage_margins: bool = False,
     ) -> None:
         self.sources = sources
+        #: label the negatives with the damage-based SS (see :class:`Recipe`)
+        self.damage_margins = bool(damage_margins)
         self.size = size
         #: see :class:`SeverityConfig` (``pixel_mm``)
         self.pixel_mm = float(pixel_mm)
@@ -145,9 +137,6 @@ class QuadrupletMaker:
         #: varies between scanners, and shown as benign it leaves *directional* blur (anisotropy)
         #: as the thing to score. 0 draws nothing (the random stream of earlier runs).
         self.benign_blur_mm = float(benign_blur_mm)
-        #: The paper's positive is another clean image; from *another* volume (default) the
-        #: anchor-positive terms ask for invariance to everything that differs between scanners.
-        self.positive_from_same_volume = positive_from_same_volume
         w = (
             np.ones(len(ARTIFACT_NAMES))
             if artifact_weights is None
@@ -172,13 +161,9 @@ class QuadrupletMaker:
         img, mask, zooms = augment_geometry(img, mask, zooms, rng)
         if rng.random() < 0.5:  # mild contrast diversity, shared by anchor and negatives
             img = np.clip(img, 0, None) ** float(np.exp(rng.uniform(-0.3, 0.3)))
-        if self.positive_from_same_volume:
-            src = self.sources[k]
-            pos, pmask, pzooms = native_slice(
-                src, *src.choices[int(rng.integers(len(src.choices)))]
-            )
-        else:
-            _, pos, pmask, pzooms = draw_slice(self.sources, rng, exclude=k)
+        # the positive: a clean slice of *another* volume, so the anchor-positive terms ask for
+        # invariance to everything that differs between scanners
+        _, pos, pmask, pzooms = draw_slice(self.sources, rng, exclude=k)
         if self.benign_blur_mm > 0:
             img = self._benign_blur(img, zooms, rng)
             pos = self._benign_blur(pos, pzooms, rng)
@@ -199,7 +184,15 @@ class QuadrupletMaker:
         ]
         for neg, _label in negs:
             out.append(to_model_input(renormalise(neg, img, mask), zooms, self.size, mask, px))
-        ss = np.array([negs[0][1].severity, negs[1][1].severity], dtype=np.float32)
+        if self.damage_margins:
+            from bids_qa.damage import damage_label
+
+            ss = np.array(
+                [damage_label(lab.artifact, img, neg, mask)[1] for neg, lab in negs],
+                dtype=np.float32,
+            )
+        else:
+            ss = np.array([negs[0][1].severity, negs[1][1].severity], dtype=np.float32)
         return np.stack(out).astype(np.float32), ss
 
 
@@ -207,23 +200,15 @@ def severity_loss(
     scores,
     ss,
     margin_scale: float = MARGIN_SCALE,
-    signed: bool = False,
     positive_weight: float = 1.0,
     clean_pull: float = CLEAN_PULL,
 ):
     """Loss for a batch of scores (B, 4) = [anchor, positive, neg1, neg2] and severities (B, 2).
 
-    ``signed``: the triplet term asks the negative to score *above* the anchor, ``s_n - s_a``,
-    instead of the paper's distance ``|s_a - s_n|``, which with non-negative scores and clean scores
-    pulled to 0 rewards an artifact that *lowers* the score (blur removes the high-frequency energy
-    noise adds) for sinking further. Tried in session 3; on its own it did not make anisotropy
-    learnable (docs/models/severity.md).
-
     ``positive_weight`` scales the two terms that compare the anchor with the positive (by default a
     clean slice of another volume): the L2 term and ``|s_a - s_p|`` in the triplet. They ask the
     score to ignore whatever differs between clean volumes, which includes sharpness and intensity
-    inhomogeneity, the very properties anisotropy and bias change; session 3 found that this, not
-    the architecture, keeps anisotropy from being learned.
+    inhomogeneity, the very properties anisotropy and bias change (docs/models/history.md).
     """
     import torch
 
@@ -231,7 +216,7 @@ def severity_loss(
     sa, sp, sn = scores[:, 0], scores[:, 1], scores[:, 2:]
     d_ap = positive_weight * (sa - sp).abs()
     l2 = positive_weight * (sa - sp) ** 2
-    d_an = sn - sa[:, None] if signed else (sa[:, None] - sn).abs()
+    d_an = (sa[:, None] - sn).abs()
     triplet = relu(d_ap[:, None] - d_an + margin_scale * ss).mean(1)
     pull = clean_pull * (sa**2 + sp**2)
     hi = (ss[:, 0] >= ss[:, 1]).float()
@@ -286,36 +271,24 @@ def train(
     recipe: Recipe = Recipe(),
 ) -> dict:
     """Run (or resume) training; returns the best validation record. Writes only into run_dir."""
-    import torch
-
-    from bids_qa import __version__
     from bids_qa.models.weights import save_weights
 
-    run_dir = Path(settings.run_dir)
-    loop.write_settings(run_dir, settings, NAME, argv or [])
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
-    torch.manual_seed(settings.seed)
-    net = build_encoder(config).to(settings.device)
-    opt = torch.optim.Adam(net.parameters(), lr=settings.lr)
-    loop.warm_start(net, init)  # the encoder is fully convolutional: any input size fits
-    start, extra = loop.load_checkpoint(run_dir, net, opt)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(
-        opt, T_max=max(1, settings.steps), eta_min=settings.lr * 0.05
-    )
-    loop.fast_forward(sched, start)
-    best = extra.get("best", {"objective": -1e9})
-    log = loop.RunLog(run_dir)
+    # the encoder is fully convolutional: warm-start weights of any input size fit
+    run = loop.start_run(settings, NAME, argv, lambda: build_encoder(config), init)
+    net, opt, sched, log = run.net, run.opt, run.sched, run.log
+    best = run.extra.get("best", {"objective": -1e9})
 
     maker = QuadrupletMaker(
         train_sources,
         config.input_size,
         artifact_weights,
-        recipe.positive_from_same_volume,
         recipe.benign_blur_mm,
         config.pixel_mm,
+        recipe.damage_margins,
     )
-    val_maker = QuadrupletMaker(val_sources, config.input_size, pixel_mm=config.pixel_mm)
+    val_maker = QuadrupletMaker(
+        val_sources, config.input_size, pixel_mm=config.pixel_mm, damage_margins=recipe.damage_margins
+    )
     val_items = [
         val_maker(np.random.default_rng([settings.seed + 7919, i])) for i in range(val_size)
     ]
@@ -323,14 +296,13 @@ def train(
 
     t0 = time.time()
     net.train()
-    for step, (x, ss) in loop.batches(maker, settings, start):
+    for step, (x, ss) in loop.batches(maker, settings, run.start):
         x = x.to(settings.device)
         ss = ss.to(settings.device)
         scores = net(x.reshape(-1, 1, *x.shape[-2:])).reshape(x.shape[0], 4)
         loss, parts = severity_loss(
             scores,
             ss,
-            signed=recipe.signed_triplet,
             positive_weight=recipe.positive_weight,
             clean_pull=recipe.clean_pull,
         )
@@ -364,23 +336,19 @@ def train(
             log.write({"step": step + 1, "validation": metrics, "objective": objective})
             if objective > best["objective"]:
                 best = {"objective": objective, "step": step + 1, "metrics": metrics}
-                meta = {
-                    "family": NAME,
-                    "version": f"{__version__}+s{step + 1}",
-                    "config": config.to_dict(),
-                    "training": {
-                        "settings": json.loads((run_dir / "settings.json").read_text()),
-                        "step": step + 1,
-                        "validation": metrics,
-                        "margin_scale": MARGIN_SCALE,
-                        "init": init,
-                        "artifact_weights": list(artifact_weights) if artifact_weights else None,
-                        "recipe": asdict(recipe),
-                    },
-                }
-                save_weights(run_dir / "best.safetensors", net.state_dict(), meta)
+                meta = loop.weights_metadata(
+                    NAME,
+                    config,
+                    run,
+                    step + 1,
+                    metrics,
+                    margin_scale=MARGIN_SCALE,
+                    artifact_weights=list(artifact_weights) if artifact_weights else None,
+                    recipe=asdict(recipe),
+                )
+                save_weights(run.dir / "best.safetensors", net.state_dict(), meta)
         if (step + 1) % settings.checkpoint_every == 0 or last:
-            loop.save_checkpoint(run_dir, step + 1, net, opt, {"best": best})
+            loop.save_checkpoint(run.dir, step + 1, net, opt, {"best": best})
     return best
 
 
@@ -399,15 +367,10 @@ def sources_from_data(data_dir: str, split: str, n_synthetic: int, seed: int, mi
 
 
 def main(argv: list[str] | None = None) -> int:
-    import sys
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    settings = loop.settings_from_args(args)
+    argv, args, settings = loop.parse_run(build_parser, argv)
     config = SeverityConfig(
         input_size=args.input_size,
         channels=tuple(args.channels),
-        pooling=args.pooling,
         pixel_mm=args.pixel_mm,
     )
     mix = synthetic_mix(settings)  # --synthetic-share / --label-maps (training/data.py)
@@ -423,11 +386,10 @@ def main(argv: list[str] | None = None) -> int:
         init=args.init,
         artifact_weights=tuple(args.artifact_weights) if args.artifact_weights else None,
         recipe=Recipe(
-            signed_triplet=args.signed_triplet,
             positive_weight=args.positive_weight,
-            positive_from_same_volume=args.positive_same_volume,
             benign_blur_mm=args.benign_blur,
             clean_pull=args.clean_pull,
+            damage_margins=not args.parameter_margins,
         ),
     )
     print(json.dumps(best, indent=2))

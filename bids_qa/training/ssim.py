@@ -19,8 +19,7 @@ Each sample is drawn from ``numpy.random.default_rng([seed, i])`` (paper Sec. II
 4. label = SSIM (Wang et al., Gaussian window) of the corrupted slice against the clean one on that
    grid, data range = clean max - min (:func:`bids_qa.artifacts.ssim`); model input = the corrupted
    slice rescaled as whole-volume normalisation would (:func:`renormalise`) and passed through
-   :func:`bids_qa.training.slices.to_model_input` (an identity resize at the main input size; a
-   further downsizing for the ``--shadow-size`` network).
+   :func:`bids_qa.training.slices.to_model_input` (an identity resize at the input size).
 
 Loss: MSE; optimiser: Adam, learning rate 1e-3 (paper), with a cosine decay to 5% over the run (ours:
 a short CPU run needs the decay to reach a low residual spread). The network with the lowest MSE on a
@@ -57,7 +56,7 @@ from bids_qa.training.slices import (
     renormalise,
     to_model_input,
 )
-from bids_qa.volume import slices_at_spacing, slices_to_square
+from bids_qa.volume import slices_to_square
 
 #: The paper-002 figures logged at validation and printed after evaluation.
 REPORTED_METRICS = (
@@ -105,13 +104,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--width", type=int, default=16, help="channels of the first ResNet stage (paper: 64)"
     )
     p.add_argument(
-        "--pixel-mm",
-        type=float,
-        default=0.0,
-        help="read slices at this fixed pixel size cut around the head (labels on that grid); "
-        "0: each slice's whole field of view squeezed into --input-size pixels",
-    )
-    p.add_argument(
         "--synthetic", type=int, default=6, help="synthetic MNI-derived volumes added to training"
     )
     p.add_argument("--val-size", type=int, default=400, help="fixed simulated validation slices")
@@ -140,13 +132,6 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=SampleConfig().noise_max_std,
         help="largest nuisance-noise SD on the normalised scale (drawn uniformly from 0.005)",
-    )
-    p.add_argument(
-        "--shadow-size",
-        type=int,
-        default=0,
-        help="also train a second network at this input size on the very same samples "
-        "(input-size ablation at almost no extra cost; exported as shadow.safetensors)",
     )
     return p
 
@@ -207,17 +192,12 @@ class SSIMSampleMaker:
         sources: list[SliceSource],
         sizes: tuple[int, ...],
         cfg: SampleConfig = SampleConfig(),
-        pixel_mm: float = 0.0,
     ) -> None:
         if not sources:
             raise ValueError("no slice source to draw samples from")
-        if pixel_mm > 0 and len(sizes) > 1:
-            raise ValueError("a second input size is only defined for whole-field-of-view slices")
         self.sources = sources
         self.sizes = tuple(sizes)
         self.cfg = cfg
-        #: the network's view (:class:`SSIMConfig` ``pixel_mm``); labels are measured on it
-        self.pixel_mm = float(pixel_mm)
         self._itk_set = False
 
     def simulate(self, rng: np.random.Generator) -> dict[str, Any]:
@@ -226,7 +206,7 @@ class SSIMSampleMaker:
 
         k, img, mask, zooms = draw_slice(self.sources, rng)
         img, mask, zooms = augment_geometry(img, mask, zooms, rng)
-        img, mask, zooms = to_sim_grid(img, mask, zooms, self.sizes[0], self.pixel_mm)
+        img, mask, zooms = to_sim_grid(img, mask, zooms, self.sizes[0])
         contrast = rng.random() < self.cfg.p_contrast
         if contrast:
             img = rescale_head(artifacts.augment_contrast(img, rng), mask)
@@ -268,13 +248,10 @@ class SSIMSampleMaker:
         return (inputs[0] if len(inputs) == 1 else inputs), label
 
 
-def to_sim_grid(
-    img: np.ndarray, mask: np.ndarray, zooms: tuple[float, float], size: int, pixel_mm: float = 0.0
-):
+def to_sim_grid(img: np.ndarray, mask: np.ndarray, zooms: tuple[float, float], size: int):
     """A native slice brought to the ``size`` x ``size`` grid the scorer reads, with its head mask
     and the new (square) pixel size: padded to a square field of view and resized, as
-    :meth:`Volume.slice_stack` does, or (``pixel_mm > 0``) resampled to that pixel size and cut
-    around the head, as :meth:`Volume.spacing_stack` does.
+    :meth:`Volume.slice_stack` does.
 
     Motion is simulated and SSIM measured on the grid the network reads, as in the paper (which
     resized every slice to its 256 x 256 input before corrupting it). This makes the label
@@ -283,12 +260,6 @@ def to_sim_grid(
     """
     img = np.asarray(img, dtype=np.float32)
     fmask = np.asarray(mask, dtype=np.float32)
-    if pixel_mm > 0:
-        grid = slices_at_spacing(img[None], mask[None], (1.0, *zooms), 0, size, pixel_mm)[0]
-        grid_mask = (
-            slices_at_spacing(fmask[None], mask[None], (1.0, *zooms), 0, size, pixel_mm)[0] > 0.5
-        )
-        return np.clip(grid, 0.0, None).astype(np.float32), grid_mask, (pixel_mm, pixel_mm)
     grid = slices_to_square(img[None], (1.0, *zooms), 0, size)[0]
     grid_mask = slices_to_square(fmask[None], (1.0, *zooms), 0, size)[0] > 0.5
     extent = max(img.shape[0] * zooms[0], img.shape[1] * zooms[1])
@@ -347,10 +318,9 @@ def make_eval_set(
     rng: np.random.Generator,
     n: int,
     cfg: SampleConfig = SampleConfig(),
-    pixel_mm: float = 0.0,
 ) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
     """``n`` simulated slices (inputs per size, labels); sample ``i`` uses its own seed drawn from ``rng``."""
-    maker = SSIMSampleMaker(sources, sizes, cfg, pixel_mm)
+    maker = SSIMSampleMaker(sources, sizes, cfg)
     seeds = rng.integers(0, 2**63 - 1, size=n)
     xs: list[list[np.ndarray]] = [[] for _ in sizes]
     ys = np.empty(n, dtype=np.float32)
@@ -418,7 +388,6 @@ def evaluate_ssim(
     size: int | None = None,
     label_size: int | None = None,
     cfg: SampleConfig = SampleConfig(),
-    pixel_mm: float | None = None,
 ) -> dict[str, Any]:
     """Accuracy of a network or scorer on ``n`` fixed-seed simulated slices from ``volumes``.
 
@@ -436,9 +405,6 @@ def evaluate_ssim(
     label_size
         Grid on which motion is simulated and SSIM measured (default: the model's input size). Give
         the main model's size to score a smaller-input model against the same labels.
-    pixel_mm
-        The view slices are read in (:class:`SSIMConfig` ``pixel_mm``); default: the scorer's own,
-        0 (whole field of view) for a bare network.
 
     Returns
     -------
@@ -447,19 +413,17 @@ def evaluate_ssim(
         ``label_size``.
     """
     predict, size = _predictor(model, size)
-    if pixel_mm is None:
-        pixel_mm = float(getattr(getattr(model, "config", None), "pixel_mm", 0.0))
     label_size = int(label_size or size)
     sizes = (label_size,) if label_size == size else (label_size, size)
     sources = [
         v if isinstance(v, SliceSource) else make_source(v, name=f"volume{i}", central_fraction=1.0)
         for i, v in enumerate(volumes)
     ]
-    xs, y = make_eval_set(sources, sizes, rng, n, cfg, pixel_mm)
+    xs, y = make_eval_set(sources, sizes, rng, n, cfg)
     pred = predict(xs[-1])
     out = regression_metrics(pred, y)
     out["label_histogram"] = np.histogram(y, bins=10, range=(0, 1))[0].tolist()
-    out["input_size"], out["label_size"], out["pixel_mm"] = size, label_size, pixel_mm
+    out["input_size"], out["label_size"] = size, label_size
     return out
 
 
@@ -483,30 +447,6 @@ def dihedral_batch(x, k: int):
     return torch.cat([torch.rot90(x, r, dims=(-2, -1)) for r in range(k)], 0)
 
 
-def _meta(
-    config: SSIMConfig,
-    run_dir: Path,
-    step: int,
-    metrics: dict,
-    cfg: SampleConfig,
-    batch_augment: int,
-) -> dict:
-    from bids_qa import __version__
-
-    return {
-        "family": NAME,
-        "version": f"{__version__}+s{step}",
-        "config": config.to_dict(),
-        "training": {
-            "settings": json.loads((run_dir / "settings.json").read_text()),
-            "step": step,
-            "validation": metrics,
-            "sampling": cfg.to_dict(),
-            "batch_augment": batch_augment,
-        },
-    }
-
-
 def train(
     settings: loop.TrainSettings,
     train_sources: list[SliceSource],
@@ -514,55 +454,25 @@ def train(
     config: SSIMConfig,
     argv: list[str] | None = None,
     val_size: int = 400,
-    shadow_size: int = 0,
     cfg: SampleConfig = SampleConfig(),
     batch_augment: int = 1,
     init: str | None = None,
 ) -> dict:
     """Run (or resume) training; returns the best validation record. Writes only into run_dir.
 
-    The best network (lowest validation MSE) is saved as ``best.safetensors``; with ``shadow_size`` a
-    second network reading ``shadow_size`` inputs is trained on the same samples and saved as
-    ``shadow.safetensors`` at its own best validation MSE. ``batch_augment`` > 1 trains on every
-    batch together with rotated copies (:func:`dihedral_batch`).
+    The best network (lowest validation MSE) is saved as ``best.safetensors``. ``batch_augment``
+    > 1 trains on every batch together with rotated copies (:func:`dihedral_batch`).
     """
     import torch
 
     from bids_qa.models.weights import save_weights
 
-    run_dir = Path(settings.run_dir)
-    loop.write_settings(run_dir, settings, NAME, argv or [])
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
-    torch.manual_seed(settings.seed)
-    if shadow_size and config.pixel_mm > 0:
-        raise ValueError("--shadow-size needs whole-field-of-view slices (no --pixel-mm)")
-    configs = [config] + (
-        [SSIMConfig(input_size=shadow_size, width=config.width, blocks=config.blocks)]
-        if shadow_size
-        else []
-    )
-    nets = [build_resnet(c).to(settings.device) for c in configs]
-    params = [p for net in nets for p in net.parameters()]
-    opt = torch.optim.Adam(params, lr=settings.lr)
+    run = loop.start_run(settings, NAME, argv, lambda: build_resnet(config), init)
+    net, opt, sched, log = run.net, run.opt, run.sched, run.log
+    best = run.extra.get("best", {"val_mse": 1e9})
 
-    class _Both(torch.nn.Module):  # one state dict for the checkpoint
-        def __init__(self) -> None:
-            super().__init__()
-            self.nets = torch.nn.ModuleList(nets)
-
-    loop.warm_start(nets[0], init)
-    holder = _Both()
-    start, extra = loop.load_checkpoint(run_dir, holder, opt)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(
-        opt, T_max=max(1, settings.steps), eta_min=settings.lr * 0.05
-    )
-    loop.fast_forward(sched, start)
-    best = extra.get("best", [{"val_mse": 1e9} for _ in nets])
-    log = loop.RunLog(run_dir)
-
-    sizes = tuple(c.input_size for c in configs)
-    maker = SSIMSampleMaker(train_sources, sizes, cfg, config.pixel_mm)
+    sizes = (config.input_size,)
+    maker = SSIMSampleMaker(train_sources, sizes, cfg)
     t_val = time.time()
     # validation always uses the benchmark's sampling (no training-only nuisance noise)
     val_x, val_y = make_eval_set(
@@ -571,7 +481,6 @@ def train(
         np.random.default_rng([settings.seed, 7919]),
         val_size,
         dataclasses.replace(cfg, p_noise=0.0),
-        config.pixel_mm,
     )
     log.write(
         {
@@ -583,62 +492,63 @@ def train(
     )
 
     t0 = time.time()
-    for net in nets:
-        net.train()
-    running: list[list[float]] = [[] for _ in nets]
-    for step, (x, y) in loop.batches(maker, settings, start):
-        xs = x if isinstance(x, (list, tuple)) else [x]
-        y = y.to(settings.device).float()
-        xs = [dihedral_batch(xi.to(settings.device), batch_augment) for xi in xs]
-        y = y.repeat(batch_augment)
-        losses = [
-            torch.nn.functional.mse_loss(net(xi[:, None]), y)
-            for net, xi in zip(nets, xs, strict=True)
-        ]
+    net.train()
+    running: list[float] = []
+    for step, (x, y) in loop.batches(maker, settings, run.start):
+        y = y.to(settings.device).float().repeat(batch_augment)
+        x = dihedral_batch(x.to(settings.device), batch_augment)
+        loss = torch.nn.functional.mse_loss(net(x[:, None]), y)
         opt.zero_grad(set_to_none=True)
-        sum(losses).backward()
+        loss.backward()
         opt.step()
         sched.step()
-        for r, loss in zip(running, losses, strict=True):
-            r.append(float(loss.detach()))
+        running.append(float(loss.detach()))
         if (step + 1) % 25 == 0:
             log.write(
                 {
                     "step": step + 1,
-                    "loss": [float(np.mean(r)) for r in running],
+                    "loss": float(np.mean(running)),
                     "lr": sched.get_last_lr()[0],
                     "elapsed_s": round(time.time() - t0, 1),
                 }
             )
-            running = [[] for _ in nets]
+            running = []
         last = step + 1 == settings.steps
         if (step + 1) % settings.validate_every == 0 or last:
-            record: dict[str, Any] = {"step": step + 1, "validation": []}
-            for j, (net, c) in enumerate(zip(nets, configs, strict=True)):
-                pred, _ = _predictor(net, c.input_size)
-                metrics = regression_metrics(pred(val_x[j]), val_y)
-                metrics["val_mse"] = metrics["rmse"] ** 2
-                record["validation"].append({k: metrics[k] for k in ("val_mse", *REPORTED_METRICS)})
-                if metrics["val_mse"] < best[j]["val_mse"]:
-                    best[j] = {
-                        "val_mse": metrics["val_mse"],
-                        "step": step + 1,
-                        "residual_mean": metrics["residual_mean"],
-                        "residual_sd": metrics["residual_sd"],
-                    }
-                    name = "best.safetensors" if j == 0 else "shadow.safetensors"
-                    save_weights(
-                        run_dir / name,
-                        net.state_dict(),
-                        _meta(c, run_dir, step + 1, best[j], cfg, batch_augment),
-                    )
-            log.write(record)
+            pred, _ = _predictor(net, config.input_size)
+            metrics = regression_metrics(pred(val_x[0]), val_y)
+            metrics["val_mse"] = metrics["rmse"] ** 2
+            log.write(
+                {
+                    "step": step + 1,
+                    "validation": {k: metrics[k] for k in ("val_mse", *REPORTED_METRICS)},
+                }
+            )
+            if metrics["val_mse"] < best["val_mse"]:
+                best = {
+                    "val_mse": metrics["val_mse"],
+                    "step": step + 1,
+                    "residual_mean": metrics["residual_mean"],
+                    "residual_sd": metrics["residual_sd"],
+                }
+                meta = loop.weights_metadata(
+                    NAME,
+                    config,
+                    run,
+                    step + 1,
+                    best,
+                    sampling=cfg.to_dict(),
+                    batch_augment=batch_augment,
+                )
+                save_weights(run.dir / "best.safetensors", net.state_dict(), meta)
         if (step + 1) % settings.checkpoint_every == 0 or last:
-            loop.save_checkpoint(run_dir, step + 1, holder, opt, {"best": best})
+            loop.save_checkpoint(run.dir, step + 1, net, opt, {"best": best})
     return {"best": best, "elapsed_s": round(time.time() - t0, 1)}
 
 
-def sources_from_data(data_dir: str, split: str, n_synthetic: int, seed: int, mix=None) -> list[SliceSource]:
+def sources_from_data(
+    data_dir: str, split: str, n_synthetic: int, seed: int, mix=None
+) -> list[SliceSource]:
     """Slice sources from the clean volumes of ``split`` (out-of-scope scans skipped) + synthetic ones."""
     from bids_qa.training.data import clean_volumes, synthetic_volumes
 
@@ -664,12 +574,12 @@ def evaluate_run(
     label_size: int,
     device: str = "cpu",
 ) -> dict[str, Any]:
-    """Evaluate ``best.safetensors`` (and ``shadow.safetensors``) of a run on ``n`` simulated slices of
-    ``sources``, labels on the ``label_size`` grid; writes and returns ``evaluation.json``."""
+    """Evaluate ``best.safetensors`` of a run on ``n`` simulated slices of ``sources``, labels on
+    the ``label_size`` grid; writes and returns ``evaluation.json``."""
     from bids_qa.models.ssim import SSIMScorer
 
     report: dict[str, Any] = {}
-    for name in ("best", "shadow"):
+    for name in ("best",):
         path = run_dir / f"{name}.safetensors"
         if path.is_file():
             scorer = SSIMScorer(device=device, weights=str(path))
@@ -683,12 +593,8 @@ def evaluate_run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    import sys
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    settings = loop.settings_from_args(args)
-    config = SSIMConfig(input_size=args.input_size, width=args.width, pixel_mm=args.pixel_mm)
+    argv, args, settings = loop.parse_run(build_parser, argv)
+    config = SSIMConfig(input_size=args.input_size, width=args.width)
     mix = synthetic_mix(settings)  # --synthetic-share / --label-maps (training/data.py)
     train_sources = sources_from_data(settings.data_dir, "train", args.synthetic, settings.seed, mix)
     val_sources = sources_from_data(settings.data_dir, "validation", 0, settings.seed, mix)
@@ -702,7 +608,6 @@ def main(argv: list[str] | None = None) -> int:
         config,
         argv,
         val_size=args.val_size,
-        shadow_size=args.shadow_size,
         batch_augment=args.batch_augment,
         cfg=SampleConfig(p_noise=args.p_noise, noise_max_std=args.noise_max_std),
         init=args.init,
