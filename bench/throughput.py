@@ -103,12 +103,12 @@ def child_main(marks_path: str, argv: list[str]) -> int:
     """Run ``bids_qa argv`` in this (fresh) process and write the time stamps of its scoring
     phase (wall clock, ``time.time``) to ``marks_path``: when each scan is handed to the scorers
     and when each is finished (written, and reported when reports are on)."""
-    from bids_qa import pipeline
+    from bids_qa import participant
     from bids_qa.cli import main as bids_qa_main
 
     marks: dict[str, list[float]] = {"start": [], "done": []}
     for name, key, before in (("_process", "start", True), ("assess_scan", "done", False)):
-        real = getattr(pipeline, name, None)
+        real = getattr(participant, name, None)
         if real is None:  # the pipeline's layout changed: no scoring-phase figure, the rest holds
             continue
 
@@ -120,7 +120,7 @@ def child_main(marks_path: str, argv: list[str]) -> int:
                 marks[_key].append(time.time())
             return out
 
-        setattr(pipeline, name, timed)
+        setattr(participant, name, timed)
     code = bids_qa_main(argv)
     Path(marks_path).write_text(json.dumps(marks), encoding="utf-8")
     return code

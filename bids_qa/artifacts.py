@@ -201,7 +201,7 @@ def severity_of(artifact: str, params: dict) -> float:
 # --------------------------------------------------------------------------------------------
 
 
-def _seed(rng: np.random.Generator) -> int:
+def draw_seed(rng: np.random.Generator) -> int:
     return int(rng.integers(0, 2**31 - 1))
 
 
@@ -231,7 +231,7 @@ def _ghost_params(rng: np.random.Generator, s: float | None) -> tuple[int, float
     return n, float(min(max(total + ilo - n / 10, ilo), ihi))
 
 
-def _motion_record(times, rot: np.ndarray, trans: np.ndarray, ndim: int, rng: np.random.Generator) -> dict[str, Any]:
+def motion_record(times, rot: np.ndarray, trans: np.ndarray, ndim: int, rng: np.random.Generator) -> dict[str, Any]:
     """Motion parameters as applied: our k-space model on slices (one in-plane angle, a random
     phase-encode axis), TorchIO's Motion on volumes (three angles)."""
     params: dict[str, Any] = {
@@ -262,7 +262,7 @@ def _motion_params(rng: np.random.Generator, s: float | None, ndim: int) -> dict
         rot[j, int(rng.integers(n_rot))] = max_deg * (1.0 if rng.uniform() < 0.5 else -1.0)
     else:
         trans[j] = direction[j] * max_mm
-    return _motion_record(times, rot, trans, ndim, rng)
+    return motion_record(times, rot, trans, ndim, rng)
 
 
 def sample_params(
@@ -299,7 +299,7 @@ def sample_params(
     if artifact == "noise":
         lo, hi = NOISE_STD_RANGE
         std = float(rng.uniform(lo, hi)) if s is None else (0.0 if s == 0.0 else lo + s * (hi - lo))
-        return {"std": std, "rician": True, "seed": _seed(rng)}
+        return {"std": std, "rician": True, "seed": draw_seed(rng)}
     if artifact == "ghosting":
         n, intensity = _ghost_params(rng, s)
         return {
@@ -435,6 +435,8 @@ def _apply_noise(image: np.ndarray, params: dict) -> np.ndarray:
         return real.astype(np.float32)
     imag = std * gen.standard_normal(image.shape, dtype=np.float32)
     return np.sqrt(real * real + imag * imag).astype(np.float32)
+
+
 
 
 def ghosting_spectrum(image: np.ndarray, num_ghosts: int, intensity: float, axis: int,
@@ -670,368 +672,3 @@ def replay(
 ) -> np.ndarray:
     """Re-create the corrupted image a label describes (bit-identical on the same platform)."""
     return apply_artifact(image, label.artifact, label.params, zooms)
-
-
-# --------------------------------------------------------------------------------------------
-# Paper 003: moderate / severe tiers for motion, noise and poor contrast
-# --------------------------------------------------------------------------------------------
-
-TIER_LEVELS = ("none", "moderate", "severe")
-#: Paper 003, Table 3 (TorchIO RandomMotion): rotation / translation magnitude ranges and 4 motion
-#: events (``num_transforms``). Every component gets a random sign (TorchIO draws U(a, b) per axis).
-TIER_MOTION = {
-    "moderate": {"degrees": (2.0, 4.0), "translation_mm": (2.0, 4.0)},
-    "severe": {"degrees": (5.0, 8.0), "translation_mm": (5.0, 8.0)},
-}
-TIER_MOTION_EVENTS = 4
-#: Paper 003, Table 3 (TorchIO RandomGamma): log-gamma ``beta`` ranges; the image becomes I^exp(beta).
-TIER_CONTRAST_LOG_GAMMA = {"moderate": (-0.2, -0.05), "severe": (-0.45, -0.3)}
-#: Paper 003's mean SNRs of its simulated moderate and severe noise.
-TIER_SNR_TARGETS = {"moderate": 38.0, "severe": 27.0}
-#: Rician noise std ranges on our normalised scale, calibrated (see ``docs/simulation.md``) so that the mean :func:`estimate_snr` over the training volumes
-#: is 38 (moderate) and 27 (severe). Adjacent ranges of equal width, like the paper's [5, 15]
-#: and [15, 25].
-TIER_NOISE_STD = {"moderate": (0.0206, 0.0311), "severe": (0.0311, 0.0416)}
-#: Mean bright-tissue signal (:func:`snr_components`) of the 20 training volumes the noise ranges
-#: were calibrated on; an image with this signal and a noise-free background reaches the target
-#: SNRs on average.
-TIER_CALIBRATION_SIGNAL = 0.643
-
-#: Median and standard deviation of a Rayleigh variable per unit sigma (air in a magnitude image).
-_RAYLEIGH_MEDIAN = float(np.sqrt(2.0 * np.log(2.0)))
-_RAYLEIGH_STD = float(np.sqrt(2.0 - np.pi / 2.0))
-
-
-def snr_components(image: np.ndarray, mask: np.ndarray, margin: int = 5) -> tuple[float, float]:
-    """Signal and air noise standard deviation behind :func:`estimate_snr`.
-
-    Notes
-    -----
-    signal = mean of the head voxels brighter than the head median (a segmentation-free stand-in
-    for the bright tissue, e.g. white matter on T1w, which paper 003 uses); air std = standard
-    deviation of the background estimated robustly from the median of the non-zero air voxels
-    (more than ``margin`` voxels outside the head mask) assuming Rayleigh-distributed magnitude
-    noise: ``std = sqrt(2 - pi/2) * median / sqrt(2 ln 2)``. Zeros are skipped because many
-    scanners and defacing tools zero the background; when more than half of the air is exactly
-    zero (or fewer than 100 air voxels are not), the scanner's noise is not observable and the
-    air std is NaN.
-    """
-    from scipy import ndimage
-
-    img = np.asarray(image, dtype=np.float32)
-    m = np.asarray(mask, dtype=bool)
-    inside = img[m]
-    if inside.size == 0:
-        raise ValueError("the head mask is empty; cannot measure a signal")
-    signal = (
-        float(inside[inside > np.median(inside)].mean()) if inside.size > 1 else float(inside[0])
-    )
-    far = ~ndimage.binary_dilation(m, iterations=margin) if margin > 0 else ~m
-    air = img[far]
-    nonzero = air[air > 0]
-    if nonzero.size < 100 or nonzero.size < 0.5 * air.size:
-        return signal, float("nan")
-    air = nonzero
-    return signal, float(_RAYLEIGH_STD * np.median(air) / _RAYLEIGH_MEDIAN)
-
-
-def estimate_snr(image: np.ndarray, mask: np.ndarray, margin: int = 5) -> float:
-    """Signal-to-noise ratio as we define it for the noise tiers: bright-tissue mean / air std.
-
-    Same form as paper 003's ``mean(WM) / std(air)`` (eq. 2) without a segmentation; see
-    :func:`snr_components`. Pass the mask of the *clean* image when measuring a noisy copy.
-    """
-    signal, air_std = snr_components(image, mask, margin)
-    return signal / air_std if air_std > 0 else float("inf")
-
-
-def sample_tier_params(
-    artifact: str, level: str, rng: np.random.Generator, *, ndim: int = 2
-) -> dict:
-    """Parameters of a paper-003 tier draw (Table 3) for ``apply_artifact(image, artifact, params)``.
-
-    Parameters
-    ----------
-    artifact
-        ``"motion"``, ``"noise"`` or ``"contrast"``.
-    level
-        ``"none"`` (identity parameters), ``"moderate"`` or ``"severe"``.
-    ndim
-        2 for slices (motion by our k-space model, in-plane poses), 3 for volumes (tio.Motion).
-    """
-    if artifact not in ARTIFACTS_003:
-        raise ValueError(f"tier artifacts are {ARTIFACTS_003}, not {artifact!r}")
-    if level not in TIER_LEVELS:
-        raise ValueError(f"tier level must be one of {TIER_LEVELS}, not {level!r}")
-    if ndim not in (2, 3):
-        raise ValueError(f"ndim must be 2 or 3, not {ndim!r}")
-    if artifact == "noise":
-        std = 0.0 if level == "none" else float(rng.uniform(*TIER_NOISE_STD[level]))
-        return {"std": std, "rician": True, "seed": _seed(rng)}
-    if artifact == "contrast":
-        beta = 0.0 if level == "none" else float(rng.uniform(*TIER_CONTRAST_LOG_GAMMA[level]))
-        return {"log_gamma": beta}
-    m = TIER_MOTION_EVENTS
-    # TorchIO's RandomMotion timing: evenly spaced events, each jittered by +-30% of the spacing.
-    step = 1.0 / (m + 1)
-    times = sorted(
-        float(t) for t in step * np.arange(1, m + 1) + rng.uniform(-0.3 * step, 0.3 * step, m)
-    )
-    n_rot = 1 if ndim == 2 else 3
-    if level == "none":
-        rot = np.zeros((m, n_rot))
-        trans = np.zeros((m, ndim))
-    else:
-        spec = TIER_MOTION[level]
-        rot = rng.uniform(*spec["degrees"], size=(m, n_rot)) * rng.choice(
-            [-1.0, 1.0], size=(m, n_rot)
-        )
-        trans = rng.uniform(*spec["translation_mm"], size=(m, ndim)) * rng.choice(
-            [-1.0, 1.0], size=(m, ndim)
-        )
-    return _motion_record(times, rot, trans, ndim, rng)
-
-
-def simulate_tier(
-    image: np.ndarray,
-    artifact: str,
-    level: str,
-    rng: np.random.Generator,
-    zooms: Sequence[float] | None = None,
-) -> tuple[np.ndarray, ArtifactLabel]:
-    """Draw a paper-003 tier artifact, apply it, and label it (``label.level`` set; SS from
-    :func:`severity_of`; level ``"none"`` gives a clean copy labelled ``artifact="none"``)."""
-    image = np.asarray(image)
-    if level == "none":
-        if artifact not in ARTIFACTS_003:
-            raise ValueError(f"tier artifacts are {ARTIFACTS_003}, not {artifact!r}")
-        return image.astype(np.float32, copy=True), ArtifactLabel("none", 0.0, {}, level="none")
-    params = sample_tier_params(artifact, level, rng, ndim=image.ndim)
-    out = apply_artifact(image, artifact, params, zooms)
-    return out, ArtifactLabel(artifact, severity_of(artifact, params), params, level=level)
-
-
-# --------------------------------------------------------------------------------------------
-# Paper 002: motion-corrupted slice pairs labelled by SSIM, and contrast augmentation
-# --------------------------------------------------------------------------------------------
-
-#: Structural similarity constants of Wang et al. (2004): Gaussian window sigma 1.5 truncated at
-#: 3.5 sigma (an 11 x 11 window), K1 = 0.01, K2 = 0.03.
-SSIM_SIGMA = 1.5
-SSIM_TRUNCATE = 3.5
-SSIM_K = (0.01, 0.03)
-#: Motion models :func:`motion_slice_pair` chooses from with equal probability.
-SLICE_MOTION_MODELS = ("torchio", "kspace")
-#: Contrast augmentations of paper 002.
-CONTRAST_AUGMENTATIONS = ("gamma", "log", "sigmoid", "clahe")
-
-
-def realised_change(clean: np.ndarray, corrupted: np.ndarray, mask: np.ndarray) -> float:
-    """How much an artifact actually changed an image: RMS of ``corrupted - clean`` inside
-    ``mask`` relative to the clean image's RMS there (0 = unchanged).
-
-    It needs the clean image, so no scorer can compute it; benchmarks report it beside an
-    artifact's severity (SS) or grade to show how far the simulation's label tracks what became
-    visible (e.g. a motion's artifact energy depends on when in k-space the movement happens,
-    not only on its amplitude). Both images must be on the same intensity scale (normalised).
-    """
-    clean, corrupted, m = np.asarray(clean), np.asarray(corrupted), np.asarray(mask, dtype=bool)
-    if clean.shape != corrupted.shape or clean.shape != m.shape:
-        raise ValueError(
-            f"shapes differ: clean {clean.shape}, corrupted {corrupted.shape}, mask {m.shape}"
-        )
-    if not m.any():
-        raise ValueError("the mask is empty")
-    x = clean[m].astype(np.float64)  # only the head in double precision (volumes reach 40 M voxels)
-    ref = float(np.sqrt(np.mean(x**2)))
-    if not ref > 0:
-        raise ValueError("the clean image is zero inside the mask")
-    return float(np.sqrt(np.mean((corrupted[m].astype(np.float64) - x) ** 2)) / ref)
-
-
-def ssim(a: np.ndarray, b: np.ndarray, data_range: float) -> float:
-    """Mean structural similarity index of two 2D images (Wang et al. 2004).
-
-    Notes
-    -----
-    ``SSIM = ((2 mu_a mu_b + C1)(2 sigma_ab + C2)) / ((mu_a^2 + mu_b^2 + C1)(sigma_a^2 + sigma_b^2 + C2))``
-    with local statistics from a Gaussian window (sigma 1.5, 11 x 11, reflected borders),
-    population (not sample) covariances, ``C1 = (0.01 L)^2``, ``C2 = (0.03 L)^2`` with
-    ``L = data_range``, averaged over the image minus a 5-pixel border (where the window would
-    leave the image). Equals ``skimage.metrics.structural_similarity(a, b, data_range=L,
-    gaussian_weights=True, sigma=1.5, use_sample_covariance=False)``.
-
-    References
-    ----------
-    Wang Z, Bovik AC, Sheikh HR, Simoncelli EP. Image quality assessment: from error visibility
-    to structural similarity. IEEE Trans Image Process 2004. doi:10.1109/TIP.2003.819861
-    """
-    from scipy import ndimage
-
-    x = np.asarray(a, dtype=np.float64)
-    y = np.asarray(b, dtype=np.float64)
-    if x.shape != y.shape or x.ndim != 2:
-        raise ValueError(f"ssim needs two 2D images of the same shape, got {x.shape} and {y.shape}")
-    if not data_range > 0:
-        raise ValueError(f"data_range must be positive, got {data_range!r}")
-    pad = int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5)
-    if min(x.shape) <= 2 * pad:
-        raise ValueError(f"images of shape {x.shape} are too small for an 11 x 11 SSIM window")
-
-    def smooth(img: np.ndarray) -> np.ndarray:
-        return ndimage.gaussian_filter(
-            img, sigma=SSIM_SIGMA, truncate=SSIM_TRUNCATE, mode="reflect"
-        )
-
-    mx, my = smooth(x), smooth(y)
-    vx = smooth(x * x) - mx * mx
-    vy = smooth(y * y) - my * my
-    cxy = smooth(x * y) - mx * my
-    c1 = (SSIM_K[0] * data_range) ** 2
-    c2 = (SSIM_K[1] * data_range) ** 2
-    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
-    return float(s[pad:-pad, pad:-pad].mean())
-
-
-def motion_slice_pair(
-    slice2d: np.ndarray,
-    rng: np.random.Generator,
-    zooms: Sequence[float] | None = None,
-    severity: float | None = None,
-) -> tuple[np.ndarray, float, ArtifactLabel]:
-    """A motion-corrupted copy of a slice and its SSIM to the original (paper 002's labels).
-
-    The model is drawn from :data:`SLICE_MOTION_MODELS`: TorchIO's ``Motion`` (Shaw et al.) or
-    our segmented k-space model; poses as in :func:`sample_params` (``severity`` None: uniform
-    SS). SSIM uses ``data_range = max - min`` of the input slice. The label's params hold the
-    model, so :func:`replay` reproduces the corrupted slice.
-    """
-    img = np.asarray(slice2d, dtype=np.float32)
-    if img.ndim != 2:
-        raise ValueError(f"motion_slice_pair needs a 2D slice, got shape {img.shape}")
-    model = SLICE_MOTION_MODELS[int(rng.integers(len(SLICE_MOTION_MODELS)))]
-    params = sample_params("motion", rng, severity, ndim=2)
-    params["model"] = model
-    out = apply_artifact(img, "motion", params, zooms)
-    data_range = float(img.max() - img.min()) or 1.0
-    return (
-        out,
-        ssim(img, out, data_range),
-        ArtifactLabel("motion", severity_of("motion", params), params),
-    )
-
-
-def sample_contrast_augmentation(rng: np.random.Generator) -> dict:
-    """Draw one of paper 002's contrast augmentations and its parameters.
-
-    gamma: ``x^exp(g)``, g ~ U[-0.5, 0.5]; log: ``log(1 + a x) / log(1 + a)``, log a ~
-    U[log 1, log 30]; sigmoid: ``sigmoid(k (x - c))`` rescaled to map 0 -> 0 and 1 -> 1,
-    k ~ U[4, 12], c ~ U[0.3, 0.7]; clahe: contrast-limited adaptive histogram equalisation with
-    tiles ~ U{4..10} per side and clip limit ~ U[0.01, 0.05]. ``x`` is the image divided by its
-    maximum; the result is multiplied back.
-    """
-    kind = CONTRAST_AUGMENTATIONS[int(rng.integers(len(CONTRAST_AUGMENTATIONS)))]
-    if kind == "gamma":
-        return {"kind": kind, "log_gamma": float(rng.uniform(-0.5, 0.5))}
-    if kind == "log":
-        return {"kind": kind, "gain": float(np.exp(rng.uniform(0.0, np.log(30.0))))}
-    if kind == "sigmoid":
-        return {
-            "kind": kind,
-            "gain": float(rng.uniform(4.0, 12.0)),
-            "cutoff": float(rng.uniform(0.3, 0.7)),
-        }
-    return {
-        "kind": kind,
-        "tiles": int(rng.integers(4, 11)),
-        "clip_limit": float(rng.uniform(0.01, 0.05)),
-    }
-
-
-def clahe(x: np.ndarray, tiles: int = 8, clip_limit: float = 0.01, n_bins: int = 256) -> np.ndarray:
-    """Contrast-limited adaptive histogram equalisation of a 2D image with values in [0, 1].
-
-    The image is cut into ``tiles`` x ``tiles`` blocks; each block's histogram is clipped at
-    ``clip_limit`` x (pixels per block) with the excess spread evenly over all bins, and its
-    cumulative distribution becomes the block's intensity mapping. Every pixel takes the
-    bilinear interpolation of the mappings of the four nearest block centres, which removes
-    block edges.
-
-    References
-    ----------
-    Pizer SM et al. Adaptive histogram equalization and its variations. Comput Vis Graph Image
-    Process 1987. doi:10.1016/S0734-189X(87)80186-X
-    """
-    img = np.clip(np.asarray(x, dtype=np.float64), 0.0, 1.0)
-    if img.ndim != 2:
-        raise ValueError(f"clahe needs a 2D image, got shape {img.shape}")
-    h, w = img.shape
-    ty, tx = min(tiles, h), min(tiles, w)
-    bins = np.minimum((img * n_bins).astype(np.int64), n_bins - 1)
-    ey = np.linspace(0, h, ty + 1).astype(int)
-    ex = np.linspace(0, w, tx + 1).astype(int)
-    maps = np.empty((ty, tx, n_bins))
-    for i in range(ty):
-        for j in range(tx):
-            block = bins[ey[i] : ey[i + 1], ex[j] : ex[j + 1]]
-            hist = np.bincount(block.ravel(), minlength=n_bins).astype(np.float64)
-            limit = max(clip_limit * block.size, 1.0)
-            excess = np.clip(hist - limit, 0, None).sum()
-            hist = np.minimum(hist, limit) + excess / n_bins
-            cdf = np.cumsum(hist)
-            maps[i, j] = cdf / cdf[-1]
-    # Position of every pixel between block centres.
-    cy = ((np.arange(h) + 0.5) / h) * ty - 0.5
-    cx = ((np.arange(w) + 0.5) / w) * tx - 0.5
-    y0 = np.clip(np.floor(cy).astype(int), 0, ty - 1)
-    x0 = np.clip(np.floor(cx).astype(int), 0, tx - 1)
-    y1 = np.minimum(y0 + 1, ty - 1)
-    x1 = np.minimum(x0 + 1, tx - 1)
-    wy = np.clip(cy - y0, 0.0, 1.0)[:, None]
-    wx = np.clip(cx - x0, 0.0, 1.0)[None, :]
-    Y0, Y1 = y0[:, None], y1[:, None]
-    X0, X1 = x0[None, :], x1[None, :]
-    out = (
-        (1 - wy) * (1 - wx) * maps[Y0, X0, bins]
-        + (1 - wy) * wx * maps[Y0, X1, bins]
-        + wy * (1 - wx) * maps[Y1, X0, bins]
-        + wy * wx * maps[Y1, X1, bins]
-    )
-    return out.astype(np.float32)
-
-
-def apply_contrast_augmentation(img: np.ndarray, params: dict) -> np.ndarray:
-    """Apply a contrast augmentation drawn by :func:`sample_contrast_augmentation`."""
-    arr = np.asarray(img, dtype=np.float32)
-    scale = float(arr.max())
-    if not scale > 0:
-        return arr.copy()
-    x = np.clip(arr / scale, 0.0, 1.0)
-    kind = params["kind"]
-    if kind == "gamma":
-        y = x ** float(np.exp(params["log_gamma"]))
-    elif kind == "log":
-        a = float(params["gain"])
-        y = np.log1p(a * x) / np.log1p(a)
-    elif kind == "sigmoid":
-        k, c = float(params["gain"]), float(params["cutoff"])
-
-        def sig(v):
-            return 1.0 / (1.0 + np.exp(-k * (v - c)))
-
-        y = (sig(x) - sig(0.0)) / (sig(1.0) - sig(0.0))
-    elif kind == "clahe":
-        if arr.ndim != 2:
-            raise ValueError("clahe augmentation works on 2D slices")
-        y = clahe(x, int(params["tiles"]), float(params["clip_limit"]))
-    else:
-        raise ValueError(
-            f"unknown contrast augmentation {kind!r}; choose from {CONTRAST_AUGMENTATIONS}"
-        )
-    return (y * scale).astype(np.float32)
-
-
-def augment_contrast(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A randomly contrast-augmented copy of a slice (paper 002): draw with
-    :func:`sample_contrast_augmentation`, apply with :func:`apply_contrast_augmentation`."""
-    return apply_contrast_augmentation(img, sample_contrast_augmentation(rng))

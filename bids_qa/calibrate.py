@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from bids_qa import metrics
+
 #: Candidate scores (column, direction).
 CANDIDATES = (
     ("severity.score", "higher_is_worse"),
@@ -106,21 +108,15 @@ def _float(v: Any) -> float:
 
 
 def balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
-    pos, neg = y == 1, y == 0
-    if not pos.any() or not neg.any():
-        return math.nan
-    return 0.5 * (float(pred[pos].mean()) + float((~pred[neg]).mean()))
+    """Balanced accuracy of ``pred`` for exclude (``y == 1``) vs keep (:mod:`bids_qa.metrics`)."""
+    return metrics.balanced_accuracy(np.asarray(y) == 1, np.asarray(pred, dtype=bool))
 
 
 def roc_auc(y: np.ndarray, score: np.ndarray) -> float:
-    """Rank AUC (ties count half) of ``score`` for ``y == 1``."""
+    """ROC AUC of ``score`` for ``y == 1``, scans without a score left out (:mod:`bids_qa.metrics`)."""
+    score = np.asarray(score, dtype=float)
     ok = np.isfinite(score)
-    y, score = y[ok], score[ok]
-    pos, neg = score[y == 1], score[y == 0]
-    if not len(pos) or not len(neg):
-        return math.nan
-    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
-    return float(greater / (len(pos) * len(neg)))
+    return metrics.roc_auc(np.asarray(y)[ok] == 1, score[ok])
 
 
 def confusion(y: np.ndarray, pred: np.ndarray) -> dict[str, int]:

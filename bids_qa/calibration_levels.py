@@ -56,7 +56,6 @@ def score_cases(
 ) -> list[dict[str, Any]]:
     """One row per (volume, artifact, SS) with every family's numeric values on that same image."""
     from bids_qa.evaluate import corrupt_volume
-    from bids_qa.pipeline import scorer_wants_suffix
     from bids_qa.scoring import build_scorers
     from bids_qa.volume import volume_from_array
 
@@ -82,9 +81,7 @@ def score_cases(
             for scorer in scorers:
                 try:
                     result = (
-                        scorer.score(image, suffix=suffix)
-                        if scorer_wants_suffix(scorer)
-                        else scorer.score(image)
+                        scorer.score(image, suffix)
                     )
                 except Exception as err:  # one failure must not lose the benchmark
                     print(f"  {scorer.name} failed on {entry['path']}: {err}", file=sys.stderr)

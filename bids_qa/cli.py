@@ -16,6 +16,7 @@ from typing import NoReturn
 
 from bids_qa import __version__
 from bids_qa.config import ANALYSIS_LEVELS, DEVICES, available_cpus
+from bids_qa.errors import ExitCode, FatalError
 
 #: Helper commands dispatched on the first argument: name -> module exposing main(argv).
 HELPERS = {
@@ -30,9 +31,6 @@ HELPERS = {
 }
 TRAIN_FAMILIES = ("severity", "flow", "ssim", "tiers")
 
-EXIT_USAGE = 64
-EXIT_UNKNOWN_LEVEL = 17
-EXIT_NO_INPUT = 66
 
 
 class UsageError(Exception):
@@ -101,33 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"bids_qa {__version__}")
 
     sel = parser.add_argument_group("selecting scans")
-    sel.add_argument(
-        "--participant-label",
-        "--participant_label",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="LABEL",
-        help="subjects to assess (with or without 'sub-'), or a text file with one per line",
-    )
-    sel.add_argument(
-        "--session-id",
-        "--session_id",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="LABEL",
-        help="sessions to assess (with or without 'ses-'); scans without a session are kept",
-    )
-    sel.add_argument(
-        "--run-id",
-        "--run_id",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="INDEX",
-        help="runs to assess (with or without 'run-'); scans without a run are kept",
-    )
+    for name, metavar, help_text in (
+        ("participant-label", "LABEL",
+         "subjects to assess (with or without 'sub-'), or a text file with one per line"),
+        ("session-id", "LABEL",
+         "sessions to assess (with or without 'ses-'); scans without a session are kept"),
+        ("run-id", "INDEX", "runs to assess (with or without 'run-'); scans without a run are kept"),
+    ):  # BIDS-Apps spell them with underscores; both spellings are accepted
+        sel.add_argument(f"--{name}", f"--{name.replace('-', '_')}", nargs="+", action="extend",
+                         default=[], metavar=metavar, help=help_text)
     sel.add_argument(
         "--suffix",
         "--modalities",
@@ -257,14 +237,14 @@ def _dispatch_helper(argv: list[str]) -> int:
     if name == "train":
         if not rest or rest[0] in ("-h", "--help"):
             print(f"usage: bids_qa train {{{','.join(TRAIN_FAMILIES)}}} [options]", file=sys.stderr)
-            return 0 if rest else EXIT_USAGE
+            return 0 if rest else ExitCode.USAGE
         family, rest = rest[0], rest[1:]
         if family not in TRAIN_FAMILIES:
             print(
                 f"bids_qa train: unknown family {family!r}; choose from {', '.join(TRAIN_FAMILIES)}",
                 file=sys.stderr,
             )
-            return EXIT_USAGE
+            return ExitCode.USAGE
         module_name = f"bids_qa.training.{family}"
     try:
         module = importlib.import_module(module_name)
@@ -274,7 +254,7 @@ def _dispatch_helper(argv: list[str]) -> int:
                 f"bids_qa {name}: this command is not available in this installation ({err})",
                 file=sys.stderr,
             )
-            return EXIT_USAGE
+            return ExitCode.USAGE
         raise
     return int(module.main(rest) or 0)
 
@@ -310,7 +290,7 @@ def _usage_error(
     hint = positional_hint(message, argv or [])
     if hint:
         print(f"bids_qa: hint: {hint}", file=sys.stderr)
-    return EXIT_USAGE
+    return ExitCode.USAGE
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -332,16 +312,11 @@ def main(argv: list[str] | None = None) -> int:
             f"bids_qa: error: unknown analysis level {args.analysis_level!r}; use participant or group",
             file=sys.stderr,
         )
-        return EXIT_UNKNOWN_LEVEL
+        return ExitCode.UNKNOWN_LEVEL
 
     from bids_qa.config import RunConfig
     from bids_qa.contrasts import SuffixMapError, load_suffix_map
-    from bids_qa.discover import (
-        DiscoveryError,
-        load_filter_file,
-        normalise_labels,
-        normalise_suffixes,
-    )
+    from bids_qa.discover import load_filter_file, normalise_labels, normalise_suffixes
     from bids_qa.scoring import REGISTRY
     from bids_qa.thresholds import ThresholdError, load_thresholds
 
@@ -352,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
             f"bids_qa: error: input folder {bids_dir} does not exist or is not a folder",
             file=sys.stderr,
         )
-        return EXIT_NO_INPUT
+        return ExitCode.NO_INPUT
     if output_dir == bids_dir:
         return _usage_error(
             parser,
@@ -384,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.suffix_map
             else ()
         )
-    except DiscoveryError as err:
+    except FatalError as err:
         return _usage_error(parser, err.message)
     except SuffixMapError as err:
         return _usage_error(parser, str(err))
@@ -425,12 +400,14 @@ def main(argv: list[str] | None = None) -> int:
             "participant level first (nothing was written)",
             file=sys.stderr,
         )
-        return EXIT_NO_INPUT
-    from bids_qa import pipeline
-
+        return ExitCode.NO_INPUT
     if config.analysis_level == "participant":
-        return pipeline.run_participant(config, thresholds)
-    return pipeline.run_group(config, thresholds)
+        from bids_qa.participant import run_participant
+
+        return run_participant(config, thresholds)
+    from bids_qa.group import run_group
+
+    return run_group(config, thresholds)
 
 
 def _has_participant_outputs(output_dir: Path) -> bool:

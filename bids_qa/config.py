@@ -57,7 +57,7 @@ class RunConfig:
     nprocs
         Loader threads (load scans ahead, run the CPU-only scorers and prepare the networks'
         inputs); inference uses ``max(1, nprocs // 2)`` torch threads (the thread rule is in
-        :class:`bids_qa.pipeline.ExecutionPlan`).
+        :class:`bids_qa.plan.ExecutionPlan`).
     batch_size
         Slices (or grids) per forward pass of the deep models; ``None`` (``auto``) means 64 on CPU
         and 512 on CUDA.
@@ -130,6 +130,19 @@ class RunConfig:
             or self.suffixes
             or self.bids_filters
         )
+
+    def selection(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`bids_qa.discover.discover` that select the scans."""
+        return {
+            "participant_label": self.participant_label,
+            "session_id": self.session_id,
+            "run_id": self.run_id,
+            "suffixes": self.suffixes,
+            "bids_filters": self.bids_filters,
+            "skip_bids_validation": self.skip_bids_validation,
+            "database_dir": self.bids_database_dir,
+            "suffix_map": self.suffix_map,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready copy (paths as strings, tuples as lists) for provenance."""

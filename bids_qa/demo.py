@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bids_qa.errors import ExitCode
+
 #: Noise sigma of the noisy scan, as a fraction of the white-matter intensity.
 NOISY_SIGMA = 0.15
 #: Noise sigma of every other scan (a clean but realistic magnitude image).
@@ -271,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(list(argv) if argv is not None else None)
     except SystemExit as exit_:
-        return int(exit_.code or 0) if exit_.code in (0, None) else 64
+        return int(exit_.code or 0) if exit_.code in (0, None) else ExitCode.USAGE
     from bids_qa import cli
     from bids_qa.derivatives import group_paths, read_group_table
 
@@ -281,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         scans = make_demo_dataset(bids_dir, args.subjects, args.voxel_size, args.seed)
     except (ValueError, OSError) as err:
         print(f"bids_qa demo: {err}", file=sys.stderr)
-        return 64 if isinstance(err, ValueError) else 73
+        return ExitCode.USAGE if isinstance(err, ValueError) else ExitCode.CANT_CREATE
     print(f"demo dataset: {bids_dir}")
     for scan in scans:
         print(f"  {scan.path.relative_to(bids_dir)}: {scan.description}")

@@ -14,7 +14,7 @@ Layout (see ``docs/outputs.md`` for every column and key)::
 
 Every path is built by :func:`scan_paths` / :func:`group_paths` from the scan's entities; no other
 module assembles output names. Every file is written to a hidden temporary file in the same folder
-and renamed over the target (:func:`atomic_write_text`), so a reader — or a killed run — never
+and renamed over the target (:func:`bids_qa.io.atomic_write_bytes`), so a reader — or a killed run — never
 sees a half-written file under a final name, and two jobs writing into one output folder cannot
 interleave their bytes.
 """
@@ -23,13 +23,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
-import re
-import secrets
-import socket
-import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,6 +33,23 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bids_qa import __version__
+from bids_qa.io import (  # the writing API of the derivatives, re-exported
+    MISSING,  # noqa: F401
+    atomic_write_bytes,  # noqa: F401
+    atomic_write_text,  # noqa: F401
+    cleanup_stale_temp,  # noqa: F401
+    dumps_json,  # noqa: F401
+    format_value,  # noqa: F401
+    host_tag,  # noqa: F401
+    json_ready,  # noqa: F401
+    parse_number,
+    png_bytes,  # noqa: F401
+    read_json_object,  # noqa: F401
+    read_slices_tsv,
+    render_tsv,  # noqa: F401
+    write_json,  # noqa: F401
+    write_tsv,  # noqa: F401
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -49,7 +61,6 @@ BIDS_VERSION = "1.9.0"
 #: Folder for plain-NIfTI scans that carry no subject entity.
 NONBIDS_DIR = "nonbids"
 LOGS_DIR = "logs"
-MISSING = "n/a"
 
 #: Per-scan ``_qa.tsv`` columns and what they hold (also written into each ``_qa.json``).
 QA_COLUMNS: dict[str, str] = {
@@ -109,8 +120,6 @@ SCAN_INFO_COLUMNS: dict[str, tuple[str, str]] = {
     "echo_time": ("metadata", "EchoTime"),
 }
 
-_TMP_MARK = ".bqtmp-"
-_TMP_RE = re.compile(r"\.bqtmp-([A-Za-z0-9]*)-(\d+)-[0-9a-f]+$")
 _SAFE_EXTRA = set("-_.+")
 _MAX_STEM = 150
 
@@ -251,89 +260,14 @@ def group_paths(out_dir: str | os.PathLike[str], suffix: str) -> GroupPaths:
     return GroupPaths(out_dir / f"{stem}.tsv", out_dir / f"{stem}.json", out_dir / f"{stem}.html")
 
 
-def _host_tag() -> str:
-    return "".join(ch for ch in socket.gethostname() if ch.isalnum())[:32]
-
-
 def log_path(out_dir: str | os.PathLike[str], level: str) -> Path:
     """A log file name unique to this process and moment (concurrent jobs never share one)."""
     stamp = datetime.now().strftime("%Y%m%dT%H%M%S%f")
     return (
         Path(out_dir)
         / LOGS_DIR
-        / f"bids_qa_{level}_{stamp}_{_host_tag() or 'host'}_{os.getpid()}.log"
+        / f"bids_qa_{level}_{stamp}_{host_tag() or 'host'}_{os.getpid()}.log"
     )
-
-
-# --------------------------------------------------------------------------------------------
-# Atomic writing
-
-
-def _temp_name(path: Path) -> Path:
-    return path.with_name(
-        f".{path.name}{_TMP_MARK}{_host_tag()}-{os.getpid()}-{secrets.token_hex(4)}"
-    )
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``.
-
-    The target either keeps its old content or gets the whole new content; the temporary file is
-    removed if anything fails (including KeyboardInterrupt).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_name(path)
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """UTF-8 text version of :func:`atomic_write_bytes`."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def json_ready(obj: Any) -> Any:
-    """Copy of ``obj`` that strict JSON accepts: numpy scalars/arrays to Python, paths to strings,
-    NaN/Inf to None, tuples and sets to lists."""
-    if isinstance(obj, Mapping):
-        return {str(k): json_ready(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        items = sorted(obj, key=str) if isinstance(obj, (set, frozenset)) else obj
-        return [json_ready(v) for v in items]
-    if isinstance(obj, np.ndarray):
-        return json_ready(obj.tolist())
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        value = float(obj)
-        return value if math.isfinite(value) else None
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    return obj
-
-
-def dumps_json(obj: Any) -> str:
-    """Sorted-key, indented, strict JSON (UTF-8 characters kept)."""
-    return (
-        json.dumps(json_ready(obj), sort_keys=True, indent=2, allow_nan=False, ensure_ascii=False)
-        + "\n"
-    )
-
-
-def write_json(path: str | os.PathLike[str], obj: Any) -> None:
-    """Atomically write ``obj`` as JSON (see :func:`dumps_json`)."""
-    atomic_write_text(path, dumps_json(obj))
 
 
 def write_ruler_images(paths: ScanPaths, model: str, images: np.ndarray) -> list[str]:
@@ -343,104 +277,13 @@ def write_ruler_images(paths: ScanPaths, model: str, images: np.ndarray) -> list
     Grey levels map the normalised intensity range [0, 1.2] to [0, 255], the same window for every
     version so that the eye compares like with like.
     """
-    import io
-
-    from PIL import Image
-
-    paths.figures.mkdir(parents=True, exist_ok=True)
     out = []
     for i, img in enumerate(images):
         grey = (np.clip(np.asarray(img, dtype=np.float32) / 1.2, 0.0, 1.0) * 255).astype(np.uint8)
-        buf = io.BytesIO()
-        Image.fromarray(np.ascontiguousarray(grey.T[::-1])).save(buf, format="PNG")
         name = f"ruler_{model}_{i}.png"
-        atomic_write_bytes(paths.figures / name, buf.getvalue())
+        atomic_write_bytes(paths.figures / name, png_bytes(grey.T[::-1]))
         out.append(f"{paths.figures.name}/{name}")
     return out
-
-
-def format_value(value: Any) -> str:
-    """One TSV cell: numbers with 6 significant digits, non-finite or None as ``n/a``, text with
-    tabs and line breaks replaced by spaces."""
-    if value is None:
-        return MISSING
-    if isinstance(value, (bool, np.bool_)):
-        return "true" if value else "false"
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    if isinstance(value, (float, np.floating)):
-        value = float(value)
-        if not math.isfinite(value):
-            return MISSING
-        return f"{value:.6g}"
-    text = str(value)
-    return re.sub(r"[\t\r\n]+", " ", text)
-
-
-def render_tsv(
-    columns: Sequence[str], rows: Iterable[Mapping[str, Any]], empty: str = MISSING
-) -> str:
-    """TSV text with a header line; missing keys become ``empty``."""
-    lines = ["\t".join(columns)]
-    for row in rows:
-        cells = []
-        for col in columns:
-            value = row.get(col)
-            if value is None or (isinstance(value, str) and value == ""):
-                cells.append(empty if value is None else "")
-            else:
-                cells.append(format_value(value))
-        lines.append("\t".join(cells))
-    return "\n".join(lines) + "\n"
-
-
-def write_tsv(
-    path: str | os.PathLike[str],
-    columns: Sequence[str],
-    rows: Iterable[Mapping[str, Any]],
-    empty: str = MISSING,
-) -> None:
-    """Atomically write a TSV (see :func:`render_tsv`)."""
-    atomic_write_text(path, render_tsv(columns, rows, empty=empty))
-
-
-def cleanup_stale_temp(out_dir: str | os.PathLike[str], max_age_s: float = 86400.0) -> int:
-    """Remove temporary files left by killed runs; returns how many were removed.
-
-    A temporary file is stale when it was made on this host by a process that no longer exists,
-    or is older than ``max_age_s`` (other hosts of a cluster sharing the folder). Files of live
-    concurrent jobs are left alone.
-    """
-    out_dir = Path(out_dir)
-    if not out_dir.is_dir():
-        return 0
-    host = _host_tag()
-    now = time.time()
-    removed = 0
-    for folder, _dirs, files in os.walk(out_dir):
-        for name in files:
-            match = _TMP_RE.search(name)
-            if not match:
-                continue
-            path = Path(folder) / name
-            tmp_host, pid = match.group(1), int(match.group(2))
-            stale = False
-            if tmp_host == host and pid != os.getpid():
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    stale = True
-                except PermissionError:
-                    stale = False
-            try:
-                if not stale and now - path.stat().st_mtime > max_age_s:
-                    stale = True
-                if stale:
-                    path.unlink()
-                    removed += 1
-            except FileNotFoundError:
-                continue
-    return removed
 
 
 # --------------------------------------------------------------------------------------------
@@ -652,12 +495,11 @@ class ScanOutputs:
 
 
 def _to_number(text: str) -> float | str:
+    """A ``_qa.tsv`` value: a number, NaN for ``n/a``, else the label itself."""
     if text == MISSING:
         return float("nan")
-    try:
-        return float(text)
-    except ValueError:
-        return text
+    number = parse_number(text)
+    return text if number is None else number
 
 
 _OUTPUT_ENDINGS = ("_qa.json", "_qa.tsv", "_slices.tsv", "_report.html", "_figures")
@@ -690,9 +532,7 @@ def read_scan_outputs(path: str | os.PathLike[str]) -> ScanOutputs:
     except json.JSONDecodeError as err:
         raise ValueError(f"{paths.json} is not valid JSON: {err}") from err
     metrics = pd.read_csv(paths.tsv, sep="\t", dtype=str, keep_default_na=False)
-    slices = None
-    if paths.slices.is_file():
-        slices = pd.read_csv(paths.slices, sep="\t", keep_default_na=False, na_values=[MISSING, ""])
+    slices = read_slices_tsv(paths.slices) if paths.slices.is_file() else None
     return ScanOutputs(paths=paths, sidecar=sidecar, metrics=metrics, slices=slices)
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bids_qa import contrasts
+from bids_qa.errors import ExitCode, FatalError
 from bids_qa.plainpaths import (  # noqa: F401  (re-exported)
     SESSION_NAME_RE,
     SUBJECT_NAME_RE,
@@ -135,15 +136,6 @@ METADATA_FIELDS = (
     "AcquisitionDuration",
     "SoftwareVersions",
 )
-
-
-class DiscoveryError(Exception):
-    """Discovery cannot go on; ``code`` is the BIDS-Apps exit code to return."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -259,8 +251,8 @@ def normalise_labels(values: Iterable[str] | None, prefix: str) -> tuple[str, ..
 
     Raises
     ------
-    DiscoveryError
-        (code 64) for an empty label.
+    FatalError
+        (``ExitCode.USAGE``) for an empty label.
     """
     out: list[str] = []
     for raw in values or ():
@@ -281,7 +273,7 @@ def normalise_labels(values: Iterable[str] | None, prefix: str) -> tuple[str, ..
             if label.startswith(f"{prefix}-"):
                 label = label[len(prefix) + 1 :]
             if not label:
-                raise DiscoveryError(64, f"empty {prefix} label in {raw!r}")
+                raise FatalError(ExitCode.USAGE, f"empty {prefix} label in {raw!r}")
             if label not in out:
                 out.append(label)
     return tuple(out)
@@ -292,15 +284,15 @@ def normalise_suffixes(values: Iterable[str] | None) -> tuple[str, ...]:
 
     Raises
     ------
-    DiscoveryError
-        (code 64) for a name that is not a structural contrast.
+    FatalError
+        (``ExitCode.USAGE``) for a name that is not a structural contrast.
     """
     out: list[str] = []
     for value in values or ():
         key = value.strip().lower()
         if key not in CONTRAST_ALIASES:
-            raise DiscoveryError(
-                64,
+            raise FatalError(
+                ExitCode.USAGE,
                 f"--suffix {value!r} is not a structural contrast; choose from {', '.join(STRUCTURAL_SUFFIXES)} "
                 "(aliases such as T1, T2, MPRAGE, T2star are accepted)",
             )
@@ -370,18 +362,18 @@ def load_filter_file(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
 
     Raises
     ------
-    DiscoveryError
-        (code 64) when the file is missing, is not JSON, or uses an unknown entity.
+    FatalError
+        (``ExitCode.USAGE``) when the file is missing, is not JSON, or uses an unknown entity.
     """
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as err:
-        raise DiscoveryError(64, f"cannot read --bids-filter-file {path}: {err}") from err
+        raise FatalError(ExitCode.USAGE, f"cannot read --bids-filter-file {path}: {err}") from err
     except json.JSONDecodeError as err:
-        raise DiscoveryError(64, f"--bids-filter-file {path} is not valid JSON: {err}") from err
+        raise FatalError(ExitCode.USAGE, f"--bids-filter-file {path} is not valid JSON: {err}") from err
     if not isinstance(data, dict) or not data:
-        raise DiscoveryError(64, f"--bids-filter-file {path} must hold a non-empty JSON object")
+        raise FatalError(ExitCode.USAGE, f"--bids-filter-file {path} must hold a non-empty JSON object")
     queries = data if all(isinstance(v, dict) for v in data.values()) else {"filter": data}
     out: dict[str, dict[str, Any]] = {}
     for name, query in queries.items():
@@ -389,14 +381,14 @@ def load_filter_file(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
         for key, value in query.items():
             long = ENTITY_KEYS.get(key, key)
             if long not in FILTER_KEYS:
-                raise DiscoveryError(
-                    64,
+                raise FatalError(
+                    ExitCode.USAGE,
                     f"--bids-filter-file {path}: unknown entity {key!r} in query {name!r}; "
                     f"use BIDS entity names such as subject, session, run, acquisition, suffix",
                 )
             if isinstance(value, dict):
-                raise DiscoveryError(
-                    64,
+                raise FatalError(
+                    ExitCode.USAGE,
                     f"--bids-filter-file {path}: value of {key!r} in {name!r} must not be an object",
                 )
             clean[long] = value
@@ -566,14 +558,14 @@ def discover(
 
     Raises
     ------
-    DiscoveryError
-        66 when root is missing, 16 when ``dataset_description.json`` is unreadable (unless
-        validation is skipped, which then falls back to plain-NIfTI mode), 73 when the
-        ``database_dir`` cannot be created or written.
+    FatalError
+        ``NO_INPUT`` when root is missing, ``INVALID_BIDS`` when ``dataset_description.json`` is
+        unreadable (unless validation is skipped, which then falls back to plain-NIfTI mode),
+        ``CANT_CREATE`` when the ``database_dir`` cannot be created or written.
     """
     root = Path(root).absolute()
     if not root.is_dir():
-        raise DiscoveryError(66, f"input folder {root} does not exist or is not a folder")
+        raise FatalError(ExitCode.NO_INPUT, f"input folder {root} does not exist or is not a folder")
     exclude_dirs = _excluded_dirs(root, exclude)
     warnings: list[str] = []
     mode = "bids" if is_bids_dataset(root) else "nifti"
@@ -582,8 +574,8 @@ def discover(
             json.loads((root / "dataset_description.json").read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             if not skip_bids_validation:
-                raise DiscoveryError(
-                    16,
+                raise FatalError(
+                    ExitCode.INVALID_BIDS,
                     f"{root / 'dataset_description.json'} is not valid JSON ({err}); fix it, or pass "
                     "--skip-bids-validation to treat the folder as plain NIfTI files",
                 ) from err
@@ -639,7 +631,7 @@ def unmatched_label_warnings(
 
 def _check_database_dir(database_dir: str | os.PathLike[str]) -> None:
     """The ``--bids-database-dir`` must be creatable and writable (pybids writes its index
-    there); raise 73 (cannot create) with a clear message otherwise."""
+    there); raise ``CANT_CREATE`` with a clear message otherwise."""
     folder = Path(database_dir)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -647,8 +639,8 @@ def _check_database_dir(database_dir: str | os.PathLike[str]) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as err:
-        raise DiscoveryError(
-            73,
+        raise FatalError(
+            ExitCode.CANT_CREATE,
             f"--bids-database-dir {folder} cannot be created or written ({err.strerror or err}); "
             "choose a writable folder, or leave the option out to index in memory",
         ) from err
@@ -678,8 +670,8 @@ def _discover_bids(
             **kwargs,
         )
     except Exception as err:  # pybids raises several types for unusable datasets
-        raise DiscoveryError(
-            16, f"pybids could not index {root}: {type(err).__name__}: {err}"
+        raise FatalError(
+            ExitCode.INVALID_BIDS, f"pybids could not index {root}: {type(err).__name__}: {err}"
         ) from err
     warnings: list[str] = []
     scans: list[Scan] = []

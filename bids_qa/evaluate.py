@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from bids_qa.metrics import spearman
+
 SEVERITY_LEVELS = (0.1, 0.3, 0.5, 0.7, 0.9)
 IQM_COLUMNS = ("cjv", "cnr", "efc", "fber", "snr_total")
 #: IQMs kept in the rows but not in the Table-2 layout (bids_qa.label_benchmark uses them).
@@ -104,12 +106,6 @@ def corrupt_volume(
     return artifacts.apply_artifact(data, artifact, params, zooms), params
 
 
-def _spearman(x: list[float], y: list[float]) -> float:
-    from scipy.stats import spearmanr
-
-    return float(spearmanr(x, y).statistic)
-
-
 def within_scan_spearman(rows: list[dict[str, Any]], x: str, y: str) -> dict[str, float]:
     """Spearman(x, y) inside each volume's own rows (its clean copy and its corrupted copies),
     summarised over volumes (``mean``, ``median``, ``min``, ``n``: volumes with a defined value).
@@ -124,7 +120,7 @@ def within_scan_spearman(rows: list[dict[str, Any]], x: str, y: str) -> dict[str
     rhos = []
     for sel in by_volume.values():
         if len(sel) >= 3:
-            rho = _spearman([r[x] for r in sel], [r[y] for r in sel])
+            rho = spearman([r[x] for r in sel], [r[y] for r in sel])
             if np.isfinite(rho):
                 rhos.append(rho)
     if not rhos:
@@ -146,7 +142,7 @@ def evaluate_severity(
     weights: str | None = None,
 ) -> dict[str, Any]:
     """Score clean and corrupted copies of every volume; return rows and the summary figures."""
-    from bids_qa import artifacts
+    from bids_qa import artifacts, similarity
     from bids_qa.iqms import IQMScorer
     from bids_qa.label_benchmark import case_figures
     from bids_qa.models.severity import SeverityScorer
@@ -177,7 +173,7 @@ def evaluate_severity(
                 "ss": ss,
                 "score": float(value),
                 "seconds": time.perf_counter() - t0,
-                "change": artifacts.realised_change(vol.data, corrupted.data, vol.mask)
+                "change": similarity.realised_change(vol.data, corrupted.data, vol.mask)
                 if artifact != "none"
                 else 0.0,
                 **case_figures(artifact, vol, corrupted.data),
@@ -215,13 +211,13 @@ def summarise_severity(rows: list[dict[str, Any]], levels: tuple[float, ...]) ->
     out["table"] = {}
     for a in artifacts.ARTIFACTS_000:
         sel = [r for r in rows if r["artifact"] in ("none", a)]
-        out["spearman"][a] = _spearman([r["ss"] for r in sel], [r["score"] for r in sel])
+        out["spearman"][a] = spearman([r["ss"] for r in sel], [r["score"] for r in sel])
         if all("volume" in r for r in sel):
             out["spearman_within_scan"][a] = within_scan_spearman(sel, "ss", "score")
         if all("change" in r for r in sel):
             change = [r["change"] for r in sel]
-            out["spearman_change_ss"][a] = _spearman([r["ss"] for r in sel], change)
-            out["spearman_score_change"][a] = _spearman([r["score"] for r in sel], change)
+            out["spearman_change_ss"][a] = spearman([r["ss"] for r in sel], change)
+            out["spearman_score_change"][a] = spearman([r["score"] for r in sel], change)
         for s in levels:
             vals = np.array([r["score"] for r in rows if r["artifact"] == a and r["ss"] == s])
             cell = {"mean": float(vals.mean()), "sd": float(vals.std()), "n": int(len(vals))}
@@ -277,7 +273,7 @@ def severity_markdown(summary: dict[str, Any]) -> str:
         lines += [
             "",
             "Realised change: RMS difference between the corrupted and the clean normalised "
-            "volume inside the head, relative to the clean RMS (`artifacts.realised_change`). It "
+            "volume inside the head, relative to the clean RMS (`similarity.realised_change`). It "
             "needs the clean scan, so no scorer can use it; where it rises less monotonically with "
             "SS than the target asks, the simulation's SS, not the model, limits Spearman(score, "
             "SS) for any score of visible damage.",

@@ -15,13 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from bids_qa.artifacts import realised_change
+from bids_qa.metrics import balanced_accuracy, roc_auc
 from bids_qa.models.tiers import (
     ARTIFACTS,
     TASKS,
     grade_from_probabilities,
     tier_from_grades,
 )
+from bids_qa.similarity import realised_change
 from bids_qa.training.tier_samples import (
     CubeSource,
     corrupt_cube,
@@ -30,33 +31,11 @@ from bids_qa.training.tier_samples import (
 )
 
 
-def balanced_accuracy(truth: np.ndarray, pred: np.ndarray) -> float:
-    """Mean of sensitivity and specificity for boolean arrays (NaN if a class is absent)."""
-    truth = np.asarray(truth, dtype=bool)
-    pred = np.asarray(pred, dtype=bool)
-    if truth.all() or not truth.any():
-        return float("nan")
-    return float(0.5 * (pred[truth].mean() + (~pred[~truth]).mean()))
-
-
-def roc_auc(truth: np.ndarray, score: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney, ties count half); NaN if a class is absent."""
-    from scipy.stats import rankdata
-
-    truth = np.asarray(truth, dtype=bool)
-    score = np.asarray(score, dtype=np.float64)
-    n_pos, n_neg = int(truth.sum()), int((~truth).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = rankdata(score)
-    return float((ranks[truth].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
 def level_separation(
     true_grades: np.ndarray, probs: np.ndarray, change: np.ndarray
 ) -> dict[str, dict[str, float]]:
     """Moderate vs severe, per artifact, on samples carrying only that artifact: ROC AUC of the
-    model's ``p_severe`` and of the realised change (:func:`bids_qa.artifacts.realised_change`,
+    model's ``p_severe`` and of the realised change (:func:`bids_qa.similarity.realised_change`,
     which needs the clean cube). A low change AUC means the two simulated levels differ little
     in the image itself, which bounds what any grader of visible damage can separate."""
     out: dict[str, dict[str, float]] = {}

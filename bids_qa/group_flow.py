@@ -82,7 +82,9 @@ def apply_dataset_refit(table, figure_path: Path, seed: int = 0) -> dict[str, An
         labels = [
             str(r.get("verdict", "")) for r, ok in zip(table.rows, finite, strict=False) if ok
         ]
-        flow.plot_m_plane(
+        from bids_qa.reports.figures import plot_m_plane
+
+        plot_m_plane(
             m[finite],
             labels,
             density,

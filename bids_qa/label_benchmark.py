@@ -14,6 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from bids_qa import metrics
+from bids_qa.metrics import spearman
+
 BIAS_AUC_MIN_SS = 0.6
 INU_COLUMNS = ("inu_range", "inu_cv")
 
@@ -34,31 +37,23 @@ def case_figures(artifact: str, clean: Any, corrupted: np.ndarray) -> dict[str, 
 
 
 def roc_auc(negatives: list[float], positives: list[float]) -> float:
-    """P(positive > negative) + 0.5 P(tie) (the Mann-Whitney form of the ROC AUC); NaNs dropped."""
-    from scipy.stats import rankdata
-
-    neg = np.asarray([v for v in negatives if np.isfinite(v)], dtype=float)
-    pos = np.asarray([v for v in positives if np.isfinite(v)], dtype=float)
-    if not neg.size or not pos.size:
-        return float("nan")
-    ranks = rankdata(np.concatenate([neg, pos]))
-    u = ranks[neg.size :].sum() - pos.size * (pos.size + 1) / 2
-    return float(u / (neg.size * pos.size))
+    """ROC AUC of positives over negatives (:func:`bids_qa.metrics.roc_auc`); NaNs dropped."""
+    neg = [v for v in negatives if np.isfinite(v)]
+    pos = [v for v in positives if np.isfinite(v)]
+    return metrics.roc_auc(np.r_[np.zeros(len(neg), bool), np.ones(len(pos), bool)], np.r_[neg, pos])
 
 
 def summarise_labels(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Spearman of each label with ``ssim_source`` per artifact (corrupted rows only) and the INU
     AUCs; rows without the columns are skipped."""
-    from scipy.stats import spearmanr
-
     out: dict[str, Any] = {"spearman_label_ssim": {}, "inu_auc": {}}
     arts = sorted({r["artifact"] for r in rows if r["artifact"] != "none" and "ssim_source" in r})
     for a in arts:
         sel = [r for r in rows if r["artifact"] == a and "ssim_source" in r]
         ssim = [r["ssim_source"] for r in sel]
         out["spearman_label_ssim"][a] = {
-            "parameter": float(spearmanr([r["ss"] for r in sel], ssim).statistic),
-            "damage": float(spearmanr([r["ss_damage"] for r in sel], ssim).statistic),
+            "parameter": spearman([r["ss"] for r in sel], ssim),
+            "damage": spearman([r["ss_damage"] for r in sel], ssim),
             "n": len(sel),
         }
     clean = [r for r in rows if r["artifact"] == "none"]

@@ -104,10 +104,10 @@ def build_ruler(
     ``score_slices`` maps an (m, S, S) array of model inputs to m outputs (the scorer's own batch
     function), so the ruler is scored by exactly the network that scored the scan; ``input_size``
     and ``pixel_mm`` prepare the images as that network reads slices
-    (:func:`bids_qa.training.slices.to_model_input`).
+    (:func:`bids_qa.preprocess.to_model_input`).
     """
     from bids_qa import artifacts
-    from bids_qa.training.slices import renormalise, to_model_input
+    from bids_qa.preprocess import renormalise, to_model_input
 
     img, mask, zooms = central_slice(volume)
     severities = np.linspace(0.0, 1.0, levels)

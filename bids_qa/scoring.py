@@ -1,24 +1,9 @@
 """The scorer interface and the registry of scorers.
 
 A scorer turns a :class:`~bids_qa.volume.Volume` into named numbers. It never reads or writes files
-(weights excepted, at construction). Adding a model family means one module with a class following
-:class:`Scorer` and one line in :data:`REGISTRY`.
-
-Throughput hooks (issue 10), all optional; the pipeline uses them through :func:`runs_in_loader`,
-:func:`prepare_scorer` and :func:`score_many`, so a scorer with only ``score`` still works:
-
-``in_loader = True``
-    The scorer is CPU-only and thread-safe (no network): the pipeline runs its ``score`` in the
-    loader threads, right after the scan is loaded (``header``, ``iqm``).
-``prepare(volume) -> None``
-    Computes and caches on the volume every input the scorer's network will read (slice stacks,
-    grids, anatomy slice indices, ruler images) without running the network. The pipeline calls
-    it in the loader threads, so the inference thread only runs networks, judges and writes.
-``score_many(volumes) -> list[ScanScores]``
-    Scores several scans with one batched pass of the network (inputs of all scans concatenated,
-    outputs split back per scan). Must give the same values as ``score`` on each volume, within
-    float tolerance. When it raises, the pipeline scores the group's scans one by one, so one bad
-    scan never costs the others their scores.
+(weights excepted, at construction). Adding a model family means one module with a subclass of
+:class:`Scorer` and one line in :data:`REGISTRY`. The whole interface the pipeline uses is declared
+on :class:`Scorer` with defaults, so the pipeline calls it directly.
 """
 
 from __future__ import annotations
@@ -26,7 +11,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -60,20 +45,46 @@ class ScanScores:
     ruler: Any = None
 
 
-@runtime_checkable
-class Scorer(Protocol):
-    """A model family or metric set. ``name`` and ``version`` go into provenance.
+class Scorer:
+    """A model family or metric set; subclasses override :meth:`score` or :meth:`score_many`.
 
-    A scorer whose values depend on the scan's BIDS suffix says so in a boolean ``needs_suffix``
-    (a property where it depends on the weights) and takes ``score(volume, suffix=...)``
-    (:func:`bids_qa.pipeline.scorer_wants_suffix`).
+    Attributes
+    ----------
+    name
+        The family's name: the ``model`` column of the outputs, ``--scorers`` and provenance.
+    version
+        The weights' or formulas' version, recorded in provenance and in the resume key.
+    in_loader
+        True for a CPU-only, thread-safe scorer (no network): the pipeline runs its ``score`` in
+        the loader threads, right after the scan is loaded (``header``, ``iqm``).
+    needs_suffix
+        True when the values depend on the scan's BIDS suffix (a property where that depends on
+        the weights); the pipeline then passes ``suffix`` to :meth:`score` / :meth:`score_many`.
     """
 
-    name: str
-    version: str
+    name: str = ""
+    version: str = "unknown"
+    in_loader: bool = False
+    needs_suffix: bool = False
 
-    def score(self, volume: Volume) -> ScanScores:  # pragma: no cover - protocol
-        ...
+    def prepare(self, volume: Volume) -> None:
+        """Compute and cache on ``volume`` every input the network will read (slice stacks, cubes,
+        ruler images) without running it; the pipeline calls it in the loader threads so the
+        inference thread only runs networks. Default: nothing to prepare."""
+        return None
+
+    def score(self, volume: Volume, suffix: str | None = None) -> ScanScores:
+        """One scan's scores. Default: :meth:`score_many` on that one scan."""
+        return self.score_many([volume], [suffix])[0]
+
+    def score_many(
+        self, volumes: Sequence[Volume], suffixes: Sequence[str | None] | None = None
+    ) -> list[ScanScores]:
+        """Several scans' scores, e.g. with one batched pass of the network (outputs split back
+        per scan); must equal :meth:`score` on each within float tolerance. Default: :meth:`score`
+        on each volume."""
+        suffixes = list(suffixes) if suffixes is not None else [None] * len(volumes)
+        return [self.score(v, s) for v, s in zip(volumes, suffixes, strict=True)]
 
 
 @dataclass(frozen=True)
@@ -92,8 +103,11 @@ class ScorerEntry:
         return resources.files("bids_qa").joinpath(self.needs_weights).is_file()
 
     def build(self, **kwargs: Any) -> Scorer:
-        module, cls = self.target.split(":")
-        return getattr(importlib.import_module(module), cls)(**kwargs)
+        module, name = self.target.split(":")
+        cls = getattr(importlib.import_module(module), name)
+        if not (isinstance(cls, type) and issubclass(cls, Scorer)):
+            raise TypeError(f"{self.target} is not a bids_qa.scoring.Scorer")
+        return cls(**kwargs)
 
 
 #: Every scorer the tool knows, in output order. A family whose weights are not shipped yet is
@@ -126,7 +140,7 @@ def anatomy_indices(volume: Volume) -> np.ndarray:
 def scored_slices(
     volume: Volume, size: int, pixel_mm: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Cached :meth:`Volume.scored_slices`: (anatomy-bearing slices at ``size``, their indices).
+    """Cached (anatomy-bearing slices at ``size``, their indices).
 
     Several scorers read the same stack (at their own input size), and the fancy-indexed copy of
     the anatomy slices is made once per size instead of once per scorer. ``pixel_mm > 0`` reads
@@ -145,36 +159,21 @@ def scored_slices(
     return volume_view(volume, key, compute)
 
 
-def runs_in_loader(scorer: Any) -> bool:
-    """Whether ``scorer`` is CPU-only and thread-safe, to be run in the loader threads."""
-    return bool(getattr(scorer, "in_loader", False))
-
-
-def prepare_scorer(scorer: Any, volume: Volume) -> bool:
-    """Call ``scorer.prepare(volume)`` when the scorer has one; whether it had one."""
-    prepare = getattr(scorer, "prepare", None)
-    if not callable(prepare):
-        return False
-    prepare(volume)
-    return True
-
-
-def score_many(scorer: Any, volumes: Sequence[Volume]) -> list[ScanScores]:
-    """``scorer.score_many(volumes)`` when the scorer has it, else ``score`` on each volume.
+def checked_score_many(
+    scorer: Scorer, volumes: Sequence[Volume], suffixes: Sequence[str | None]
+) -> list[ScanScores]:
+    """``scorer.score_many(volumes, suffixes)``, checked to give one :class:`ScanScores` per volume.
 
     Raises
     ------
     TypeError
-        When ``score_many`` returns something other than one :class:`ScanScores` per volume (a bug
-        in the scorer; the pipeline then scores the volumes one by one).
+        When it returns anything else (a bug in the scorer; the pipeline then scores the volumes
+        one by one, so one bad scan never costs the others their scores).
     """
-    batched = getattr(scorer, "score_many", None)
-    if not callable(batched):
-        return [scorer.score(v) for v in volumes]
-    out = list(batched(list(volumes)))
+    out = list(scorer.score_many(list(volumes), list(suffixes)))
     if len(out) != len(volumes) or not all(isinstance(r, ScanScores) for r in out):
         raise TypeError(
-            f"{getattr(scorer, 'name', scorer)}.score_many returned {len(out)} result(s) for "
+            f"{scorer.name}.score_many returned {len(out)} result(s) for "
             f"{len(volumes)} volume(s), or something that is not ScanScores"
         )
     return out

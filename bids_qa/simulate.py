@@ -32,12 +32,7 @@ from typing import Any
 import numpy as np
 
 from bids_qa import __version__
-from bids_qa.errors import ScanError
-
-EXIT_FAILURES = 1
-EXIT_USAGE = 64
-EXIT_NO_INPUT = 66
-EXIT_CANT_CREATE = 73
+from bids_qa.errors import ExitCode, FatalError, ScanError
 
 DEFAULT_LEVELS = ("0.3", "0.6", "0.9")
 TIER_NAMES = ("moderate", "severe")
@@ -222,9 +217,10 @@ def draw(
     """Corrupt a normalised 3D volume: returns ``(corrupted, ArtifactLabel)``.
 
     SS levels use :func:`bids_qa.artifacts.sample_params` with that severity (every component of
-    a combination at that SS); tiers use :func:`bids_qa.artifacts.sample_tier_params`; ``random``
+    a combination at that SS); tiers use :func:`bids_qa.artifact_tiers.sample_tier_params`; ``random``
     draws uniformly (combinations: :func:`bids_qa.artifacts.simulate_combination`).
     """
+    from bids_qa import artifact_tiers
     from bids_qa import artifacts as A
 
     names = artifact.split("+")
@@ -234,7 +230,7 @@ def draw(
             raise ValueError(f"tier levels exist only for {A.ARTIFACTS_003}, not {bad}")
     if len(names) == 1:
         if level.tier is not None:
-            params = A.sample_tier_params(artifact, level.tier, rng, ndim=3)
+            params = artifact_tiers.sample_tier_params(artifact, level.tier, rng, ndim=3)
         else:
             params = A.sample_params(artifact, rng, level.severity, ndim=3)
         out = A.apply_artifact(image, artifact, params, zooms)
@@ -247,7 +243,7 @@ def draw(
     comps = []
     for name in ordered:
         if level.tier is not None:
-            p = A.sample_tier_params(name, level.tier, rng, ndim=3)
+            p = artifact_tiers.sample_tier_params(name, level.tier, rng, ndim=3)
         else:
             p = A.sample_params(name, rng, level.severity, ndim=3)
         comps.append({"artifact": name, "severity": A.severity_of(name, p), "params": p})
@@ -363,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _usage(parser: argparse.ArgumentParser, message: str) -> int:
     print(f"{parser.prog}: error: {message}", file=sys.stderr)
-    return EXIT_USAGE
+    return ExitCode.USAGE
 
 
 def _inside(a: Path, b: Path) -> bool:
@@ -378,18 +374,18 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command; returns the exit code (0 ok, 1 some scans failed, 64 usage, 66 no
     input, 73 output not writable)."""
     from bids_qa import artifacts as A
-    from bids_qa.discover import DiscoveryError, discover, normalise_labels
+    from bids_qa.discover import discover, normalise_labels
 
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:
-        return int(exc.code or 0) and EXIT_USAGE
+        return int(exc.code or 0) and ExitCode.USAGE
     clean = Path(args.clean_dir).resolve()
     out = Path(args.out_dir).resolve()
     if not clean.is_dir():
         print(f"bids_qa simulate: input folder {clean} does not exist", file=sys.stderr)
-        return EXIT_NO_INPUT
+        return ExitCode.NO_INPUT
     if _inside(out, clean) or _inside(clean, out):
         return _usage(
             parser, f"output {out} must lie outside the clean dataset {clean} (and not contain it)"
@@ -406,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         labels = normalise_labels(args.participant_label, "sub")
     except ValueError as err:
         return _usage(parser, str(err))
-    except DiscoveryError as err:
+    except FatalError as err:
         return _usage(parser, err.message)
     for art in artifacts:
         for lvl in levels:
@@ -417,20 +413,20 @@ def main(argv: list[str] | None = None) -> int:
                 )
     try:
         found = discover(clean, participant_label=labels)
-    except DiscoveryError as err:
+    except FatalError as err:
         print(f"bids_qa simulate: {err.message}", file=sys.stderr)
         return err.code
     for w in found.warnings:
         print(f"bids_qa simulate: warning: {w}", file=sys.stderr)
     if not found.scans:
         print(f"bids_qa simulate: no structural scans found in {clean}", file=sys.stderr)
-        return EXIT_NO_INPUT
+        return ExitCode.NO_INPUT
     try:
         out.mkdir(parents=True, exist_ok=True)
         _write_dataset_files(out, clean, args)
     except OSError as err:
         print(f"bids_qa simulate: cannot create {out}: {err}", file=sys.stderr)
-        return EXIT_CANT_CREATE
+        return ExitCode.CANT_CREATE
 
     rows: list[dict[str, Any]] = []
     failures = 0
@@ -446,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"bids_qa simulate: wrote {len(rows)} files for {len(found.scans) - failures} scans to {out}"
     )
-    return EXIT_FAILURES if failures else 0
+    return ExitCode.FAILURE if failures else 0
 
 
 def _write_dataset_files(out: Path, clean: Path, args: argparse.Namespace) -> None:

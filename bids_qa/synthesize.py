@@ -23,10 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from bids_qa import __version__
+from bids_qa.errors import ExitCode
 
-EXIT_USAGE = 64
-EXIT_NO_INPUT = 66
-EXIT_CANT_CREATE = 73
 CONTRAST_CHOICES = ("T1w", "T2w", "FLAIR", "PDw", "random")
 
 
@@ -69,20 +67,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:
-        return int(exit_.code or 0) and EXIT_USAGE
+        return int(exit_.code or 0) and ExitCode.USAGE
     if args.n < 1:
         print("bids_qa synthesize: --n must be at least 1", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     label_dir, out_dir = Path(args.label_dir), Path(args.output_dir)
     maps = label_map_files(label_dir) if label_dir.is_dir() else []
     if not maps:
         print(f"bids_qa synthesize: no label map (*.nii.gz, *.nii) in {label_dir}", file=sys.stderr)
-        return EXIT_NO_INPUT
+        return ExitCode.NO_INPUT
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         print(f"bids_qa synthesize: cannot create {out_dir}: {err}", file=sys.stderr)
-        return EXIT_CANT_CREATE
+        return ExitCode.CANT_CREATE
     gen_labels, gen_classes = synthesis.load_generation_classes(label_dir)
     acquisition = None if args.acquisition == "random" else args.acquisition
     width = max(2, len(str(args.n)))
@@ -118,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{'x'.join(f'{v:.2f}' for v in acq['voxel_mm'])} mm) from {path.name}", flush=True)
     if len(rows) == 1:
         print("bids_qa synthesize: no head written", file=sys.stderr)
-        return EXIT_NO_INPUT
+        return ExitCode.NO_INPUT
     description = {
         "Name": f"bids_qa synthetic heads ({args.contrast}, seed {args.seed})",
         "BIDSVersion": "1.9.0",

@@ -139,25 +139,12 @@ class Volume:
 
     def cube(self, size: int, voxel_mm: float = 0.0) -> np.ndarray:
         """A ``size``^3 cube (:func:`resample_to_cube`): ``voxel_mm`` voxels around the head, or
-        with ``voxel_mm = 0`` the whole field of view (:meth:`grid`); the one place 3D scorers
+        with ``voxel_mm = 0`` the whole field of view; the one place 3D scorers
         choose their view."""
         key = ("cube", size, float(voxel_mm)) if voxel_mm > 0 else ("grid", size)
         return self.view(
             key, lambda: resample_to_cube(self.data, self.mask, self.zooms, size, voxel_mm)
         )
-
-    def grid(self, size: int) -> np.ndarray:
-        """The whole volume padded to a cube in mm and resized to ``size``^3 (float32)."""
-        return self.cube(size)
-
-    def scored_slices(self, size: int) -> tuple[np.ndarray, np.ndarray]:
-        """(slices, indices): the anatomy-bearing slices of :meth:`slice_stack` in the reading plane,
-        or every slice when the mask finds no anatomy, so slice scorers never get an empty stack."""
-        stack = self.slice_stack(size)
-        anatomy = self.anatomy_slices()
-        if len(anatomy) == 0:
-            anatomy = np.arange(len(stack))
-        return stack[anatomy], anatomy
 
     def anatomy_slices(self, axis: int | None = None, min_fraction: float = 0.02) -> np.ndarray:
         """Indices of slices along ``axis`` whose head mask covers at least ``min_fraction``."""

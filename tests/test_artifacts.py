@@ -8,8 +8,10 @@ import json
 import numpy as np
 import pytest
 
+from bids_qa import artifact_tiers, similarity
 from bids_qa import artifacts as A
 from bids_qa.kspace_motion import kspace_motion_2d, rigid_move_2d
+from bids_qa.training import augment
 
 
 def _phantom_2d(n: int = 96) -> np.ndarray:
@@ -220,26 +222,26 @@ def test_tier_parameters_follow_table_3() -> None:
     rng = np.random.default_rng(8)
     for ndim in (2, 3):
         for level, (lo, hi) in (("moderate", (2.0, 4.0)), ("severe", (5.0, 8.0))):
-            p = A.sample_tier_params("motion", level, rng, ndim=ndim)
+            p = artifact_tiers.sample_tier_params("motion", level, rng, ndim=ndim)
             rot = np.abs(np.asarray(p["rotations_deg"]))
             trans = np.abs(np.asarray(p["translations_mm"]))
-            assert len(p["times"]) == A.TIER_MOTION_EVENTS == 4
+            assert len(p["times"]) == artifact_tiers.TIER_MOTION_EVENTS == 4
             assert rot.min() >= lo and rot.max() <= hi and trans.min() >= lo and trans.max() <= hi
             assert trans.shape == (4, ndim)
-    for level, (lo, hi) in A.TIER_CONTRAST_LOG_GAMMA.items():
-        betas = [A.sample_tier_params("contrast", level, rng)["log_gamma"] for _ in range(50)]
+    for level, (lo, hi) in artifact_tiers.TIER_CONTRAST_LOG_GAMMA.items():
+        betas = [artifact_tiers.sample_tier_params("contrast", level, rng)["log_gamma"] for _ in range(50)]
         assert lo <= min(betas) and max(betas) <= hi
-    for level, (lo, hi) in A.TIER_NOISE_STD.items():
-        stds = [A.sample_tier_params("noise", level, rng)["std"] for _ in range(50)]
+    for level, (lo, hi) in artifact_tiers.TIER_NOISE_STD.items():
+        stds = [artifact_tiers.sample_tier_params("noise", level, rng)["std"] for _ in range(50)]
         assert lo <= min(stds) and max(stds) <= hi
-    out, label = A.simulate_tier(SLICE, "contrast", "severe", rng)
+    out, label = artifact_tiers.simulate_tier(SLICE, "contrast", "severe", rng)
     assert label.level == "severe" and label.artifact == "contrast"
     np.testing.assert_array_equal(A.replay(SLICE, label), out)
-    clean, label = A.simulate_tier(SLICE, "motion", "none", rng)
+    clean, label = artifact_tiers.simulate_tier(SLICE, "motion", "none", rng)
     assert label == A.ArtifactLabel("none", 0.0, {}, level="none")
     np.testing.assert_array_equal(clean, SLICE)
     with pytest.raises(ValueError, match="tier"):
-        A.sample_tier_params("bias", "moderate", rng)
+        artifact_tiers.sample_tier_params("bias", "moderate", rng)
 
 
 def test_tier_noise_reaches_target_snr_on_a_phantom() -> None:
@@ -249,13 +251,13 @@ def test_tier_noise_reaches_target_snr_on_a_phantom() -> None:
     y, x = np.mgrid[:n, :n] / (n - 1) * 2 - 1
     disc = x**2 + y**2 < 0.45
     img = np.where(disc, 0.4 + 0.6 * (x + 1) / 2, 0.0).astype(np.float32)
-    signal, air = A.snr_components(img, disc)
+    signal, air = artifact_tiers.snr_components(img, disc)
     assert np.isnan(air)  # zero background: no scanner noise to measure
-    img *= A.TIER_CALIBRATION_SIGNAL / signal
+    img *= artifact_tiers.TIER_CALIBRATION_SIGNAL / signal
     rng = np.random.default_rng(21)
-    for level, target in A.TIER_SNR_TARGETS.items():
+    for level, target in artifact_tiers.TIER_SNR_TARGETS.items():
         snrs = [
-            A.estimate_snr(A.simulate_tier(img, "noise", level, rng)[0], disc) for _ in range(30)
+            artifact_tiers.estimate_snr(artifact_tiers.simulate_tier(img, "noise", level, rng)[0], disc) for _ in range(30)
         ]
         assert np.mean(snrs) == pytest.approx(target, rel=0.06), (level, np.mean(snrs))
 
@@ -272,22 +274,22 @@ def test_ssim_matches_reference_implementation() -> None:
             a.astype(np.float64), b.astype(np.float64), data_range=1.0, gaussian_weights=True, sigma=1.5,
             use_sample_covariance=False,
         )  # fmt: skip
-        assert A.ssim(a, b, 1.0) == pytest.approx(expected, abs=1e-10)
-    assert A.ssim(a, a, 1.0) == pytest.approx(1.0)
+        assert similarity.ssim(a, b, 1.0) == pytest.approx(expected, abs=1e-10)
+    assert similarity.ssim(a, a, 1.0) == pytest.approx(1.0)
 
 
 def test_motion_slice_pair_label_is_the_ssim() -> None:
     rng = np.random.default_rng(9)
     models = set()
     for _ in range(6):
-        corrupted, value, label = A.motion_slice_pair(SLICE, rng)
+        corrupted, value, label = augment.motion_slice_pair(SLICE, rng)
         models.add(label.params["model"])
-        assert value == pytest.approx(A.ssim(SLICE, corrupted, float(SLICE.max() - SLICE.min())))
+        assert value == pytest.approx(similarity.ssim(SLICE, corrupted, float(SLICE.max() - SLICE.min())))
         np.testing.assert_array_equal(A.replay(SLICE, label), corrupted)
         assert 0.0 < value <= 1.0
     assert models == {"torchio", "kspace"}
-    _, strong, _ = A.motion_slice_pair(SLICE, np.random.default_rng(1), severity=1.0)
-    _, weak, _ = A.motion_slice_pair(SLICE, np.random.default_rng(1), severity=0.1)
+    _, strong, _ = augment.motion_slice_pair(SLICE, np.random.default_rng(1), severity=1.0)
+    _, weak, _ = augment.motion_slice_pair(SLICE, np.random.default_rng(1), severity=0.1)
     assert strong < weak
 
 
@@ -295,18 +297,18 @@ def test_contrast_augmentations() -> None:
     rng = np.random.default_rng(10)
     kinds = set()
     for _ in range(30):
-        params = A.sample_contrast_augmentation(rng)
+        params = augment.sample_contrast_augmentation(rng)
         kinds.add(params["kind"])
-        out = A.apply_contrast_augmentation(SLICE, params)
+        out = augment.apply_contrast_augmentation(SLICE, params)
         assert out.shape == SLICE.shape and out.dtype == np.float32
         assert out.min() >= -1e-6 and out.max() <= SLICE.max() + 1e-5
         if params["kind"] != "clahe":  # point-wise maps keep the intensity order
             order = np.argsort(SLICE.ravel(), kind="stable")
             assert np.all(np.diff(out.ravel()[order]) >= -1e-6)
-    assert kinds == set(A.CONTRAST_AUGMENTATIONS)
+    assert kinds == set(augment.CONTRAST_AUGMENTATIONS)
     np.testing.assert_array_equal(
-        A.augment_contrast(SLICE, np.random.default_rng(3)),
-        A.augment_contrast(SLICE, np.random.default_rng(3)),
+        augment.augment_contrast(SLICE, np.random.default_rng(3)),
+        augment.augment_contrast(SLICE, np.random.default_rng(3)),
     )
 
 
@@ -315,7 +317,7 @@ def test_clahe_close_to_reference() -> None:
     img = np.clip(
         SLICE + 0.05 * np.random.default_rng(0).standard_normal(SLICE.shape), 0, 1
     ).astype(np.float32)
-    ours = A.clahe(img, tiles=8, clip_limit=0.02)
+    ours = augment.clahe(img, tiles=8, clip_limit=0.02)
     ref = exposure.equalize_adapthist(img, kernel_size=img.shape[0] // 8, clip_limit=0.02)
     assert np.corrcoef(ours.ravel(), ref.ravel())[0, 1] > 0.98
 

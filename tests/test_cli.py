@@ -355,7 +355,7 @@ def test_every_scan_failing_exits_65_and_still_writes_outputs(bids_factory, tmp_
 def test_scorer_that_cannot_be_built_is_an_explicit_failure(small_bids, tmp_path, monkeypatch):
     broken = ScorerEntry("broken", "bids_qa.no_such_module:Nothing")
     monkeypatch.setattr(scoring, "REGISTRY", [*scoring.REGISTRY, broken])
-    monkeypatch.setattr("bids_qa.pipeline.REGISTRY", scoring.REGISTRY)
+    monkeypatch.setattr("bids_qa.plan.REGISTRY", scoring.REGISTRY)
     out = tmp_path / "out"
     assert run(small_bids, out, "participant", "--no-reports") == 1
     log = next((out / "logs").glob("*.log")).read_text(encoding="utf-8")

@@ -136,7 +136,7 @@ def test_failed_write_keeps_old_content_and_leaves_no_temp_file(tmp_path, monkey
 
 
 def test_stale_temp_files_are_cleaned_but_live_ones_kept(tmp_path):
-    host = deriv._host_tag()
+    host = deriv.host_tag()
     dead = subprocess.Popen([PYTHON, "-c", "pass"])
     dead.wait()
     stale = tmp_path / "a" / f".x_qa.json.bqtmp-{host}-{dead.pid}-00ab"
@@ -467,3 +467,55 @@ def test_scan_parameters_give_entity_and_acquisition_columns():
     }
     empty = deriv.scan_parameters({"entities": {}, "metadata": {}, "zooms": None})
     assert set(empty) <= set(deriv.GROUP_COLUMNS) and all(v is None for v in empty.values())
+
+
+_DIE_ON_REPORT = """
+import os, signal, sys
+real_replace = os.replace
+def replace_or_die(src, dst):
+    if str(dst).endswith("_report.html"):
+        os.kill(os.getpid(), signal.SIGKILL)  # killed while the report is being written
+    return real_replace(src, dst)
+os.replace = replace_or_die
+from bids_qa.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_run_killed_while_writing_a_report_leaves_no_temp_file_after_the_next_run(
+    small_bids, tmp_path
+):
+    out = tmp_path / "out"
+    args = [str(small_bids), str(out), "participant", "--participant-label", "01",
+            "--suffix", "T1w", "--scorers", "header", "iqm", "--nprocs", "1"]
+    killed = subprocess.run([PYTHON, "-c", _DIE_ON_REPORT, *args], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    left = temp_files(out)
+    assert [p.name.split(".bqtmp-")[0] for p in left] == [".sub-01_T1w_report.html"]
+    assert not (out / "sub-01/anat/sub-01_T1w_report.html").exists()
+
+    assert run(*args) == 0  # the next run removes the dead process's temporary file and redoes it
+    assert temp_files(out) == []
+    assert "<!DOCTYPE html>" in (out / "sub-01/anat/sub-01_T1w_report.html").read_text(
+        encoding="utf-8"
+    )
+
+
+def test_every_output_file_is_readable_by_others_under_umask_022(small_bids, tmp_path):
+    out = tmp_path / "out"
+    old = os.umask(0o022)
+    try:
+        assert run(small_bids, out, "participant", "--participant-label", "01",
+                   "--scorers", "header", "iqm") == 0
+        assert run(small_bids, out, "group") == 0
+        written = deriv.atomic_write_bytes(tmp_path / "x" / "f.png", b"png")
+    finally:
+        os.umask(old)
+    files = [p for p in out.rglob("*") if p.is_file() and p.suffix in {".html", ".png", ".tsv", ".json"}]
+    assert {p.suffix for p in files} == {".html", ".png", ".tsv", ".json"}
+    assert any(p.name.endswith("_report.html") for p in files)
+    assert any(p.name.startswith("group_") and p.suffix == ".html" for p in files)
+    modes = {p.relative_to(out).as_posix(): oct(p.stat().st_mode & 0o777) for p in files}
+    assert set(modes.values()) == {"0o644"}, modes
+    assert oct(written.stat().st_mode & 0o777) == "0o644"

@@ -10,7 +10,6 @@ from conftest import write_json, write_nifti
 
 from bids_qa.discover import (
     STRUCTURAL_SUFFIXES,
-    DiscoveryError,
     Scan,
     contrast_from_name,
     discover,
@@ -21,6 +20,7 @@ from bids_qa.discover import (
     parse_entities,
     read_metadata,
 )
+from bids_qa.errors import FatalError
 
 
 @pytest.mark.parametrize(
@@ -74,11 +74,11 @@ def test_normalise_labels_and_suffixes(tmp_path):
     listing.write_text("sub-03\n04\n\n", encoding="utf-8")
     assert normalise_labels([str(listing)], "sub") == ("03", "04")
     assert normalise_labels(["run-1"], "run") == ("1",)
-    with pytest.raises(DiscoveryError) as err:
+    with pytest.raises(FatalError) as err:
         normalise_labels(["sub-"], "sub")
     assert err.value.code == 64
     assert normalise_suffixes(["t1", "MPRAGE", "flair", "T2star"]) == ("T1w", "FLAIR", "T2starw")
-    with pytest.raises(DiscoveryError, match="not a structural contrast"):
+    with pytest.raises(FatalError, match="not a structural contrast"):
         normalise_suffixes(["bold"])
 
 
@@ -157,7 +157,7 @@ def test_filter_file_queries(tmp_path, bids_factory):
     )
     assert [s.scan_id for s in discover(root, bids_filters=flat).scans] == ["sub-02_ses-1_T2w"]
     assert matches_filters({"run": "02"}, {"q": {"run": [2, 3]}})
-    with pytest.raises(DiscoveryError, match="unknown entity 'colour'"):
+    with pytest.raises(FatalError, match="unknown entity 'colour'"):
         load_filter_file(write_json(tmp_path / "h.json", {"q": {"colour": "red"}}))
 
 
@@ -176,7 +176,7 @@ def test_invalid_bids_names_are_reported_or_included(bids_factory):
 def test_unreadable_dataset_description(bids_factory):
     root = bids_factory(scans=("sub-01/anat/sub-01_T1w.nii.gz",), extras=False)
     (root / "dataset_description.json").write_text("{oops", encoding="utf-8")
-    with pytest.raises(DiscoveryError) as err:
+    with pytest.raises(FatalError) as err:
         discover(root)
     assert err.value.code == 16 and "--skip-bids-validation" in err.value.message
     found = discover(root, skip_bids_validation=True)
@@ -184,7 +184,7 @@ def test_unreadable_dataset_description(bids_factory):
 
 
 def test_missing_root_is_exit_66(tmp_path):
-    with pytest.raises(DiscoveryError) as err:
+    with pytest.raises(FatalError) as err:
         discover(tmp_path / "absent")
     assert err.value.code == 66
 
@@ -405,6 +405,6 @@ def test_unmatched_labels_are_warned_about(small_bids):
 def test_unwritable_database_dir_is_exit_73(small_bids, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x", encoding="utf-8")
-    with pytest.raises(DiscoveryError) as info:
+    with pytest.raises(FatalError) as info:
         discover(small_bids, database_dir=blocker / "db")
     assert info.value.code == 73 and "--bids-database-dir" in info.value.message

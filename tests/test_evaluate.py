@@ -74,7 +74,7 @@ def test_within_scan_spearman_ignores_offsets_between_scans():
 
 
 def test_realised_change_measures_relative_rms_difference_in_the_mask():
-    from bids_qa.artifacts import realised_change
+    from bids_qa.similarity import realised_change
 
     clean = np.zeros((8, 8, 8), np.float32)
     clean[2:6, 2:6, 2:6] = 2.0

@@ -122,12 +122,14 @@ def test_plot_m_plane_writes_png(tmp_path):
     rng = np.random.default_rng(0)
     m = rng.normal(size=(40, 2))
     fitted = F.fit_flow(m, fit=F.FitConfig(steps=50))
-    path = F.plot_m_plane(np.vstack([m[:5], [[4.0, 4.0]]]), ["clean"] * 5 + ["noise"], fitted,
+    from bids_qa.reports.figures import plot_m_plane
+
+    path = plot_m_plane(np.vstack([m[:5], [[4.0, 4.0]]]), ["clean"] * 5 + ["noise"], fitted,
                           tmp_path / "fig" / "m.png", reference_m=m)
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
     with pytest.raises(ValueError, match="labels"):
-        F.plot_m_plane(m, ["a"], fitted, tmp_path / "x.png")
+        plot_m_plane(m, ["a"], fitted, tmp_path / "x.png")
 
 
 def test_contrastive_loss_prefers_matching_positive():

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats as sstats
 
+from bids_qa import iqm_formulas as formulas
+from bids_qa import iqm_regions as masks
 from bids_qa import iqms
 from bids_qa.errors import ScanError
 from bids_qa.scoring import REGISTRY, Scorer, build_scorers
@@ -64,11 +66,11 @@ def test_cjv_and_cnr_exact_on_two_tissue_blocks():
     _alternate(wm, 90.0, 110.0, img)  # mean 100, sd 10
     _alternate(gm, 55.0, 65.0, img)  # mean 60, sd 5
     _alternate(air, 0.0, 4.0, img)  # sd 2
-    assert iqms.cjv(img, wm, gm) == pytest.approx((10 + 5) / 40)
-    assert iqms.cnr(img, wm, gm, air) == pytest.approx(40 / math.sqrt(4 + 100 + 25))
+    assert formulas.cjv(img, wm, gm) == pytest.approx((10 + 5) / 40)
+    assert formulas.cnr(img, wm, gm, air) == pytest.approx(40 / math.sqrt(4 + 100 + 25))
     # Symmetric in the pair, and undefined (not an exception) for equal means.
-    assert iqms.cjv(img, gm, wm) == pytest.approx(iqms.cjv(img, wm, gm))
-    assert math.isnan(iqms.cjv(img, wm, wm))
+    assert formulas.cjv(img, gm, wm) == pytest.approx(formulas.cjv(img, wm, gm))
+    assert math.isnan(formulas.cjv(img, wm, wm))
 
 
 def test_efc_block_formula_and_order():
@@ -76,14 +78,14 @@ def test_efc_block_formula_and_order():
     block = np.zeros(shape)
     block[4:12, 4:12, 4:12] = 7.0
     m, n = 8**3, 16**3
-    assert iqms.efc(block) == pytest.approx(math.sqrt(m / n) * math.log(m) / math.log(n))
+    assert formulas.efc(block) == pytest.approx(math.sqrt(m / n) * math.log(m) / math.log(n))
     noise = np.random.default_rng(0).uniform(0, 1, shape)
-    assert iqms.efc(block) < iqms.efc(noise) < 1.0
-    assert iqms.efc(np.full(shape, 3.0)) == pytest.approx(1.0)  # maximum entropy
+    assert formulas.efc(block) < formulas.efc(noise) < 1.0
+    assert formulas.efc(np.full(shape, 3.0)) == pytest.approx(1.0)  # maximum entropy
     mask = np.zeros(shape, bool)
     mask[2:14] = True
-    assert iqms.efc(noise, mask) == pytest.approx(iqms.efc(noise[mask]))
-    assert math.isnan(iqms.efc(np.zeros(shape)))
+    assert formulas.efc(noise, mask) == pytest.approx(formulas.efc(noise[mask]))
+    assert math.isnan(formulas.efc(np.zeros(shape)))
 
 
 def test_fber_exact_on_piecewise_constant_phantom():
@@ -91,13 +93,13 @@ def test_fber_exact_on_piecewise_constant_phantom():
     head = np.zeros(img.shape, bool)
     head[3:7, 3:7, 3:7] = True
     img[head] = 10.0
-    assert iqms.fber(img, head) == pytest.approx(100.0 / 4.0)
+    assert formulas.fber(img, head) == pytest.approx(100.0 / 4.0)
     air = np.zeros(img.shape, bool)
     air[0] = True
     img[0, 0, 0] = 50.0  # one hot voxel does not move a median
-    assert iqms.fber(img, head, air) == pytest.approx(25.0)
+    assert formulas.fber(img, head, air) == pytest.approx(25.0)
     img[~head] = 0.0
-    assert math.isnan(iqms.fber(img, head))  # zero-energy air: unbounded, reported as NaN
+    assert math.isnan(formulas.fber(img, head))  # zero-energy air: unbounded, reported as NaN
 
 
 def test_snr_recovers_gaussian_noise_and_drops_with_noise():
@@ -106,12 +108,12 @@ def test_snr_recovers_gaussian_noise_and_drops_with_noise():
     values = []
     for sigma in (2.0, 5.0, 10.0, 20.0):
         img = 100.0 + rng.normal(0.0, sigma, mask.shape)
-        values.append(iqms.snr(img, mask))
+        values.append(formulas.snr(img, mask))
         assert values[-1] == pytest.approx(100.0 / sigma, rel=0.05)
     assert all(a > b for a, b in zip(values, values[1:], strict=False))
     # The n/(n-1) correction makes it mean over the sample standard deviation.
     small = np.array([1.0, 2.0, 3.0, 4.0])
-    assert iqms.snr(small, np.ones(4, bool)) == pytest.approx(2.5 / np.std(small, ddof=1))
+    assert formulas.snr(small, np.ones(4, bool)) == pytest.approx(2.5 / np.std(small, ddof=1))
 
 
 def test_snr_dietrich_recovers_sigma_from_rayleigh_air():
@@ -121,11 +123,11 @@ def test_snr_dietrich_recovers_sigma_from_rayleigh_air():
     fg = np.zeros(img.shape, bool)
     fg[10:30, 10:30, 10:30] = True
     img[fg] = 100.0 + rng.normal(0, sigma, int(fg.sum()))
-    assert iqms.snr_dietrich(img, fg, ~fg) == pytest.approx(100.0 / sigma, rel=0.05)
+    assert formulas.snr_dietrich(img, fg, ~fg) == pytest.approx(100.0 / sigma, rel=0.05)
     # The same from a magnitude image built from complex Gaussian noise.
     clean = np.where(fg, 100.0, 0.0)
     mag = _rician(clean, sigma, rng)
-    assert iqms.snr_dietrich(mag, fg, ~fg) == pytest.approx(100.0 / sigma, rel=0.05)
+    assert formulas.snr_dietrich(mag, fg, ~fg) == pytest.approx(100.0 / sigma, rel=0.05)
 
 
 def test_wm2max_exact():
@@ -134,8 +136,8 @@ def test_wm2max_exact():
     wm[:5] = True
     img[wm] = 50.0
     img[9] = 100.0  # 10% of the voxels: the 99.95th percentile is exactly 100
-    assert iqms.wm2max(img, wm) == pytest.approx(0.5)
-    assert math.isnan(iqms.wm2max(img, np.zeros(img.shape, bool)))
+    assert formulas.wm2max(img, wm) == pytest.approx(0.5)
+    assert math.isnan(formulas.wm2max(img, np.zeros(img.shape, bool)))
 
 
 def test_qi1_zero_on_clean_air_and_positive_with_a_ghost():
@@ -143,16 +145,16 @@ def test_qi1_zero_on_clean_air_and_positive_with_a_ghost():
     img = rng.rayleigh(5.0, (48, 48, 48))
     air = np.ones(img.shape, bool)
     air[16:32, 16:32, 16:32] = False  # the "head"
-    assert iqms.qi1(img, air) == 0.0
+    assert formulas.qi1(img, air) == 0.0
     ghost = img.copy()
     ghost[2:10, 2:10, 2:10] += 60.0  # a bright 8x8x8 structure in the air
-    value = iqms.qi1(ghost, air)
+    value = formulas.qi1(ghost, air)
     cube = 8**3
     assert 0.8 * cube / air.sum() < value < 1.3 * cube / air.sum()
-    assert math.isnan(iqms.qi1(img, np.zeros(img.shape, bool)))
+    assert math.isnan(formulas.qi1(img, np.zeros(img.shape, bool)))
     # A quantised background (most air voxels share one value) still gives a threshold.
     quant = np.where(rng.uniform(size=img.shape) < 0.7, 1.0, rng.integers(0, 4, img.shape))
-    assert iqms.qi1(quant, air) == 0.0
+    assert formulas.qi1(quant, air) == 0.0
 
 
 def test_summary_stats_match_numpy_and_scipy():
@@ -160,8 +162,8 @@ def test_summary_stats_match_numpy_and_scipy():
     img = rng.gamma(2.0, 10.0, (30, 30, 30))
     mask = img > 5
     vals = img[mask]
-    out = iqms.summary_stats(img, mask)
-    assert set(out) == set(iqms.SUMMARY_FIELDS)
+    out = formulas.summary_stats(img, mask)
+    assert set(out) == set(formulas.SUMMARY_FIELDS)
     assert out["n"] == vals.size and isinstance(out["n"], int)
     assert out["mean"] == pytest.approx(vals.mean())
     assert out["median"] == pytest.approx(np.median(vals))
@@ -170,14 +172,14 @@ def test_summary_stats_match_numpy_and_scipy():
     assert out["p95"] == pytest.approx(np.percentile(vals, 95))
     assert out["mad"] == pytest.approx(1.4826 * np.median(np.abs(vals - np.median(vals))), rel=1e-4)
     assert out["k"] == pytest.approx(sstats.kurtosis(vals, fisher=True, bias=True))
-    empty = iqms.summary_stats(img, np.zeros(img.shape, bool))
+    empty = formulas.summary_stats(img, np.zeros(img.shape, bool))
     assert empty["n"] == 0 and math.isnan(empty["mean"])
 
 
 def test_kmeans_1d_recovers_separated_clusters():
     rng = np.random.default_rng(5)
     parts = [rng.uniform(c - 1, c + 1, 1000) for c in (10.0, 50.0, 90.0)]
-    centroids = iqms.kmeans_1d(rng.permutation(np.concatenate(parts)))
+    centroids = masks.kmeans_1d(rng.permutation(np.concatenate(parts)))
     assert centroids == pytest.approx([p.mean() for p in parts])
 
 
@@ -196,7 +198,7 @@ def test_tissue_classes_are_named_per_contrast(suffix, wm_level, assumed):
     img = np.zeros((30, 10, 10))
     img[:10], img[10:20], img[20:] = 100.0, 200.0, 300.0
     img += np.random.default_rng(6).normal(0, 5, img.shape)
-    classes = iqms.tissue_classes(img, np.ones(img.shape, bool), suffix)
+    classes = masks.tissue_classes(img, np.ones(img.shape, bool), suffix)
     assert float(np.median(img[classes.masks["wm"]])) == pytest.approx(wm_level, abs=5)
     assert classes.assumed is assumed
     assert ("assumed" in classes.order_text) is assumed
@@ -216,7 +218,7 @@ def test_head_and_air_masks_fill_holes_keep_margin_and_drop_padding():
     clean = np.where(head & ~ventricle, 500.0, 0.0)
     img = _rician(clean, 10.0, rng)
     img[:, :, :4] = 0.0  # zero padding, e.g. from reslicing
-    regions = iqms.head_air_masks(img, (1.0, 1.0, 1.0))
+    regions = masks.head_air_masks(img, (1.0, 1.0, 1.0))
     assert regions.head[ventricle].all()  # the dark interior is filled
     assert regions.head[head & ~ventricle].mean() > 0.99
     assert not (regions.head & ~_ball(shape, 21)).any()
@@ -230,15 +232,15 @@ def test_frame_keeps_scattered_zeros_inside_the_air():
     img = np.ones((20, 20, 20))
     img[:2] = 0.0
     img[10, 10, 10] = 0.0
-    frame = iqms.frame_mask(img)
+    frame = masks.frame_mask(img)
     assert frame[:2].all() and not frame[10, 10, 10] and frame.sum() == 2 * 400
 
 
 def test_analysis_stride():
-    assert iqms.analysis_stride((91, 109, 91), (2.0, 2.0, 2.0)) == (1, 1, 1)
-    assert iqms.analysis_stride((256, 256, 176), (1.0, 1.0, 1.0)) == (2, 2, 2)
-    assert iqms.analysis_stride((512, 512, 30), (0.45, 0.45, 4.0)) == (2, 2, 1)  # keep slices
-    assert iqms.analysis_stride((274, 384, 384), (0.7, 0.6666667, 0.66667)) == (3, 3, 3)
+    assert masks.analysis_stride((91, 109, 91), (2.0, 2.0, 2.0)) == (1, 1, 1)
+    assert masks.analysis_stride((256, 256, 176), (1.0, 1.0, 1.0)) == (2, 2, 2)
+    assert masks.analysis_stride((512, 512, 30), (0.45, 0.45, 4.0)) == (2, 2, 1)  # keep slices
+    assert masks.analysis_stride((274, 384, 384), (0.7, 0.6666667, 0.66667)) == (3, 3, 3)
 
 
 # --------------------------------------------------------------------------------------------
@@ -248,7 +250,7 @@ def test_analysis_stride():
 DOCUMENTED_IQM_KEYS = (
     ["efc", "fber", "cjv", "cnr", "wm2max", "qi1"]
     + [f"{p}_{t}" for p in ("snr", "snrd") for t in ("csf", "gm", "wm", "total")]
-    + [f"summary_{r}_{f}" for r in ("csf", "gm", "wm", "air") for f in iqms.SUMMARY_FIELDS]
+    + [f"summary_{r}_{f}" for r in ("csf", "gm", "wm", "air") for f in formulas.SUMMARY_FIELDS]
 )
 
 
@@ -271,21 +273,21 @@ def test_iqm_scorer_on_noisy_mni_template_matches_the_pure_functions(mni):
 
     # The scorer's numbers are the pure functions' on the same regions.
     img = volume.raw
-    regions = iqms.head_air_masks(img, (2.0, 2.0, 2.0))
-    interior = iqms.erode_box(regions.head, (5, 5, 5)) & (img > regions.threshold)
-    assert (iqms.tissue_region(img, regions, (2.0, 2.0, 2.0)) == interior).all()
-    t = iqms.tissue_classes(img, interior, "T1w").masks
-    assert values["cjv"] == pytest.approx(iqms.cjv(img, t["wm"], t["gm"]), rel=1e-5)
-    assert values["cnr"] == pytest.approx(iqms.cnr(img, t["wm"], t["gm"], regions.air), rel=1e-5)
-    assert values["snr_gm"] == pytest.approx(iqms.snr(img, t["gm"]), rel=1e-5)
-    snrd = iqms.snr_dietrich(img, t["csf"], regions.air)
+    regions = masks.head_air_masks(img, (2.0, 2.0, 2.0))
+    interior = masks.erode_box(regions.head, (5, 5, 5)) & (img > regions.threshold)
+    assert (masks.tissue_region(img, regions, (2.0, 2.0, 2.0)) == interior).all()
+    t = masks.tissue_classes(img, interior, "T1w").masks
+    assert values["cjv"] == pytest.approx(formulas.cjv(img, t["wm"], t["gm"]), rel=1e-5)
+    assert values["cnr"] == pytest.approx(formulas.cnr(img, t["wm"], t["gm"], regions.air), rel=1e-5)
+    assert values["snr_gm"] == pytest.approx(formulas.snr(img, t["gm"]), rel=1e-5)
+    snrd = formulas.snr_dietrich(img, t["csf"], regions.air)
     assert values["snrd_csf"] == pytest.approx(snrd, rel=1e-5)
-    assert values["fber"] == pytest.approx(iqms.fber(img, regions.head, regions.air), rel=1e-5)
-    assert values["wm2max"] == pytest.approx(iqms.wm2max(img, t["wm"]), rel=1e-5)
-    assert values["efc"] == pytest.approx(iqms.efc(img, ~regions.frame), rel=1e-5)
-    assert values["qi1"] == pytest.approx(iqms.qi1(img, regions.air), abs=1e-9)
-    summary = iqms.summary_stats(img, regions.air)
-    for field in iqms.SUMMARY_FIELDS:
+    assert values["fber"] == pytest.approx(formulas.fber(img, regions.head, regions.air), rel=1e-5)
+    assert values["wm2max"] == pytest.approx(formulas.wm2max(img, t["wm"]), rel=1e-5)
+    assert values["efc"] == pytest.approx(formulas.efc(img, ~regions.frame), rel=1e-5)
+    assert values["qi1"] == pytest.approx(formulas.qi1(img, regions.air), abs=1e-9)
+    summary = formulas.summary_stats(img, regions.air)
+    for field in formulas.SUMMARY_FIELDS:
         assert values[f"summary_air_{field}"] == pytest.approx(summary[field], rel=1e-5)
 
 

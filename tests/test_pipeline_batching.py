@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from conftest import VOXEL_MM, noisy, write_nifti
 
-from bids_qa import pipeline, scoring
+from bids_qa import batching, loading, participant, plan, scoring
 from bids_qa.cli import build_parser, main
 from bids_qa.config import RunConfig
 from bids_qa.errors import ScanError
@@ -184,19 +184,28 @@ def test_volume_view_is_computed_once_when_two_threads_ask_at_once():
 
 
 def test_score_many_default_loops_and_checks_the_result():
-    class Simple:
+    class Simple(scoring.Scorer):
         name = "simple"
 
-        def score(self, volume):
-            return ScanScores("simple", {"v": float(volume)})
+        def score(self, volume, suffix=None):
+            return ScanScores("simple", {"v": float(volume), "suffix": str(suffix)})
 
     class Broken(Simple):
-        def score_many(self, volumes):
+        def score_many(self, volumes, suffixes=None):
             return [ScanScores("simple", {"v": 0.0})]  # one result for several volumes
 
-    assert [r.values["v"] for r in scoring.score_many(Simple(), [1, 2])] == [1.0, 2.0]
+    class Batched(scoring.Scorer):
+        name = "batched"
+
+        def score_many(self, volumes, suffixes=None):
+            return [ScanScores("batched", {"v": 2.0 * v}) for v in volumes]
+
+    out = scoring.checked_score_many(Simple(), [1, 2], ["T1w", None])
+    assert [(r.values["v"], r.values["suffix"]) for r in out] == [(1.0, "T1w"), (2.0, "None")]
+    assert Batched().score(3).values == {"v": 6.0}  # the default score is a batch of one
+    assert Simple().prepare(1) is None and not Simple().in_loader and not Simple().needs_suffix
     with pytest.raises(TypeError, match="returned 1 result"):
-        scoring.score_many(Broken(), [1, 2])
+        scoring.checked_score_many(Broken(), [1, 2], [None, None])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,25 +269,26 @@ def test_batch_options_accept_auto_and_reject_zero(small_bids, tmp_path, capsys)
 def test_execution_plan_resolves_auto_per_device(tmp_path):
     config = RunConfig(bids_dir=tmp_path, output_dir=tmp_path / "o", analysis_level="participant",
                        nprocs=3)
-    cpu = pipeline.execution_plan(config, "cpu")
+    cpu = plan.execution_plan(config, "cpu")
     assert (cpu.batch_size, cpu.scan_batch, cpu.loader_threads, cpu.torch_threads) == (64, 1, 3, 1)
-    gpu = pipeline.execution_plan(config, "cuda:0")
-    assert (gpu.batch_size, gpu.scan_batch) == (512, pipeline.CUDA_SCAN_BATCH)
+    gpu = plan.execution_plan(config, "cuda:0")
+    assert (gpu.batch_size, gpu.scan_batch) == (512, plan.CUDA_SCAN_BATCH)
     fixed = RunConfig(bids_dir=tmp_path, output_dir=tmp_path / "o", analysis_level="participant",
                       nprocs=1, batch_size=7, scan_batch=2)
-    plan = pipeline.execution_plan(fixed, "cuda")
-    assert (plan.batch_size, plan.scan_batch, plan.loader_threads, plan.torch_threads) == (7, 2, 1, 1)
+    chosen = plan.execution_plan(fixed, "cuda")
+    assert (chosen.batch_size, chosen.scan_batch, chosen.loader_threads,
+            chosen.torch_threads) == (7, 2, 1, 1)
     wide = RunConfig(bids_dir=tmp_path, output_dir=tmp_path / "o", analysis_level="participant",
                      nprocs=16)
-    assert pipeline.execution_plan(wide, "cpu").torch_threads == 8
+    assert plan.execution_plan(wide, "cpu").torch_threads == 8
     with pytest.raises(ValueError, match="scan_batch"):
         RunConfig(bids_dir=tmp_path, output_dir=tmp_path, analysis_level="participant", scan_batch=0)
 
 
 def test_iter_groups_keeps_order_and_a_short_last_group():
-    groups = list(pipeline.iter_groups(iter(range(7)), 3))
+    groups = list(loading.iter_groups(iter(range(7)), 3))
     assert groups == [[0, 1, 2], [3, 4, 5], [6]]
-    assert list(pipeline.iter_groups(iter([]), 3)) == []
+    assert list(loading.iter_groups(iter([]), 3)) == []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -331,9 +341,9 @@ def test_one_bad_scan_in_a_group_gets_its_error_row_and_the_others_are_scored(
             raise RuntimeError("this scan upsets the network")
         return real_predict(self, slices)
 
-    def counting_many(self, vols):
+    def counting_many(self, vols, suffixes=None):
         group_sizes.append(len(vols))
-        return real_many(self, vols)
+        return real_many(self, vols, suffixes)
 
     monkeypatch.setattr(SSIMScorer, "predict_slices", fussy_predict)
     monkeypatch.setattr(SSIMScorer, "score_many", counting_many)
@@ -356,7 +366,7 @@ def test_one_bad_scan_in_a_group_gets_its_error_row_and_the_others_are_scored(
 
 def test_worker_failures_become_error_rows(five_scans, tmp_path, monkeypatch):
     """A crash anywhere in a loader thread (load, CPU scorer, prepare) is that scan's error row."""
-    real_load = pipeline.load_scan
+    real_load = loading.load_scan
 
     def exploding_load(scan):
         if scan.path.name.startswith("sub-02"):
@@ -372,7 +382,7 @@ def test_worker_failures_become_error_rows(five_scans, tmp_path, monkeypatch):
             raise ScanError("score", "no head found")
         return real_iqm(self, volume, suffix=suffix)
 
-    monkeypatch.setattr(pipeline, "load_scan", exploding_load)
+    monkeypatch.setattr(loading, "load_scan", exploding_load)
     monkeypatch.setattr(IQMScorer, "score", picky_iqm)
     out = tmp_path / "out"
     assert _run(five_scans, out, "--nprocs", "2", "--scorers", "header", "iqm") == 0
@@ -397,9 +407,9 @@ def test_a_failing_prepare_is_an_error_row_and_the_scorer_is_not_rerun(five_scan
             raise ScanError("score", "cannot prepare this one")
         return real_prepare(self, volume)
 
-    def recording_many(self, vols):
+    def recording_many(self, vols, suffixes=None):
         scored_shapes.extend(v.shape for v in vols)
-        return real_many(self, vols)
+        return real_many(self, vols, suffixes)
 
     monkeypatch.setattr(cls, "prepare", failing_prepare)
     monkeypatch.setattr(cls, "score_many", recording_many)
@@ -434,7 +444,7 @@ def test_cpu_work_runs_in_loader_threads_and_inference_in_the_main_thread(
     monkeypatch.setattr(volume_module, "slices_to_square", spy("views", volume_module.slices_to_square))
     monkeypatch.setattr(volume_module, "volume_to_cube", spy("views", volume_module.volume_to_cube))
     monkeypatch.setattr(IQMScorer, "score", spy("iqm", IQMScorer.score))
-    monkeypatch.setattr(pipeline, "load_scan", spy("load", pipeline.load_scan))
+    monkeypatch.setattr(loading, "load_scan", spy("load", loading.load_scan))
     monkeypatch.setattr(weights, "predict_batched", spy("network", weights.predict_batched))
     out = tmp_path / "out"
     assert _run(five_scans, out, "--nprocs", "2", "--scan-batch", "2") == 0
@@ -456,7 +466,7 @@ def test_memory_stays_bounded_by_nprocs_plus_scan_batch(bids_factory, tmp_path, 
     root = bids_factory(scans=scans, extras=False)
     alive: list[weakref.ref] = []
     peaks: list[int] = []
-    real_load, real_group = pipeline.load_and_prepare, pipeline.score_group
+    real_load, real_group = loading.load_and_prepare, batching.score_group
 
     def tracking_load(scan, scorer_set=None):
         loaded = real_load(scan, scorer_set)
@@ -468,8 +478,8 @@ def test_memory_stays_bounded_by_nprocs_plus_scan_batch(bids_factory, tmp_path, 
         peaks.append(sum(ref() is not None for ref in alive))
         return real_group(group, scorer_set)
 
-    monkeypatch.setattr(pipeline, "load_and_prepare", tracking_load)
-    monkeypatch.setattr(pipeline, "score_group", counting_group)
+    monkeypatch.setattr(participant, "load_and_prepare", tracking_load)
+    monkeypatch.setattr(participant, "score_group", counting_group)
     assert _run(root, tmp_path / "out", "--nprocs", "2", "--scan-batch", "2",
                 "--scorers", "header", "iqm") == 0
     assert len(alive) == 7 and len(peaks) == 4
@@ -482,12 +492,12 @@ def test_score_group_runs_only_what_the_loader_did_not(five_scans):
     from bids_qa.discover import discover
 
     scans = discover(five_scans).scans[:2]
-    scorer_set = pipeline.build_scorer_set(["header", "iqm"], "cpu", 64)
-    prepared = pipeline.load_and_prepare(scans[0], scorer_set)
+    scorer_set = plan.build_scorer_set(["header", "iqm"], "cpu", 64)
+    prepared = loading.load_and_prepare(scans[0], scorer_set)
     assert set(prepared.results) == {"header", "iqm"}
     assert {"score:header", "score:iqm"} <= set(prepared.timings)
-    plain = [(scan, pipeline.load_scan(scan)) for scan in scans]  # loaded without preparation
-    scorings = pipeline.score_group([*plain, (scans[0], prepared)], scorer_set)
+    plain = [(scan, loading.load_scan(scan)) for scan in scans]  # loaded without preparation
+    scorings = batching.score_group([*plain, (scans[0], prepared)], scorer_set)
     for result in scorings:
         assert [r.scorer for r in result.results] == ["header", "iqm"] and not result.errors
     assert scorings[2].results[1] is prepared.results["iqm"]  # reused, not recomputed

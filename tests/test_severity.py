@@ -317,8 +317,8 @@ def test_fixed_spacing_slices_keep_physical_scale_and_centre_on_the_head():
 
 
 def test_fixed_spacing_config_round_trips_and_reaches_the_scorer_inputs():
+    from bids_qa.preprocess import to_model_input
     from bids_qa.scoring import scored_slices
-    from bids_qa.training.slices import to_model_input
 
     cfg = SeverityConfig(input_size=64, channels=(4, 8), pixel_mm=1.25)
     assert SeverityConfig.from_dict(cfg.to_dict()) == cfg

@@ -172,7 +172,7 @@ def test_scorer_outputs(scorer, template):
 
 
 def test_clean_phantom_scores_higher_than_moved_phantom(scorer, template):
-    from bids_qa import artifacts
+    from bids_qa import similarity
 
     clean_vol = volume_from_array(template, (2.0, 2.0, 2.0))
     moved_vol = volume_from_array(strong_motion(template), (2.0, 2.0, 2.0))
@@ -185,7 +185,7 @@ def test_clean_phantom_scores_higher_than_moved_phantom(scorer, template):
     size = scorer.config.input_size
     a, b = clean_vol.slice_stack(size), moved_vol.slice_stack(size)
     idx = moved.per_slice["slice_index"]
-    true = np.mean([artifacts.ssim(a[i], b[i], float(a[i].max() - a[i].min()) or 1.0) for i in idx])
+    true = np.mean([similarity.ssim(a[i], b[i], float(a[i].max() - a[i].min()) or 1.0) for i in idx])
     assert abs(moved.values["ssim_mean"] - true) < 0.12
 
 
@@ -213,14 +213,14 @@ def test_weights_file_is_small():
 
 
 def test_strong_motion_label_is_ssim_on_the_given_grid(template):
-    from bids_qa import artifacts
+    from bids_qa import similarity
     from bids_qa.training.ssim import strong_motion
 
     sl = template[:, :, 45] / np.percentile(template[:, :, 45], 99)
     moved, label, params = strong_motion(sl, (2.0, 2.0), np.random.default_rng(3))
     assert moved.shape == sl.shape and moved.min() >= 0
     assert 1.0 <= params["amplitude_factor"] <= 3.0
-    assert label == pytest.approx(artifacts.ssim(sl, moved, float(sl.max() - sl.min())))
+    assert label == pytest.approx(similarity.ssim(sl, moved, float(sl.max() - sl.min())))
     assert label < 0.95
 
 

@@ -372,7 +372,7 @@ def test_voxel_mm_config_reaches_scorer_and_training_cubes(tmp_path):
     src = make_cube_source(vol, 32, voxel_mm=5.0)
     assert src.voxel_mm == 5.0 and src.cube.shape == (32, 32, 32)
     np.testing.assert_array_equal(src.cube, cfg.input_cube(vol))
-    assert not np.allclose(src.cube, vol.grid(32))
+    assert not np.allclose(src.cube, vol.cube(32))
     torch.manual_seed(0)
     path = tmp_path / "vx.safetensors"
     save_weights(path, build_network(cfg).state_dict(), {"config": cfg.to_dict(), "version": "t"})

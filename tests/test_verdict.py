@@ -108,15 +108,11 @@ def test_shipped_file_has_no_header_levels_and_a_rule():
 
 
 def test_clinical_2d_scan_without_artifacts_passes(mni_1x1x4):
-    from bids_qa.pipeline import scorer_wants_suffix
     from bids_qa.scoring import build_scorers
     from bids_qa.volume import load_volume
 
     volume = load_volume(mni_1x1x4)
-    results = [
-        s.score(volume, suffix="T1w") if scorer_wants_suffix(s) else s.score(volume)
-        for s in build_scorers()
-    ]
+    results = [s.score(volume, "T1w") for s in build_scorers()]
     out = judge_scan(results, "T1w", load_thresholds(), input_kind=input_kind.describe_volume(volume))
     # the 1x1x4 slices themselves are no reason: no fact, no severity/ssim/tiers/iqm flag. The
     # flow reference (unprocessed heads) still flags the template image; the calibrated

@@ -17,22 +17,23 @@ and shipped with the weights, so a single participant run can flag outliers) and
 population (:func:`dataset_outliers` refits a flow on one dataset's ``m`` values at the group level,
 which is the paper's actual use: "most images of a large dataset are acceptable").
 
-Everything here is pure apart from :func:`plot_m_plane` (writes one PNG) and the scorer's weight
+Everything here is pure apart from the scorer's weight
 loading. torch is imported inside functions so importing this module stays cheap.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
-from bids_qa.scoring import ScanScores, anatomy_indices, volume_view
+from bids_qa.models.config import ModelConfig
+from bids_qa.scoring import ScanScores, Scorer, anatomy_indices, volume_view
 from bids_qa.volume import Volume
 
 NAME = "flow"
@@ -50,7 +51,7 @@ MIN_GROUP_SCANS = 30
 
 
 @dataclass(frozen=True)
-class EncoderConfig:
+class EncoderConfig(ModelConfig):
     """Artifact-encoder hyper-parameters (stored in the weights' metadata)."""
 
     input_size: int = 128
@@ -62,15 +63,12 @@ class EncoderConfig:
     #: 1/16 on the dot products, and leaves the loss exactly the paper's for the scaled m.
     output_scale: float = 4.0
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> EncoderConfig:
-        return cls(input_size=int(d["input_size"]), channels=tuple(int(c) for c in d["channels"]),  # type: ignore[arg-type]
-                   hidden=int(d["hidden"]), negative_slope=float(d["negative_slope"]),
-                   output_scale=float(d.get("output_scale", 1.0)))
+    #: Weights saved before ``output_scale`` existed had none (a factor of 1).
+    LEGACY_DEFAULTS = {"output_scale": 1.0}  # noqa: RUF012 - not a dataclass field
 
 
 @dataclass(frozen=True)
-class FlowConfig:
+class FlowConfig(ModelConfig):
     """RealNVP shape: ``n_layers`` affine couplings, each with an MLP of two ``hidden``-wide layers.
 
     ``scale_bound`` caps the log-scale of every coupling (``s = bound * tanh(raw / bound)``) so one
@@ -81,13 +79,8 @@ class FlowConfig:
     hidden: int = 32
     scale_bound: float = 2.0
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> FlowConfig:
-        return cls(n_layers=int(d["n_layers"]), hidden=int(d["hidden"]), scale_bound=float(d["scale_bound"]))
-
-
 @dataclass(frozen=True)
-class FitConfig:
+class FitConfig(ModelConfig):
     """How a flow is fitted by maximum likelihood (full batch, fixed steps, so it is deterministic).
 
     ``jitter_scale``: each step sees the data plus Gaussian noise of standard deviation
@@ -101,12 +94,6 @@ class FitConfig:
     weight_decay: float = 1e-4
     jitter_scale: float = 0.5
     seed: int = 0
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> FitConfig:
-        return cls(steps=int(d["steps"]), lr=float(d["lr"]), weight_decay=float(d["weight_decay"]),
-                   jitter_scale=float(d["jitter_scale"]), seed=int(d["seed"]))
-
 
 # --------------------------------------------------------------------------------------------
 # networks
@@ -430,82 +417,6 @@ def dataset_outliers(m: np.ndarray, seed: int = 0, min_scans: int = MIN_GROUP_SC
 
 
 # --------------------------------------------------------------------------------------------
-# figure
-
-
-def plot_m_plane(m: np.ndarray, labels, flow_or_density: FittedFlow | Callable[[np.ndarray], np.ndarray],
-                 path, title: str | None = None, reference_m: np.ndarray | None = None):
-    """Scatter of volume ``m`` values over the density's contours (paper 001 Fig. 3b / 4a).
-
-    Parameters
-    ----------
-    m
-        Points to show, (n, 2).
-    labels
-        One label per point (strings; one colour per distinct label).
-    flow_or_density
-        A :class:`FittedFlow` (its 5% and 3% levels are drawn as dashed contours) or any callable
-        returning log densities for an (k, 2) array.
-    path
-        PNG file to write.
-    reference_m
-        Optional population points drawn small and grey (e.g. the flow's own population).
-
-    Returns
-    -------
-    pathlib.Path
-        ``path``.
-    """
-    from pathlib import Path
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    m = np.atleast_2d(np.asarray(m, dtype=np.float64))
-    labels = [str(x) for x in labels]
-    if len(labels) != len(m):
-        raise ValueError(f"{len(labels)} labels for {len(m)} points")
-    density = flow_or_density.log_density if isinstance(flow_or_density, FittedFlow) else flow_or_density
-    pts = m if reference_m is None else np.vstack([m, reference_m])
-    lo, hi = pts.min(0), pts.max(0)
-    pad = 0.15 * np.maximum(hi - lo, 1e-3)
-    gx = np.linspace(lo[0] - pad[0], hi[0] + pad[0], 160)
-    gy = np.linspace(lo[1] - pad[1], hi[1] + pad[1], 160)
-    xx, yy = np.meshgrid(gx, gy)
-    ld = np.asarray(density(np.column_stack([xx.ravel(), yy.ravel()]))).reshape(xx.shape)
-    floor = np.percentile(ld, 2)
-    fig, ax = plt.subplots(figsize=(6.4, 5.2), dpi=110)
-    cs = ax.contourf(xx, yy, np.maximum(ld, floor), levels=14, cmap="Blues")
-    fig.colorbar(cs, ax=ax, label="log density  log p(m)")
-    if isinstance(flow_or_density, FittedFlow):
-        levels = sorted((flow_or_density.level(p), p) for p in LEVELS)
-        styles = {5.0: "--", 3.0: ":"}
-        for value, p in levels:
-            if ld.min() < value < ld.max():
-                c = ax.contour(xx, yy, ld, levels=[value], colors="k", linestyles=styles.get(p, "--"), linewidths=1.2)
-                ax.clabel(c, fmt={value: f"{p:g}%"}, fontsize=8)
-    if reference_m is not None:
-        ax.scatter(reference_m[:, 0], reference_m[:, 1], s=6, c="0.45", alpha=0.5, label="reference")
-    cmap = plt.get_cmap("tab10")
-    for i, lab in enumerate(dict.fromkeys(labels)):
-        sel = np.array([x == lab for x in labels])
-        ax.scatter(m[sel, 0], m[sel, 1], s=28, color=cmap(i % 10), edgecolors="k", linewidths=0.4, label=lab)
-    ax.set_xlabel("m1")
-    ax.set_ylabel("m2")
-    if title:
-        ax.set_title(title)
-    ax.legend(fontsize=7, loc="best", framealpha=0.8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
-# --------------------------------------------------------------------------------------------
 # volume-level m and the scorer
 
 
@@ -542,7 +453,7 @@ def load_reference(weights: str | None = None) -> FittedFlow:
     return FittedFlow.from_state(state, "reference.", FlowConfig.from_dict(meta["flow_config"]))
 
 
-class FlowScorer:
+class FlowScorer(Scorer):
     """Scores a volume's artifact representation against the shipped reference density.
 
     Values: ``m1``, ``m2`` (the volume's ``m``), ``log_density`` (log p(m) under the reference flow),
@@ -594,10 +505,9 @@ class FlowScorer:
         """Cache the encoder's input slices on ``volume`` (loader threads)."""
         self.encoder_inputs(volume)
 
-    def score(self, volume: Volume) -> ScanScores:
-        return self.score_many([volume])[0]
-
-    def score_many(self, volumes: Sequence[Volume]) -> list[ScanScores]:
+    def score_many(
+        self, volumes: Sequence[Volume], suffixes: Sequence[str | None] | None = None
+    ) -> list[ScanScores]:
         """Encode the centre slices of several volumes in one batched pass, then judge each
         volume's ``m`` against the reference density (one call for all)."""
         parts = [self.encoder_inputs(v) for v in volumes]
@@ -629,5 +539,5 @@ class FlowScorer:
 
 def config_metadata(encoder: EncoderConfig, flow: FlowConfig, fit: FitConfig) -> dict[str, Any]:
     """The configuration block stored in the weights' metadata."""
-    return {"encoder_config": {**asdict(encoder), "channels": list(encoder.channels)},
-            "flow_config": asdict(flow), "fit_config": asdict(fit)}
+    return {"encoder_config": encoder.to_dict(), "flow_config": flow.to_dict(),
+            "fit_config": fit.to_dict()}

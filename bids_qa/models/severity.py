@@ -18,10 +18,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
 
 import numpy as np
 
+from bids_qa.models.config import ModelConfig
+from bids_qa.models.weights import NetworkScorer
 from bids_qa.rulers import Ruler, build_ruler
 from bids_qa.scoring import ScanScores, scored_slices, volume_view
 from bids_qa.volume import Volume
@@ -41,7 +42,7 @@ POOLINGS = ("pool_abs",)
 
 
 @dataclass(frozen=True)
-class SeverityConfig:
+class SeverityConfig(ModelConfig):
     """Architecture hyper-parameters, stored in the weights' metadata."""
 
     input_size: int = 128
@@ -59,26 +60,6 @@ class SeverityConfig:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if self.pixel_mm < 0:
             raise ValueError(f"pixel_mm must be >= 0, got {self.pixel_mm}")
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SeverityConfig:
-        return cls(
-            input_size=int(d["input_size"]),
-            channels=tuple(d["channels"]),  # type: ignore[arg-type]
-            negative_slope=float(d["negative_slope"]),
-            pooling=str(d.get("pooling", "pool_abs")),
-            pixel_mm=float(d.get("pixel_mm", 0.0)),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "input_size": self.input_size,
-            "channels": list(self.channels),
-            "negative_slope": self.negative_slope,
-            "pooling": self.pooling,
-            "pixel_mm": self.pixel_mm,
-        }
-
 
 def build_encoder(config: SeverityConfig):
     """The paper's encoder with our strides; returns a ``torch.nn.Module`` mapping (B,1,S,S) -> (B,)."""
@@ -120,25 +101,13 @@ def middle_slices(indices: np.ndarray, fraction: float = MIDDLE_FRACTION) -> np.
     return indices[start : start + keep]
 
 
-class SeverityScorer:
+class SeverityScorer(NetworkScorer):
     """Scores a volume with the shipped severity weights (or weights passed explicitly)."""
 
     name = NAME
-
-    def __init__(
-        self, device: str = "cpu", batch_size: int = 64, weights: str | None = None
-    ) -> None:
-        import torch
-
-        from bids_qa.models.weights import load_network
-
-        loaded = load_network(
-            NAME, WEIGHTS_FILE, weights, device, SeverityConfig.from_dict, build_encoder
-        )
-        self.net, self.config, self.metadata = loaded.net, loaded.config, loaded.metadata
-        self.version, self.device = loaded.version, loaded.device
-        self.batch_size = int(batch_size)
-        self._torch = torch
+    weights_file = WEIGHTS_FILE
+    config_class = SeverityConfig
+    network_builder = staticmethod(build_encoder)
 
     def score_slices(self, slices) -> np.ndarray:
         """Per-slice scores for an array (n, S, S) already at the model's input size (or a list
@@ -182,10 +151,9 @@ class SeverityScorer:
         scored_slices(volume, self.config.input_size, self.config.pixel_mm)
         self.ruler_template(volume)
 
-    def score(self, volume: Volume) -> ScanScores:
-        return self.score_many([volume])[0]
-
-    def score_many(self, volumes: Sequence[Volume]) -> list[ScanScores]:
+    def score_many(
+        self, volumes: Sequence[Volume], suffixes: Sequence[str | None] | None = None
+    ) -> list[ScanScores]:
         """Score several volumes with one batched pass over all their slices and ruler images."""
         parts = [
             (

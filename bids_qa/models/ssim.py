@@ -28,10 +28,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
+from bids_qa.models.config import ModelConfig
+from bids_qa.models.weights import NetworkScorer
 from bids_qa.scoring import ScanScores, scored_slices
 from bids_qa.volume import Volume
 
@@ -46,7 +47,7 @@ BIN_COUNTS = (3, 5, 10)
 
 
 @dataclass(frozen=True)
-class SSIMConfig:
+class SSIMConfig(ModelConfig):
     """Architecture hyper-parameters, stored in the weights' metadata.
 
     Attributes
@@ -69,22 +70,6 @@ class SSIMConfig:
             raise ValueError(f"input_size {self.input_size} is too small for a ResNet (need >= 32)")
         if self.width < 1 or len(self.blocks) != 4 or min(self.blocks) < 1:
             raise ValueError(f"invalid ResNet shape: width {self.width}, blocks {self.blocks}")
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SSIMConfig:
-        return cls(
-            input_size=int(d["input_size"]),
-            width=int(d["width"]),
-            blocks=tuple(int(b) for b in d["blocks"]),
-        )  # type: ignore[arg-type]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "input_size": self.input_size,
-            "width": self.width,
-            "blocks": list(self.blocks),
-        }
-
 
 def build_resnet(config: SSIMConfig):
     """ResNet-18-style regressor: ``torch.nn.Module`` mapping (B, 1, S, S) -> (B,) in [0, 1]."""
@@ -201,23 +186,13 @@ def summarise(per_slice: np.ndarray, slice_index: np.ndarray) -> dict[str, float
     return values
 
 
-class SSIMScorer:
+class SSIMScorer(NetworkScorer):
     """Predicts per-slice SSIM with the shipped weights (or weights passed explicitly)."""
 
     name = NAME
-
-    def __init__(
-        self, device: str = "cpu", batch_size: int = 64, weights: str | None = None
-    ) -> None:
-        import torch
-
-        from bids_qa.models.weights import load_network
-
-        loaded = load_network(NAME, WEIGHTS_FILE, weights, device, SSIMConfig.from_dict, build_resnet)
-        self.net, self.config, self.metadata = loaded.net, loaded.config, loaded.metadata
-        self.version, self.device = loaded.version, loaded.device
-        self.batch_size = max(1, int(batch_size))
-        self._torch = torch
+    weights_file = WEIGHTS_FILE
+    config_class = SSIMConfig
+    network_builder = staticmethod(build_resnet)
 
     def predict_slices(self, slices) -> np.ndarray:
         """Predicted SSIM for an array (n, S, S) of slices already at the model's input size (or a
@@ -238,10 +213,9 @@ class SSIMScorer:
         """Cache the anatomy slices at the input size on ``volume`` (loader threads)."""
         scored_slices(volume, self.config.input_size)
 
-    def score(self, volume: Volume) -> ScanScores:
-        return self.score_many([volume])[0]
-
-    def score_many(self, volumes: Sequence[Volume]) -> list[ScanScores]:
+    def score_many(
+        self, volumes: Sequence[Volume], suffixes: Sequence[str | None] | None = None
+    ) -> list[ScanScores]:
         """Score several volumes with one batched pass over all their anatomy slices."""
         parts = [scored_slices(v, self.config.input_size) for v in volumes]
         outputs = self.predict_slices([slices for slices, _ in parts])

@@ -24,7 +24,7 @@ Our network (shape kept, sizes ours; see ``docs/models/tiers.md``):
 - input: a ``grid``^3 cube (64^3) exactly as the artifacts are simulated on during training:
   with ``voxel_mm > 0`` (the shipped weights: 2.5 mm) a cube of that voxel size around the head
   (:meth:`Volume.cube`), otherwise the whole volume padded to a cube in mm and resized
-  (:meth:`Volume.grid`, ~3.6-4 mm voxels for a 230-260 mm field of view; the fixed voxel size keeps
+  (:meth:`Volume.cube` with ``voxel_mm`` 0, ~3.6-4 mm voxels for a 230-260 mm field of view; the fixed voxel size keeps
   finer detail at the same cost). The first convolution has stride 2 (so the first
   block's output is 32^3) which keeps a volume near 0.1 GMAC on CPU while the filters still see
   every input voxel, where noise and ringing live. Paper 003 works at ~1 mm; a coarse grid is
@@ -38,10 +38,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
+from bids_qa.models.config import ModelConfig
+from bids_qa.models.weights import NetworkScorer
 from bids_qa.scoring import ScanScores
 from bids_qa.volume import Volume
 
@@ -128,7 +129,7 @@ def grade_from_probabilities(
 
 
 @dataclass(frozen=True)
-class TierConfig:
+class TierConfig(ModelConfig):
     """Architecture hyper-parameters, stored in the weights' metadata."""
 
     grid: int = 64
@@ -136,7 +137,7 @@ class TierConfig:
     fc: tuple[int, int] = (128, 32)
     first_stride: int = 2
     dropout: float = 0.2
-    #: 0: the whole field of view squeezed into the ``grid``^3 cube (:meth:`Volume.grid`, about
+    #: 0: the whole field of view squeezed into the ``grid``^3 cube (:meth:`Volume.cube` with ``voxel_mm`` 0, about
     #: 3.8 mm voxels at 64^3). > 0: a cube of this voxel size hung around the head
     #: (:meth:`Volume.cube`), which keeps noise texture and ringing visible at the same cost.
     voxel_mm: float = 0.0
@@ -149,26 +150,6 @@ class TierConfig:
         """The network's input for ``volume`` (cached on the volume)."""
         return volume.cube(self.grid, self.voxel_mm)
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TierConfig:
-        return cls(
-            grid=int(d["grid"]),
-            channels=tuple(int(c) for c in d["channels"]),
-            fc=tuple(int(c) for c in d["fc"]),  # type: ignore[arg-type]
-            first_stride=int(d["first_stride"]),
-            dropout=float(d["dropout"]),
-            voxel_mm=float(d.get("voxel_mm", 0.0)),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "grid": self.grid,
-            "channels": list(self.channels),
-            "fc": list(self.fc),
-            "first_stride": self.first_stride,
-            "dropout": self.dropout,
-            "voxel_mm": self.voxel_mm,
-        }
 
     def trunk_output_size(self) -> int:
         """Spatial size after the five blocks (each block halves, ceil; block 1 also strides)."""
@@ -245,30 +226,22 @@ def scores_from_probabilities(probs: np.ndarray) -> dict[str, float | int | str]
     return values
 
 
-class TierScorer:
+class TierScorer(NetworkScorer):
     """Grades motion, noise and contrast and derives the paper's quality tier for a volume."""
 
     name = NAME
-
-    def __init__(
-        self, device: str = "cpu", batch_size: int = 64, weights: str | None = None
-    ) -> None:
-        import torch
-
-        from bids_qa.models.weights import load_network
-
-        loaded = load_network(NAME, WEIGHTS_FILE, weights, device, TierConfig.from_dict, build_network)
-        self.net, self.config, self.metadata = loaded.net, loaded.config, loaded.metadata
-        self.version, self.device = loaded.version, loaded.device
-        self.batch_size = int(batch_size)
-        self._torch = torch
+    weights_file = WEIGHTS_FILE
+    config_class = TierConfig
+    network_builder = staticmethod(build_network)
 
     def probabilities(self, grids) -> np.ndarray:
         """Sigmoid outputs ``(n, 3, 2)`` for a stack of model-grid cubes ``(n, G, G, G)`` (or a
         list of such stacks, taken as their concatenation)."""
+        import torch
+
         from bids_qa.models.weights import predict_batched
 
-        probs = predict_batched(self.net, grids, self.batch_size, self.device, post=self._torch.sigmoid)
+        probs = predict_batched(self.net, grids, self.batch_size, self.device, post=torch.sigmoid)
         return probs.reshape(len(probs), len(ARTIFACTS), len(TASKS))
 
     def prepare(self, volume: Volume) -> None:
@@ -279,9 +252,6 @@ class TierScorer:
     def needs_suffix(self) -> bool:
         """The grades do not depend on the scan's BIDS suffix."""
         return False
-
-    def score(self, volume: Volume, suffix: str | None = None) -> ScanScores:
-        return self.score_many([volume], [suffix])[0]
 
     def score_many(
         self, volumes: Sequence[Volume], suffixes: Sequence[str | None] | None = None

@@ -14,6 +14,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from bids_qa.scoring import Scorer
+
 
 def packaged_weights(name: str) -> Path:
     """Path of a weights file shipped inside the package (``bids_qa/weights/<name>``)."""
@@ -23,19 +25,16 @@ def packaged_weights(name: str) -> Path:
 def save_weights(path: str | Path, state_dict: dict[str, Any], metadata: dict[str, Any]) -> None:
     """Write ``state_dict`` as safetensors with ``metadata`` stored as one JSON string.
 
-    Tensors are made contiguous and moved to CPU; the file is written atomically.
+    Tensors are made contiguous and moved to CPU; the file is written by the one atomic writer
+    (:func:`bids_qa.io.atomic_write_bytes`, mode from the umask).
     """
-    import os
+    from safetensors.torch import save
 
-    from safetensors.torch import save_file
+    from bids_qa.io import atomic_write_bytes
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"bids_qa": json.dumps(metadata, sort_keys=True)})
-    os.chmod(tmp, 0o644)  # shipped inside images that run as any user
-    os.replace(tmp, path)
+    data = save(tensors, metadata={"bids_qa": json.dumps(metadata, sort_keys=True)})
+    atomic_write_bytes(path, data)
 
 
 def load_weights(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -104,6 +103,29 @@ def load_network(
         version=str(meta.get("version", "unknown")),
         device=dev,
     )
+
+
+class NetworkScorer(Scorer):
+    """A scorer whose network is rebuilt from a weights file (:func:`load_network`): the shipped
+    ``weights_file`` or the file ``weights``. Subclasses name their ``config_class`` (a
+    :class:`bids_qa.models.config.ModelConfig`) and ``network_builder`` (config -> module)."""
+
+    weights_file: str = ""
+    config_class: Any = None
+    network_builder: Callable[[Any], Any]
+
+    def __init__(self, device: str = "cpu", batch_size: int = 64, weights: str | None = None) -> None:
+        loaded = load_network(
+            self.name,
+            self.weights_file,
+            weights,
+            device,
+            self.config_class.from_dict,
+            type(self).network_builder,
+        )
+        self.net, self.config, self.metadata = loaded.net, loaded.config, loaded.metadata
+        self.version, self.device = loaded.version, loaded.device
+        self.batch_size = max(1, int(batch_size))
 
 
 #: Default forward-pass batch (items per pass) on CPU: larger batches do not run faster there and

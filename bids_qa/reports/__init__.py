@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from bids_qa.errors import ScanError
+from bids_qa.io import atomic_write_text
 from bids_qa.reports import figures as _figures
+from bids_qa.reports import group_page as _group_page
 from bids_qa.reports import render as _render
 
 __all__ = ["render_scan_report", "render_group_report"]
@@ -76,7 +78,7 @@ def render_scan_report(out_dir: Path, outputs_json: Path, image_path: Path | Non
         ctx["notes"].append(note)
     out = folder / f"{stem}_report.html"
     try:
-        _render.write_text_atomic(out, _render.render_page("scan.html", ctx))
+        atomic_write_text(out, _render.render_page("scan.html", ctx))
     except OSError as err:
         raise ScanError("report", f"cannot write {out}: {err}") from err
     return out
@@ -94,10 +96,10 @@ def render_group_report(out_dir: Path, suffix: str) -> Path:
         Stage ``"report"`` when the group table is missing or unreadable.
     """
     out_dir = Path(out_dir)
-    ctx = _render.group_context(out_dir, suffix)
+    ctx = _group_page.group_context(out_dir, suffix)
     out = ctx["html_path"]
     try:
-        _render.write_text_atomic(out, _render.render_page("group.html", ctx))
+        atomic_write_text(out, _render.render_page("group.html", ctx))
     except OSError as err:
         raise ScanError("report", f"cannot write {out}: {err}") from err
     return out

@@ -16,13 +16,18 @@ Nothing here computes a quality score; the reports only show what the pipeline w
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from bids_qa.io import atomic_write_bytes, png_bytes
 from bids_qa.volume import otsu_threshold
+
+if TYPE_CHECKING:  # pragma: no cover
+    from bids_qa.models.flow import FittedFlow
 
 #: Edge of one square mosaic tile in pixels.
 TILE = 144
@@ -185,11 +190,10 @@ def background_range(data: np.ndarray, mask: np.ndarray) -> float:
     return float(np.clip(3.0 * median, 0.01, 0.3))
 
 
-def _gray_png(image: np.ndarray, path: Path, vmax: float = 1.0) -> None:
-    from PIL import Image
-
+def gray_png(image: np.ndarray, vmax: float = 1.0) -> bytes:
+    """Grey PNG of ``image`` with [0, ``vmax``] mapped to black..white."""
     arr = np.clip(image / vmax, 0.0, 1.0)
-    Image.fromarray((arr * 255 + 0.5).astype(np.uint8), mode="L").save(path, optimize=False, compress_level=4)
+    return png_bytes((arr * 255 + 0.5).astype(np.uint8))
 
 
 #: Anchor colours of a magma-like perceptual map (black -> purple -> orange -> pale yellow); linear
@@ -206,13 +210,11 @@ def colour_lut(anchors: np.ndarray = _MAGMA_ANCHORS, n: int = 256) -> np.ndarray
     return np.stack([np.interp(x, pos, anchors[:, c]) for c in range(3)], axis=1).round().astype(np.uint8)
 
 
-def _colour_png(image: np.ndarray, path: Path, vmax: float) -> None:
+def colour_png(image: np.ndarray, vmax: float) -> bytes:
     """Colour-mapped PNG with a square-root gamma (makes faint structure in the noise visible)."""
-    from PIL import Image
-
     lut = colour_lut()
     idx = (np.sqrt(np.clip(image / vmax, 0.0, 1.0)) * 255 + 0.5).astype(np.uint8)
-    Image.fromarray(lut[idx], mode="RGB").save(path, optimize=False, compress_level=4)
+    return png_bytes(lut[idx])
 
 
 def write_scan_figures(vol: DisplayVolume, fig_dir: Path, rel_dir: str, slice_axis: int,
@@ -249,7 +251,7 @@ def write_scan_figures(vol: DisplayVolume, fig_dir: Path, rel_dir: str, slice_ax
         tiles = [to_square_tile(*oriented_slice(cropped, zooms, axis, k), TILE)
                  for k in pick_slices(cmask, axis, N_SLICES)]
         name = AXIS_NAMES[axis]
-        _gray_png(tile_grid(tiles, cols=4), fig_dir / f"{name}.png")
+        atomic_write_bytes(fig_dir / f"{name}.png", gray_png(tile_grid(tiles, cols=4)))
         figs.mosaics[name] = f"{rel_dir}/{name}.png"
 
     # Background-enhanced view: full field of view (wrap-around lies at its edges), acquisition
@@ -258,7 +260,9 @@ def write_scan_figures(vol: DisplayVolume, fig_dir: Path, rel_dir: str, slice_ax
     order = [slice_axis] + [a for a in (2, 1, 0) if a != slice_axis]
     tiles = [to_square_tile(*oriented_slice(data, zooms, axis, k), TILE)
              for axis in order for k in pick_slices(mask, axis, N_BACKGROUND, 0.25, 0.75)]
-    _colour_png(tile_grid(tiles, cols=N_BACKGROUND), fig_dir / "background.png", vmax)
+    atomic_write_bytes(
+        fig_dir / "background.png", colour_png(tile_grid(tiles, cols=N_BACKGROUND), vmax)
+    )
     figs.background = f"{rel_dir}/background.png"
 
     axis_w = slice_axis if worst_axis is None else worst_axis
@@ -267,12 +271,12 @@ def write_scan_figures(vol: DisplayVolume, fig_dir: Path, rel_dir: str, slice_ax
             continue
         tile = to_square_tile(*oriented_slice(data, zooms, axis_w, int(index)), 2 * TILE)
         name = f"worst_{rank + 1}.png"
-        _gray_png(tile, fig_dir / name)
+        atomic_write_bytes(fig_dir / name, gray_png(tile))
         figs.worst.append(SliceTile(f"{rel_dir}/{name}", axis_w, int(index), caption))
 
     mid = pick_slices(cmask, slice_axis, 1)[0]
     thumb = to_square_tile(*oriented_slice(cropped, zooms, slice_axis, mid), THUMB)
-    _gray_png(thumb, fig_dir / "thumb.png")
+    atomic_write_bytes(fig_dir / "thumb.png", gray_png(thumb))
     figs.thumb = f"{rel_dir}/thumb.png"
     return figs
 
@@ -435,3 +439,85 @@ def ruler_scale(level_scores: Sequence[float], threshold: float | None, scan_val
     ticks = [(sx(t), f"{t:g}") for t in nice_ticks(lo, hi, 6) if lo <= t <= hi]
     return RulerScale(width=width, height=height, axis_y=axis_y, levels=levels, threshold=thr, scan=scan,
                       ticks=ticks, nearest=nearest)
+
+
+# ---------------------------------------------------------------------------------------------
+# The flow model's m-plane (Zuo et al.)
+# ---------------------------------------------------------------------------------------------
+
+
+def m_plane_png(m: np.ndarray, labels, flow_or_density: FittedFlow | Callable[[np.ndarray], np.ndarray],
+                title: str | None = None, reference_m: np.ndarray | None = None) -> bytes:
+    """Scatter of volume ``m`` values over the density's contours (paper 001 Fig. 3b / 4a).
+
+    Parameters
+    ----------
+    m
+        Points to show, (n, 2).
+    labels
+        One label per point (strings; one colour per distinct label).
+    flow_or_density
+        A :class:`FittedFlow` (its 5% and 3% levels are drawn as dashed contours) or any callable
+        returning log densities for an (k, 2) array.
+    reference_m
+        Optional population points drawn small and grey (e.g. the flow's own population).
+
+    Returns
+    -------
+    bytes
+        The PNG file's content.
+    """
+    import io
+
+    import matplotlib
+
+    from bids_qa.models.flow import LEVELS, FittedFlow
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = np.atleast_2d(np.asarray(m, dtype=np.float64))
+    labels = [str(x) for x in labels]
+    if len(labels) != len(m):
+        raise ValueError(f"{len(labels)} labels for {len(m)} points")
+    density = flow_or_density.log_density if isinstance(flow_or_density, FittedFlow) else flow_or_density
+    pts = m if reference_m is None else np.vstack([m, reference_m])
+    lo, hi = pts.min(0), pts.max(0)
+    pad = 0.15 * np.maximum(hi - lo, 1e-3)
+    gx = np.linspace(lo[0] - pad[0], hi[0] + pad[0], 160)
+    gy = np.linspace(lo[1] - pad[1], hi[1] + pad[1], 160)
+    xx, yy = np.meshgrid(gx, gy)
+    ld = np.asarray(density(np.column_stack([xx.ravel(), yy.ravel()]))).reshape(xx.shape)
+    floor = np.percentile(ld, 2)
+    fig, ax = plt.subplots(figsize=(6.4, 5.2), dpi=110)
+    cs = ax.contourf(xx, yy, np.maximum(ld, floor), levels=14, cmap="Blues")
+    fig.colorbar(cs, ax=ax, label="log density  log p(m)")
+    if isinstance(flow_or_density, FittedFlow):
+        levels = sorted((flow_or_density.level(p), p) for p in LEVELS)
+        styles = {5.0: "--", 3.0: ":"}
+        for value, p in levels:
+            if ld.min() < value < ld.max():
+                c = ax.contour(xx, yy, ld, levels=[value], colors="k", linestyles=styles.get(p, "--"), linewidths=1.2)
+                ax.clabel(c, fmt={value: f"{p:g}%"}, fontsize=8)
+    if reference_m is not None:
+        ax.scatter(reference_m[:, 0], reference_m[:, 1], s=6, c="0.45", alpha=0.5, label="reference")
+    cmap = plt.get_cmap("tab10")
+    for i, lab in enumerate(dict.fromkeys(labels)):
+        sel = np.array([x == lab for x in labels])
+        ax.scatter(m[sel, 0], m[sel, 1], s=28, color=cmap(i % 10), edgecolors="k", linewidths=0.4, label=lab)
+    ax.set_xlabel("m1")
+    ax.set_ylabel("m2")
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=7, loc="best", framealpha=0.8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def plot_m_plane(m: np.ndarray, labels, flow_or_density: FittedFlow | Callable[[np.ndarray], np.ndarray],
+                 path: str | Path, title: str | None = None, reference_m: np.ndarray | None = None) -> Path:
+    """Write :func:`m_plane_png` to ``path`` (atomically); returns ``path``."""
+    return atomic_write_bytes(path, m_plane_png(m, labels, flow_or_density, title, reference_m))

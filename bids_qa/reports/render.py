@@ -18,8 +18,6 @@ import base64
 import hashlib
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -31,6 +29,7 @@ import numpy as np
 
 from bids_qa.derivatives import GROUP_COLUMNS
 from bids_qa.errors import ScanError
+from bids_qa.io import parse_number
 
 #: Per-scan table columns (contract).
 SCAN_COLUMNS = ("model", "metric", "value", "threshold", "flag", "direction")
@@ -64,19 +63,9 @@ ARTIFACTS = (
 
 
 def to_number(text: Any) -> float | None:
-    """A cell as a float, or None when empty / not a number (``n/a``, labels)."""
-    if text is None:
-        return None
-    if isinstance(text, (int, float, np.integer, np.floating)) and not isinstance(text, bool):
-        return None if math.isnan(float(text)) else float(text)
-    s = str(text).strip()
-    if not s or s.lower() in ("n/a", "na", "none"):
-        return None
-    try:
-        v = float(s)
-    except ValueError:
-        return None
-    return None if math.isnan(v) else v
+    """A cell as a float, or None when empty / not a number (``n/a``, labels):
+    :func:`bids_qa.io.parse_number`."""
+    return parse_number(text)
 
 
 def finite_or_none(value: Any) -> float | None:
@@ -86,14 +75,14 @@ def finite_or_none(value: Any) -> float | None:
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    """A derivative JSON sidecar; ScanError (stage ``report``) when missing or malformed."""
+    """A derivative JSON sidecar (:func:`bids_qa.derivatives.read_json_object`); ScanError (stage
+    ``report``) when missing or malformed."""
+    from bids_qa import derivatives as deriv
+
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        return deriv.read_json_object(path)
     except (OSError, ValueError) as err:
         raise ScanError("report", f"cannot read {Path(path).name}: {err}") from err
-    if not isinstance(data, dict):
-        raise ScanError("report", f"{Path(path).name} holds a {type(data).__name__}, expected a JSON object")
-    return data
 
 
 @dataclass(frozen=True)
@@ -233,10 +222,10 @@ def slice_series(df) -> list[SliceSeries]:
 
 def read_slice_table(path: Path) -> list[SliceSeries]:
     """:func:`slice_series` of a ``_slices.tsv`` file (``n/a`` and empty cells are missing)."""
-    import pandas as pd
+    from bids_qa import derivatives as deriv
 
     try:
-        df = pd.read_csv(path, sep="\t", keep_default_na=False, na_values=["n/a", ""])
+        df = deriv.read_slices_tsv(path)
     except (OSError, ValueError) as err:
         raise ScanError("report", f"cannot read {Path(path).name}: {err}") from err
     return slice_series(df)
@@ -274,19 +263,6 @@ def storage_key(out_dir: Path) -> str:
     """localStorage key of the ratings of one output folder (every report of a run shares it)."""
     digest = hashlib.sha1(str(Path(out_dir).resolve()).encode()).hexdigest()[:12]
     return f"bids_qa.ratings.{digest}"
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and rename, so readers never see half a page."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".html", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -519,219 +495,6 @@ def slice_panels(series: list[SliceSeries], rows: list[ScoreRow], default_axis: 
             lookup = dict(zip(s.index.astype(int).tolist(), s.values.tolist(), strict=True))
             worst = [(i, f"slice {i}: {s.name} = {fmt(lookup[i])}") for i in bad]
     return plots, worst, axis
-
-
-# ---------------------------------------------------------------------------------------------
-# Group report context
-# ---------------------------------------------------------------------------------------------
-
-
-def group_thresholds(meta: dict[str, Any], columns: Iterable[str]) -> dict[str, dict[str, Any]]:
-    """Thresholds in force per score column, from the group JSON sidecar.
-
-    ``meta["thresholds"]`` holds ``{"<model>.<metric>": {"review": x, "fail": y, "direction": d,
-    "inclusive": bool, "review_values": [...], "fail_values": [...]}}`` (what judged the scans, as
-    :func:`bids_qa.derivatives.write_group_table` stores it). A bare number is one fail threshold.
-    """
-    out: dict[str, dict[str, Any]] = {}
-    table = meta.get("thresholds") if isinstance(meta.get("thresholds"), dict) else {}
-    for col in columns:
-        spec = table.get(col)
-        if spec is None:
-            continue
-        if not isinstance(spec, dict):
-            spec = {"fail": spec}
-        entry = {"review": finite_or_none(spec.get("review")),
-                 "fail": finite_or_none(spec.get("fail", spec.get("threshold"))),
-                 "direction": str(spec.get("direction", "") or ""),
-                 "inclusive": bool(spec.get("inclusive", False)),
-                 "review_values": [str(v) for v in spec.get("review_values") or []],
-                 "fail_values": [str(v) for v in spec.get("fail_values") or []],
-                 "description": str(spec.get("description", "") or "")}
-        if entry["review"] is not None or entry["fail"] is not None or entry["review_values"] or entry["fail_values"]:
-            out[col] = entry
-    return out
-
-
-def column_descriptions(meta: dict[str, Any], columns: Iterable[str]) -> dict[str, str]:
-    """Column descriptions from the group JSON (``{"columns": {col: text}}``, BIDS-style
-    ``{col: {"Description": text}}`` objects also accepted)."""
-    cols_meta = meta.get("columns") if isinstance(meta.get("columns"), dict) else {}
-    out = {}
-    for col in columns:
-        d = cols_meta.get(col, meta.get(col))
-        if isinstance(d, dict):
-            d = d.get("Description") or d.get("description")
-        if isinstance(d, str) and d:
-            out[col] = d
-    return out
-
-
-def find_tier_column(columns: Iterable[str]) -> str | None:
-    """The tier column (paper 003): ``tiers.tier`` or any ``<model>.tier``."""
-    cols = list(columns)
-    if "tiers.tier" in cols:
-        return "tiers.tier"
-    return next((c for c in cols if c.endswith(".tier")), None)
-
-
-#: Models whose columns are descriptive (classical IQMs, header facts): plotted on request only.
-SECONDARY_MODELS = ("iqm", "header")
-
-
-def order_plot_columns(columns: list[str], thresholds: dict[str, Any]) -> tuple[list[str], int]:
-    """Plot order and how many plots are drawn up front.
-
-    First the scores that have a threshold in force, then the other model scores; then, drawn only
-    when the reader opens "More metrics", the classical IQMs, header facts and indices/counts
-    (``worst_slice``, ``n_*``): a group can have 60 such columns, and a wall of plots hides the few
-    that explain the verdicts.
-    """
-    def secondary(col: str) -> bool:
-        model, _, metric = col.partition(".")
-        return model in SECONDARY_MODELS or "worst_slice" in metric or metric.startswith("n_")
-
-    first = [c for c in columns if c in thresholds]
-    first += [c for c in columns if c not in thresholds and not secondary(c)]
-    rest = [c for c in columns if c not in first]
-    return first + rest, len(first)
-
-
-def _text(value: Any) -> str:
-    """A group-table cell as text (missing -> empty)."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    return str(value)
-
-
-def group_rows(records: list[dict[str, Any]], out_dir: Path, score_columns: list[str],
-               numeric: set[str]) -> list[dict[str, Any]]:
-    """Display rows of the group table: links that resolve, thumbnails that exist, formatted cells.
-
-    The thumbnail lies in the report's figure folder, named after the report's file stem (which
-    may differ from ``scan_id``: output names are made file-system safe).
-    """
-    rows = []
-    for i, rec in enumerate(records):
-        scan_id = _text(rec.get("scan_id"))
-        report_rel: Path | None = None
-        raw = _text(rec.get("report")).strip()
-        if raw and raw != "n/a":
-            p: Path | None = Path(raw)
-            if p.is_absolute():
-                try:
-                    p = p.resolve().relative_to(out_dir.resolve())
-                except ValueError:
-                    p = None  # a report outside the output folder cannot be linked relatively
-            if p is not None and (out_dir / p).is_file():
-                report_rel = p
-        thumb = None
-        if report_rel is not None and report_rel.name.endswith("_report.html"):
-            stem = report_rel.name[: -len("_report.html")]
-            t = report_rel.parent / f"{stem}_figures" / "thumb.png"
-            if (out_dir / t).is_file():
-                thumb = href(t)
-        cells = []
-        for col in score_columns:
-            num = finite_or_none(rec.get(col)) if col in numeric else None
-            text = _text(rec.get(col))
-            cells.append({"text": fmt(num) if num is not None else (text or "n/a"), "sort": num})
-        verdict = _text(rec.get("verdict")).strip().lower() or "n/a"
-        rows.append({"i": i, "scan_id": scan_id, "subject": _text(rec.get("subject")),
-                     "session": _text(rec.get("session")), "run": _text(rec.get("run")),
-                     "source": _text(rec.get("source")), "verdict": verdict,
-                     "reasons": _text(rec.get("reasons")),
-                     "href": href(report_rel) if report_rel is not None else None,
-                     "thumb": thumb, "cells": cells})
-    return rows
-
-
-def group_context(out_dir: Path, suffix: str) -> dict[str, Any]:
-    """Everything the group template needs, from ``group_<suffix>.tsv`` and its JSON sidecar
-    (read with :func:`bids_qa.derivatives.read_group_table`)."""
-    import pandas as pd
-
-    from bids_qa import derivatives as deriv
-    from bids_qa.reports.figures import padded_range
-
-    out_dir = Path(out_dir)
-    paths = deriv.group_paths(out_dir, suffix)
-    if not paths.tsv.is_file():
-        raise ScanError("report", f"no group table {paths.tsv.name} in {out_dir}; run the group level first")
-    try:
-        table = deriv.read_group_table(out_dir, suffix)
-    except (OSError, ValueError) as err:
-        raise ScanError("report", f"cannot read {paths.tsv.name}: {err}") from err
-    meta = read_json(paths.json) if paths.json.is_file() else {}
-    records = table.to_dict(orient="records")
-    columns = [str(c) for c in table.columns]
-    score_columns = [c for c in columns if c not in GROUP_ID_COLUMNS]
-    numeric = {c for c in score_columns if pd.api.types.is_numeric_dtype(table[c])
-               and any(finite_or_none(r.get(c)) is not None for r in records)}
-    rows = group_rows(records, out_dir, score_columns, numeric)
-    thresholds = group_thresholds(meta, score_columns)
-    plot_columns, n_primary = order_plot_columns(
-        [c for c in score_columns if c in numeric and c not in ("flow.m1", "flow.m2")], thresholds)
-    descriptions = column_descriptions(meta, score_columns)
-    for col, t in thresholds.items():
-        if col not in descriptions and t["description"]:
-            descriptions[col] = t["description"]
-
-    counts = {v: 0 for v in VERDICTS}
-    for r in rows:
-        counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
-    tier_col = find_tier_column(score_columns)
-    tiers: dict[str, Any] | None = None
-    if tier_col:
-        def tier_of(rec: dict[str, Any]) -> str:
-            num = finite_or_none(rec.get(tier_col))
-            return fmt(num) if num is not None else (_text(rec.get(tier_col)) or "n/a")
-
-        labels = sorted({tier_of(r) for r in records})
-        grid = {v: {t: 0 for t in labels} for v in counts}
-        for rec, row in zip(records, rows, strict=True):
-            grid[row["verdict"]][tier_of(rec)] += 1
-        tiers = {"column": tier_col, "labels": labels, "grid": grid,
-                 "totals": {t: sum(grid[v][t] for v in grid) for t in labels}}
-
-    flow = None
-    if {"flow.m1", "flow.m2"} <= numeric:
-        density = paths.tsv.with_name(f"{paths.tsv.stem}_flow_density.png")
-        spec = meta.get("flow_density") if isinstance(meta.get("flow_density"), dict) else {}
-        extent = spec.get("extent") if isinstance(spec.get("extent"), list) else None
-        if extent is not None and (len(extent) != 4 or any(finite_or_none(e) is None for e in extent)):
-            extent = None
-        m1 = [finite_or_none(r.get("flow.m1")) for r in records]
-        m2 = [finite_or_none(r.get("flow.m2")) for r in records]
-        ext = [float(e) for e in extent] if extent else None
-        flow = {"m1": m1, "m2": m2, "density": href(density.name) if density.is_file() else None,
-                "extent": ext,
-                "x_range": padded_range([v for v in m1 if v is not None] + (ext[:2] if ext else [])),
-                "y_range": padded_range([v for v in m2 if v is not None] + (ext[2:] if ext else []))}
-
-    plot_thresholds = {c: {k: thresholds[c][k] for k in ("review", "fail", "direction")}
-                       for c in plot_columns if c in thresholds}
-    data = {
-        "suffix": suffix,
-        "columns": plot_columns,
-        "n_primary": n_primary,
-        "descriptions": {c: descriptions.get(c, "") for c in plot_columns},
-        "thresholds": plot_thresholds,
-        "scans": [{"id": r["scan_id"], "subject": r["subject"], "verdict": r["verdict"], "href": r["href"],
-                   "v": [finite_or_none(records[r["i"]].get(c)) for c in plot_columns]} for r in rows],
-        "flow": flow,
-        "rating": rating_config(out_dir, suffix),
-    }
-    subjects = sorted({r["subject"] for r in rows if r["subject"]})
-    return {
-        "suffix": suffix, "title": f"bids_qa group report: {suffix}", "rows": rows,
-        "score_columns": score_columns, "numeric": numeric, "descriptions": descriptions,
-        "thresholds": thresholds, "counts": counts, "tiers": tiers, "n_scans": len(rows),
-        "flagged": [r for r in rows if r["verdict"] in ("review", "fail")],
-        "flow": flow, "subjects": subjects, "data": data, "html_path": paths.html,
-        "ratings": RATINGS, "artifacts": ARTIFACTS,
-        **page_assets(["rating.js", "group.js"]),
-    }
 
 
 def scan_context(out_dir: Path, outputs_json: Path) -> dict[str, Any]:

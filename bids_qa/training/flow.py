@@ -117,12 +117,13 @@ class ContrastiveMaker:
 
     def _params(self, art: str, rng: np.random.Generator, severity: float) -> dict:
         from bids_qa import artifacts
+        from bids_qa.training import augment
 
         if art == "truncation":
             return truncation_params(rng, severity)
         params = artifacts.sample_params(art, rng, severity=severity)
         if art == "motion" and self.both_motion_models:  # TorchIO's motion as well as our k-space one
-            params["model"] = artifacts.SLICE_MOTION_MODELS[int(rng.integers(2))]
+            params["model"] = augment.SLICE_MOTION_MODELS[int(rng.integers(2))]
         return params
 
     def _to_work(self, img, mask, zooms):
@@ -405,7 +406,7 @@ def evaluation_cases(volumes, rng: np.random.Generator, n_clean_variants: int = 
                      severity: tuple[float, float] = (0.7, 1.0)):
     """Yield (name, category, is_artifact, Volume, change) for the evaluation (built lazily, one at
     a time); ``change`` is the simulated artifact's realised change
-    (:func:`bids_qa.artifacts.realised_change`, against the clean volume), None for other cases.
+    (:func:`bids_qa.similarity.realised_change`, against the clean volume), None for other cases.
 
     Per in-scope validation volume: the volume itself and ``n_clean_variants`` benign variants
     (flips and gamma in [0.8, 1.25], counted as clean); each of :data:`EVAL_ARTIFACTS` at a severity
@@ -413,7 +414,7 @@ def evaluation_cases(volumes, rng: np.random.Generator, n_clean_variants: int = 
     (left half zeroed) and a cropped one (anterior half cut away). Out-of-scope volumes (spine) are
     artifact-laden cases of category ``non_brain``.
     """
-    from bids_qa import artifacts
+    from bids_qa import artifacts, similarity
 
     for entry, vol in volumes:
         name = Path(str(entry.get("path", "volume"))).name
@@ -434,7 +435,7 @@ def evaluation_cases(volumes, rng: np.random.Generator, n_clean_variants: int = 
             params = artifacts.sample_params(art, rng, severity=sev, ndim=3)
             corrupted = artifacts.apply_artifact(vol.data, art, params, zooms=vol.zooms)
             case = _rebuild(corrupted, vol.zooms)
-            change = artifacts.realised_change(vol.data, case.data, vol.mask)
+            change = similarity.realised_change(vol.data, case.data, vol.mask)
             yield f"{name}|{art}|severity={sev:.2f}", art, True, case, change
         yield f"{name}|truncated_lr", "truncated_fov", True, _rebuild(truncate_half(vol, axis=0), vol.zooms), None
         yield (f"{name}|cropped_ap", "truncated_fov", True,
@@ -514,8 +515,9 @@ def load_sources(data_dir: str, n_synthetic: int, seed: int, mix=None):
 def main(argv: list[str] | None = None) -> int:
 
 
-    from bids_qa.models.flow import FlowScorer, plot_m_plane
+    from bids_qa.models.flow import FlowScorer
     from bids_qa.models.weights import load_weights, save_weights
+    from bids_qa.reports.figures import plot_m_plane
 
     argv, args, settings = loop.parse_run(build_parser, argv)
     loop.limit_threads(settings.threads)

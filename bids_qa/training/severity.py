@@ -236,7 +236,8 @@ def severity_loss(
 def validation_metrics(net, batch: tuple[np.ndarray, np.ndarray], device: str) -> dict[str, float]:
     """Slice-level checks on a fixed validation batch: clean scores and rank correlation with SS."""
     import torch
-    from scipy.stats import spearmanr
+
+    from bids_qa.metrics import spearman
 
     x, ss = batch
     with torch.inference_mode():
@@ -249,7 +250,7 @@ def validation_metrics(net, batch: tuple[np.ndarray, np.ndarray], device: str) -
     clean = s[:, :2].ravel()
     sev = np.concatenate([np.zeros(len(x)), ss.ravel()])
     val = np.concatenate([s[:, 0], s[:, 2:].ravel()])
-    rho = float(spearmanr(sev, val).statistic)
+    rho = spearman(sev, val)
     hi = s[:, 2:][ss >= 0.5]
     return {
         "clean_mean": float(clean.mean()),

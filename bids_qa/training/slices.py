@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bids_qa.volume import Volume, slices_at_spacing, slices_to_square
+from bids_qa.preprocess import renormalise, to_model_input  # noqa: F401 - re-exported for training
+from bids_qa.volume import Volume
 
 
 @dataclass
@@ -72,33 +73,3 @@ def augment_geometry(
     if rng.random() < 0.5:
         img, mask, zooms = img.T, mask.T, (zooms[1], zooms[0])
     return np.ascontiguousarray(img), np.ascontiguousarray(mask), zooms
-
-
-def renormalise(corrupted: np.ndarray, clean: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Rescale a corrupted slice as whole-volume normalisation would have.
-
-    At inference the 99th head percentile is computed on the corrupted volume itself (noise and bias
-    move it); training corrupts already-normalised slices, so we apply the same ratio here.
-    """
-    if mask.sum() < 20:
-        return np.clip(corrupted, 0.0, 2.0)
-    ref = np.percentile(clean[mask], 99)
-    now = np.percentile(corrupted[mask], 99)
-    scale = now / ref if ref > 0 and now > 0 else 1.0
-    return np.clip(corrupted / scale, 0.0, 2.0).astype(np.float32)
-
-
-def to_model_input(
-    img: np.ndarray,
-    zooms: tuple[float, float],
-    size: int,
-    mask: np.ndarray | None = None,
-    pixel_mm: float = 0.0,
-) -> np.ndarray:
-    """One native slice -> (size, size) exactly as :meth:`Volume.slice_stack` prepares slices, or,
-    with ``pixel_mm > 0``, as :meth:`Volume.spacing_stack` does (cut around ``mask``'s centre)."""
-    if pixel_mm > 0:
-        if mask is None:
-            raise ValueError("a fixed pixel spacing needs the slice's head mask to centre the cut")
-        return slices_at_spacing(img[None], mask[None], (1.0, *zooms), 0, size, pixel_mm)[0]
-    return slices_to_square(img[None], (1.0, *zooms), 0, size)[0]

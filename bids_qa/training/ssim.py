@@ -7,17 +7,17 @@ Each sample is drawn from ``numpy.random.default_rng([seed, i])`` (paper Sec. II
    of view and resized to the network's input grid (:func:`to_sim_grid`; paper: 256 x 256, ours:
    ``--input-size``, 128), as inference prepares slices;
 2. contrast augmentation with probability ``P_CONTRAST``: one of random gamma, log, sigmoid or
-   adaptive histogram equalisation (:func:`bids_qa.artifacts.augment_contrast`), after which the slice
+   adaptive histogram equalisation (:func:`bids_qa.training.augment.augment_contrast`), after which the slice
    is rescaled so its head 99th percentile is 1 again, as whole-volume normalisation does at inference;
 3. motion, one of
    - none (probability ``P_CLEAN``): label SSIM = 1, so that clean scans are learnt as clean;
    - beyond-calibration motion (probability ``P_STRONG``, :func:`strong_motion`): the simulator's
      full-amplitude poses times U[1, 3], so labels reach ~0.3;
-   - otherwise :func:`bids_qa.artifacts.motion_slice_pair`: TorchIO's motion model (``tio.Motion``,
+   - otherwise :func:`bids_qa.training.augment.motion_slice_pair`: TorchIO's motion model (``tio.Motion``,
      the transform ``RandomMotion`` applies; Shaw et al.) or our segmented k-space model with equal
      probability, amplitude uniform in [0, 8 degrees / 8 mm] (many mild cases);
 4. label = SSIM (Wang et al., Gaussian window) of the corrupted slice against the clean one on that
-   grid, data range = clean max - min (:func:`bids_qa.artifacts.ssim`); model input = the corrupted
+   grid, data range = clean max - min (:func:`bids_qa.similarity.ssim`); model input = the corrupted
    slice rescaled as whole-volume normalisation would (:func:`renormalise`) and passed through
    :func:`bids_qa.training.slices.to_model_input` (an identity resize at the input size).
 
@@ -151,10 +151,11 @@ def strong_motion(
 
     Draws :func:`bids_qa.artifacts.sample_params` at severity 1 (8 degrees / 8 mm reached by one
     pose), multiplies every rotation and translation by ``f ~ U[1, max_factor]``, picks TorchIO's or
-    our k-space model with equal probability (as :func:`bids_qa.artifacts.motion_slice_pair` does) and
-    labels the result with :func:`bids_qa.artifacts.ssim` on the same grid and data range.
+    our k-space model with equal probability (as :func:`bids_qa.training.augment.motion_slice_pair` does) and
+    labels the result with :func:`bids_qa.similarity.ssim` on the same grid and data range.
     """
-    from bids_qa import artifacts
+    from bids_qa import artifacts, similarity
+    from bids_qa.training import augment
 
     params = artifacts.sample_params("motion", rng, 1.0, ndim=2)
     factor = float(rng.uniform(1.0, max_factor))
@@ -162,13 +163,13 @@ def strong_motion(
     params["translations_mm"] = [
         [float(t) * factor for t in tr] for tr in params["translations_mm"]
     ]
-    params["model"] = artifacts.SLICE_MOTION_MODELS[
-        int(rng.integers(len(artifacts.SLICE_MOTION_MODELS)))
+    params["model"] = augment.SLICE_MOTION_MODELS[
+        int(rng.integers(len(augment.SLICE_MOTION_MODELS)))
     ]
     params["amplitude_factor"] = factor
     out = artifacts.apply_artifact(img, "motion", params, zooms)
     data_range = float(img.max() - img.min()) or 1.0
-    return out, artifacts.ssim(img, out, data_range), params
+    return out, similarity.ssim(img, out, data_range), params
 
 
 def _single_thread_itk() -> None:
@@ -203,13 +204,14 @@ class SSIMSampleMaker:
     def simulate(self, rng: np.random.Generator) -> dict[str, Any]:
         """One simulated pair at native resolution: clean, corrupted, mask, zooms, label, info."""
         from bids_qa import artifacts
+        from bids_qa.training import augment
 
         k, img, mask, zooms = draw_slice(self.sources, rng)
         img, mask, zooms = augment_geometry(img, mask, zooms, rng)
         img, mask, zooms = to_sim_grid(img, mask, zooms, self.sizes[0])
         contrast = rng.random() < self.cfg.p_contrast
         if contrast:
-            img = rescale_head(artifacts.augment_contrast(img, rng), mask)
+            img = rescale_head(augment.augment_contrast(img, rng), mask)
         u = rng.random()
         if u < self.cfg.p_clean:
             corrupted, label, kind = img, 1.0, "clean"
@@ -217,7 +219,7 @@ class SSIMSampleMaker:
             corrupted, label, params = strong_motion(img, zooms, rng, self.cfg.strong_max_factor)
             kind = f"strong-{params['model']}"
         else:
-            corrupted, label, info = artifacts.motion_slice_pair(img, rng, zooms=zooms)
+            corrupted, label, info = augment.motion_slice_pair(img, rng, zooms=zooms)
             kind = str(info.params.get("model"))
         if self.cfg.p_noise > 0 and rng.random() < self.cfg.p_noise:  # no draw when disabled
             std = float(rng.uniform(0.005, self.cfg.noise_max_std))

@@ -184,11 +184,11 @@ def corrupt_cube(
 ) -> tuple[np.ndarray, dict[str, dict]]:
     """Apply the simulated artifacts at the given grades; returns (cube, params used).
 
-    Parameters come from :func:`bids_qa.artifacts.sample_tier_params` (Loizillon et al. Table 3
+    Parameters come from :func:`bids_qa.artifact_tiers.sample_tier_params` (Loizillon et al. Table 3
     ranges, calibrated to our intensity scale) and are applied in :data:`APPLY_ORDER` on the cube
     itself; the result is renormalised with :func:`renormalise_like`.
     """
-    from bids_qa import artifacts
+    from bids_qa import artifact_tiers
 
     out = cube
     used: dict[str, dict] = {}
@@ -196,7 +196,7 @@ def corrupt_cube(
         grade = int(grades.get(artifact, 0))
         if grade == 0:
             continue
-        params = artifacts.sample_tier_params(artifact, LEVELS[grade], rng, ndim=3)
+        params = artifact_tiers.sample_tier_params(artifact, LEVELS[grade], rng, ndim=3)
         out = apply_tier_artifact(out, artifact, params, (voxel_mm,) * 3)
         used[artifact] = params
     if used:
