@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
 
-    from bids_qa.scoring import build_scorers, prepare_scorer, runs_in_loader
+    from bids_qa.scoring import build_scorers
     from bids_qa.volume import load_volume
 
     torch.set_num_threads(1)
@@ -50,12 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         clock("nibabel floor", lambda p=path: nib.load(p).get_fdata(dtype=np.float32))
         volume = clock("load", lambda p=path: load_volume(p))
         for scorer in scorers:
-            if runs_in_loader(scorer):
-                kwargs = {"suffix": "T1w"} if getattr(scorer, "needs_suffix", False) else {}
-                clock(f"score:{scorer.name}", lambda s=scorer, k=kwargs, v=volume: s.score(v, **k))
-            else:
-                clock(f"prepare:{scorer.name}", lambda s=scorer, v=volume: prepare_scorer(s, v))
-                clock(f"score:{scorer.name}", lambda s=scorer, v=volume: s.score(v))
+            if not scorer.in_loader:
+                clock(f"prepare:{scorer.name}", lambda s=scorer, v=volume: s.prepare(v))
+            clock(f"score:{scorer.name}", lambda s=scorer, v=volume: s.score(v, suffix="T1w"))
     floor = statistics.median(cpu["nibabel floor"])
     print(f"{len(paths)} files; CPU seconds per volume (median); load average {os.getloadavg()[0]:.2f}")
     total = 0.0

@@ -508,9 +508,11 @@ def slices_to_square(data: np.ndarray, zooms: tuple[float, ...], axis: int, size
     extent = max(h * plane_zooms[0], w * plane_zooms[1])
     ph = max(h, int(round(extent / plane_zooms[0])))
     pw = max(w, int(round(extent / plane_zooms[1])))
-    t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[:, None]
     top, left = (ph - h) // 2, (pw - w) // 2
-    t = F.pad(t, (left, pw - w - left, top, ph - h - top))
+    # The slices are copied once, straight into the zero-padded stack (not copied, then padded).
+    padded = np.zeros((arr.shape[0], ph, pw), dtype=np.float32)
+    padded[:, top : top + h, left : left + w] = arr
+    t = torch.from_numpy(padded)[:, None]
     antialias = ph > size or pw > size
     t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=antialias)
     return t[:, 0].numpy()
