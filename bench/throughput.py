@@ -99,6 +99,20 @@ def nibabel_load_seconds(paths: list[Path]) -> list[float]:
     return out
 
 
+def nibabel_cpu_seconds(paths: list[Path]) -> float:
+    """Median CPU seconds (``process_time``) to read each file with nibabel alone: the floor for
+    the CPU-time ratio, which moves much less with the machine's load than wall time."""
+    import nibabel as nib
+
+    out = []
+    for path in paths:
+        start = time.process_time()
+        data = nib.load(str(path)).get_fdata(dtype=np.float32)
+        out.append(time.process_time() - start)
+        del data
+    return statistics.median(out)
+
+
 def child_main(marks_path: str, argv: list[str]) -> int:
     """Run ``bids_qa argv`` in this (fresh) process and write the time stamps of its scoring
     phase (wall clock, ``time.time``) to ``marks_path``: when each scan is handed to the scorers
@@ -146,6 +160,7 @@ def run_once(argv: list[str], out: Path) -> dict[str, object]:
         "code": proc.returncode,
         "wall": wall,
         "peak_mb": usage.ru_maxrss / 1024,  # Linux: kilobytes
+        "cpu": usage.ru_utime + usage.ru_stime,
         "startup": (marks["start"][0] - start) if marks["start"] else float("nan"),
         "scoring": (marks["done"][-1] - marks["start"][0]) if marks["start"] and marks["done"] else float("nan"),
     }
@@ -226,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
                 return int(run["code"])  # type: ignore[arg-type]
             results.append((reports, run, *stage_medians(out)))
         floor += nibabel_load_seconds(paths)
+        floor_cpu = nibabel_cpu_seconds(paths)
         loads.append(os.getloadavg()[0])
         nib_s = statistics.median(floor)
 
@@ -238,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.batch_size or 'auto'}, --scan-batch {args.scan_batch or 'auto'}, N = {args.n}"
         )
         print(f"nibabel floor (get_fdata, median of {len(floor)}): {nib_s:.3f} s per volume")
+        print(f"nibabel floor in CPU seconds (median):       {floor_cpu:.3f} s per volume")
         print(f"load average (1 min) before / after each run / end: {' / '.join(f'{v:.2f}' for v in loads)} "
               f"on {os.cpu_count()} CPUs")
         for reports, run, stages, total, _ in results:
@@ -259,6 +276,11 @@ def main(argv: list[str] | None = None) -> int:
                     f"{scoring_s / n / nib_s:.2f}x the floor, {n / scoring_s:.2f} volumes/s "
                     f"(start-up {float(run['startup']):.1f} s)"  # type: ignore[arg-type]
                 )
+            cpu = float(run["cpu"])  # type: ignore[arg-type]
+            print(
+                f"CPU time / N (incl. start-up):  {cpu / n:.3f} s per volume, "
+                f"{cpu / n / floor_cpu:.2f}x the floor's CPU time"
+            )
             print(f"peak resident memory:           {float(run['peak_mb']):.0f} MB")  # type: ignore[arg-type]
         return 0
     finally:
