@@ -138,8 +138,15 @@ def describe(raw: np.ndarray, mask: np.ndarray, zooms: tuple[float, ...]) -> Inp
 
 
 def describe_volume(volume: Any) -> InputKind | None:
-    """:func:`describe` for a loaded :class:`~bids_qa.volume.Volume` (None when it cannot)."""
-    try:
-        return describe(np.asarray(volume.raw), np.asarray(volume.mask), tuple(volume.zooms))
-    except Exception:  # a fact we cannot compute must never stop the verdict
-        return None
+    """:func:`describe` for a loaded :class:`~bids_qa.volume.Volume` (None when it cannot),
+    cached on the volume: the loader thread computes it (:func:`bids_qa.loading.prepare_loaded`),
+    so the judge in the inference thread only reads it."""
+
+    def compute() -> InputKind | None:
+        try:
+            return describe(np.asarray(volume.raw), np.asarray(volume.mask), tuple(volume.zooms))
+        except Exception:  # a fact we cannot compute must never stop the verdict
+            return None
+
+    view = getattr(volume, "view", None)
+    return view(("input_kind",), compute) if callable(view) else compute()
