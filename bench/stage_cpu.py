@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
 
+    from bids_qa.input_kind import describe_volume
     from bids_qa.scoring import build_scorers
     from bids_qa.volume import load_volume
 
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in paths:
         clock("nibabel floor", lambda p=path: nib.load(p).get_fdata(dtype=np.float32))
         volume = clock("load", lambda p=path: load_volume(p))
+        clock("input facts", lambda v=volume: describe_volume(v))
         for scorer in scorers:
             if not scorer.in_loader:
                 clock(f"prepare:{scorer.name}", lambda s=scorer, v=volume: s.prepare(v))

@@ -52,10 +52,12 @@ class Volume:
     Attributes
     ----------
     raw
-        Canonical-orientation float32 intensities as stored (scaled by the header slope).
+        Canonical-orientation float32 intensities as stored (scaled by the header slope); for a
+        loaded file a strided view of the stored array (reoriented without a copy).
     data
         Robustly normalised copy of ``raw`` (0.5th percentile -> 0, head 99th percentile -> 1,
-        clipped to [0, 2]).
+        clipped to [0, 2]), in the file's memory order (Fortran order for NIfTI; axes canonical).
+        Views accept any memory order and give the same arrays as for a C-ordered copy.
     mask
         Boolean head (foreground) mask from Otsu's threshold on the normalised image.
     zooms
