@@ -1,29 +1,32 @@
-"""Throughput of the participant level on typical 1 mm structural volumes.
+"""Throughput of the participant level on typical 1 mm structural volumes, against the I/O floor.
 
 Generates N volumes of 256x256x176 voxels at 1 mm (nilearn's MNI152 template padded into that
 matrix, stored as int16 like scanner output, each with its own Rician noise), writes them as
-``.nii.gz`` into a temporary BIDS dataset, and runs ``bids_qa ... participant`` on them in this
-process. Prints:
+``.nii.gz`` into a temporary BIDS dataset, and runs ``bids_qa ... participant`` on them in a fresh
+Python process (so start-up, imports and weight loading count, as they do for a user). Prints, for
+reports off and/or on:
 
-* throughput: volumes per second and seconds per volume once scoring has started (from the
-  first scan handed to the scorers to the last scan written; excludes start-up: imports, weight
-  loading, discovery), and the wall time of the whole run divided by N (includes start-up);
+* the wall time of the whole run divided by N (includes start-up) and its ratio to the floor;
+* throughput once scoring has started (first scan handed to the scorers to last scan written),
+  volumes per second, and the start-up time before it;
 * the median per-stage breakdown (load, each scorer's loader-side ``prepare`` and its scoring,
-  judge, write, report) recorded in each scan's provenance. Their sum is the work spent on one
-  volume; since loading and preparation overlap with inference (``--nprocs`` loader threads),
-  the sum is larger than the seconds per volume of the throughput line;
-* the peak resident memory of the process;
-* the ratio to loading the same files with nibabel alone (``nib.load(f).get_fdata(dtype=float32)``),
-  the floor for any tool that reads these files.
+  judge, write, report) recorded in each scan's provenance, each as seconds and as a ratio to the
+  floor. Their sum is the work spent on one volume; since loading and preparation overlap with
+  inference (``--nprocs`` loader threads), the sum is larger than the seconds per volume;
+* the peak resident memory of the bids_qa process (``wait4`` rusage of the child);
+* the floor: reading the same files with nibabel alone (``nib.load(f).get_fdata(dtype=float32)``:
+  decompression and conversion, the floor for any tool that reads these files), measured before and
+  after the runs in the same session (median of both), and the 1-minute load average.
 
 Usage::
 
-    python bench/throughput.py                  # 5 volumes, CPU, no reports
-    python bench/throughput.py --n 10 --device cuda --reports
+    python bench/throughput.py --n 12 --keep /tmp/bench12          # reports off
+    python bench/throughput.py --n 12 --keep /tmp/bench12 --both   # reports off, then on
     python bench/throughput.py --n 64 --device cuda --scan-batch 8 --keep /tmp/bench  # GPU target
 
 With ``--keep DIR`` the generated volumes are kept and reused by the next run with the same ``--n``,
-so several settings can be compared on the same files.
+so several settings can be compared on the same files. The bids_qa that runs is the checkout this
+script lives in (its root is put first on ``PYTHONPATH``), not whichever copy is installed.
 """
 
 from __future__ import annotations
@@ -31,15 +34,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 SHAPE = (256, 256, 176)
 
@@ -92,32 +99,112 @@ def nibabel_load_seconds(paths: list[Path]) -> list[float]:
     return out
 
 
+def nibabel_cpu_seconds(paths: list[Path]) -> float:
+    """Median CPU seconds (``process_time``) to read each file with nibabel alone: the floor for
+    the CPU-time ratio, which moves much less with the machine's load than wall time."""
+    import nibabel as nib
+
+    out = []
+    for path in paths:
+        start = time.process_time()
+        data = nib.load(str(path)).get_fdata(dtype=np.float32)
+        out.append(time.process_time() - start)
+        del data
+    return statistics.median(out)
+
+
+def child_main(marks_path: str, argv: list[str]) -> int:
+    """Run ``bids_qa argv`` in this (fresh) process and write the time stamps of its scoring
+    phase (wall clock, ``time.time``) to ``marks_path``: when each scan is handed to the scorers
+    and when each is finished (written, and reported when reports are on)."""
+    from bids_qa import participant
+    from bids_qa.cli import main as bids_qa_main
+
+    marks: dict[str, list[float]] = {"start": [], "done": []}
+    for name, key, before in (("_process", "start", True), ("assess_scan", "done", False)):
+        real = getattr(participant, name, None)
+        if real is None:  # the pipeline's layout changed: no scoring-phase figure, the rest holds
+            continue
+
+        def timed(*a, _real=real, _key=key, _before=before, **k):
+            if _before:
+                marks[_key].append(time.time())
+            out = _real(*a, **k)
+            if not _before:
+                marks[_key].append(time.time())
+            return out
+
+        setattr(participant, name, timed)
+    code = bids_qa_main(argv)
+    Path(marks_path).write_text(json.dumps(marks), encoding="utf-8")
+    return code
+
+
+def run_once(argv: list[str], out: Path) -> dict[str, object]:
+    """One participant-level run in a child process: wall time, peak RSS, scoring-phase marks."""
+    if out.exists():
+        shutil.rmtree(out)
+    marks_path = out.parent / f"{out.name}_marks.json"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    start = time.time()
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), "--child", str(marks_path), "--", *argv],
+        env=env,
+        cwd=str(ROOT),
+    )
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.time() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    marks = json.loads(marks_path.read_text()) if marks_path.exists() else {"start": [], "done": []}
+    return {
+        "code": proc.returncode,
+        "wall": wall,
+        "peak_mb": usage.ru_maxrss / 1024,  # Linux: kilobytes
+        "cpu": usage.ru_utime + usage.ru_stime,
+        "startup": (marks["start"][0] - start) if marks["start"] else float("nan"),
+        "scoring": (marks["done"][-1] - marks["start"][0]) if marks["start"] and marks["done"] else float("nan"),
+    }
+
+
+def stage_medians(out: Path) -> tuple[dict[str, float], float, list[str]]:
+    """Median seconds per stage over the scans' provenance, the median of their sums, scorers."""
+    stages: dict[str, list[float]] = {}
+    totals, scorers = [], []
+    for sidecar_path in sorted(out.rglob("*_qa.json")):
+        prov = json.loads(sidecar_path.read_text(encoding="utf-8"))["provenance"]
+        scorers = [s["name"] for s in prov["scorers"]]
+        timings = prov["timings_s"]
+        totals.append(sum(timings.values()))
+        for stage, seconds in timings.items():
+            stages.setdefault(stage, []).append(seconds)
+    medians = {stage: statistics.median(v) for stage, v in stages.items()}
+    return medians, statistics.median(totals) if totals else float("nan"), scorers
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child"]:
+        return child_main(argv[1], argv[3:] if argv[2:3] == ["--"] else argv[2:])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=5, help="number of volumes (default 5)")
+    parser.add_argument("--n", type=int, default=12, help="number of volumes (default 12)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     parser.add_argument(
         "--nprocs", type=int, default=None, help="bids_qa --nprocs (default: available CPUs)"
     )
-    parser.add_argument(
-        "--batch-size", default=None, help="bids_qa --batch-size (default: auto)"
-    )
-    parser.add_argument(
-        "--scan-batch", default=None, help="bids_qa --scan-batch (default: auto)"
-    )
-    parser.add_argument("--reports", action="store_true", help="also render the HTML reports")
+    parser.add_argument("--batch-size", default=None, help="bids_qa --batch-size (default: auto)")
+    parser.add_argument("--scan-batch", default=None, help="bids_qa --scan-batch (default: auto)")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--reports", action="store_true", help="render the HTML reports")
+    group.add_argument("--both", action="store_true", help="one run with reports off, one with them on")
     parser.add_argument("--keep", metavar="DIR", help="work in DIR and keep the data and outputs")
     args = parser.parse_args(argv)
 
-    from bids_qa import participant, scoring
-    from bids_qa.cli import main as bids_qa_main
+    from bids_qa import scoring
 
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bids_qa_bench_"))
     root.mkdir(parents=True, exist_ok=True)
-    bids, out = root / "bids", root / "qa"
+    bids = root / "bids"
     try:
-        if out.exists():
-            shutil.rmtree(out)
         paths = sorted(bids.rglob("*_T1w.nii.gz")) if bids.exists() else []
         if len(paths) == args.n:
             print(f"reusing {args.n} volumes in {bids}")
@@ -132,87 +219,69 @@ def main(argv: list[str] | None = None) -> int:
                 f"({sum(p.stat().st_size for p in paths) / args.n / 1e6:.1f} MB each as .nii.gz)"
             )
 
-        nib_times = nibabel_load_seconds(paths)
-        nib_median = statistics.median(nib_times)
+        floor = nibabel_load_seconds(paths)
+        loads = [os.getloadavg()[0]]
+        modes = [False, True] if args.both else [args.reports]
+        results = []
+        for reports in modes:
+            out = root / ("qa_reports" if reports else "qa")
+            cmd = [str(bids), str(out), "participant", "--device", args.device, "-q"]
+            if args.nprocs:
+                cmd += ["--nprocs", str(args.nprocs)]
+            if args.batch_size:
+                cmd += ["--batch-size", str(args.batch_size)]
+            if args.scan_batch:
+                cmd += ["--scan-batch", str(args.scan_batch)]
+            if not reports:
+                cmd.append("--no-reports")
+            run = run_once(cmd, out)
+            loads.append(os.getloadavg()[0])
+            if run["code"] != 0:
+                print(f"bids_qa exited with {run['code']}", file=sys.stderr)
+                return int(run["code"])  # type: ignore[arg-type]
+            results.append((reports, run, *stage_medians(out)))
+        floor += nibabel_load_seconds(paths)
+        floor_cpu = nibabel_cpu_seconds(paths)
+        loads.append(os.getloadavg()[0])
+        nib_s = statistics.median(floor)
 
-        cmd = [str(bids), str(out), "participant", "--device", args.device, "-q"]
-        if args.nprocs:
-            cmd += ["--nprocs", str(args.nprocs)]
-        if args.batch_size:
-            cmd += ["--batch-size", str(args.batch_size)]
-        if args.scan_batch:
-            cmd += ["--scan-batch", str(args.scan_batch)]
-        if not args.reports:
-            cmd.append("--no-reports")
-
-        # Time stamps of the scoring phase: when the pipeline starts processing scans and when
-        # each scan is finished (written, and reported when reports are on).
-        marks: dict[str, list[float]] = {"start": [], "done": []}
-        real_process, real_assess = participant._process, participant.assess_scan
-
-        def timed_process(*a, **k):
-            marks["start"].append(time.perf_counter())
-            return real_process(*a, **k)
-
-        def timed_assess(*a, **k):
-            outcome = real_assess(*a, **k)
-            marks["done"].append(time.perf_counter())
-            return outcome
-
-        participant._process, participant.assess_scan = timed_process, timed_assess
-        try:
-            start = time.perf_counter()
-            code = bids_qa_main(cmd)
-            wall = time.perf_counter() - start
-        finally:
-            participant._process, participant.assess_scan = real_process, real_assess
-        if code != 0:
-            print(f"bids_qa exited with {code}", file=sys.stderr)
-            return code
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
-
-        stages: dict[str, list[float]] = {}
-        totals = []
-        scorers = []
-        for sidecar_path in sorted(out.rglob("*_qa.json")):
-            prov = json.loads(sidecar_path.read_text(encoding="utf-8"))["provenance"]
-            scorers = [s["name"] for s in prov["scorers"]]
-            timings = prov["timings_s"]
-            totals.append(sum(timings.values()))
-            for stage, seconds in timings.items():
-                stages.setdefault(stage, []).append(seconds)
-        per_volume = statistics.median(totals)
-
-        scoring_s = marks["done"][-1] - marks["start"][0]
-        per_volume_throughput = scoring_s / args.n
         print(
-            f"scorers: {', '.join(scorers)}; not installed: {', '.join(scoring.unavailable_scorers()) or 'none'}"
+            f"scorers: {', '.join(results[0][4])}; not installed: "
+            f"{', '.join(scoring.unavailable_scorers()) or 'none'}"
         )
         print(
             f"device {args.device}, --nprocs {args.nprocs or 'default'}, --batch-size "
-            f"{args.batch_size or 'auto'}, --scan-batch {args.scan_batch or 'auto'}, "
-            f"reports {'on' if args.reports else 'off'}"
+            f"{args.batch_size or 'auto'}, --scan-batch {args.scan_batch or 'auto'}, N = {args.n}"
         )
-        print()
-        print(f"{'stage':<22}{'median s/volume':>16}")
-        for stage, values in stages.items():
-            print(f"{stage:<22}{statistics.median(values):>16.3f}")
-        print(f"{'sum of the stages':<22}{per_volume:>16.3f}")
-        print()
-        print(
-            f"throughput (scoring phase): {per_volume_throughput:.3f} s per volume, "
-            f"{1 / per_volume_throughput:.2f} volumes per second ({scoring_s:.1f} s for {args.n})"
-        )
-        print(
-            f"wall time of the run / N:   {wall / args.n:.3f} s per volume (includes start-up, {wall:.1f} s total)"
-        )
-        print(f"nibabel alone (get_fdata):  {nib_median:.3f} s per volume (median)")
-        print(
-            f"ratio bids_qa / nibabel:    {per_volume_throughput / nib_median:.1f}x (throughput), "
-            f"{wall / args.n / nib_median:.1f}x (wall / N)"
-        )
-        print(f"load average (1 min):       {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
-        print(f"peak resident memory:       {peak_mb:.0f} MB")
+        print(f"nibabel floor (get_fdata, median of {len(floor)}): {nib_s:.3f} s per volume")
+        print(f"nibabel floor in CPU seconds (median):       {floor_cpu:.3f} s per volume")
+        print(f"load average (1 min) before / after each run / end: {' / '.join(f'{v:.2f}' for v in loads)} "
+              f"on {os.cpu_count()} CPUs")
+        for reports, run, stages, total, _ in results:
+            n = args.n
+            print()
+            print(f"== reports {'on' if reports else 'off'} ==")
+            print(f"{'stage':<22}{'median s/volume':>16}{'x floor':>9}")
+            for stage, seconds in stages.items():
+                print(f"{stage:<22}{seconds:>16.3f}{seconds / nib_s:>9.2f}")
+            print(f"{'sum of the stages':<22}{total:>16.3f}{total / nib_s:>9.2f}")
+            wall, scoring_s = float(run["wall"]), float(run["scoring"])  # type: ignore[arg-type]
+            print(
+                f"wall time / N (incl. start-up): {wall / n:.3f} s per volume, "
+                f"{wall / n / nib_s:.2f}x the floor ({wall:.1f} s total)"
+            )
+            if scoring_s == scoring_s:  # not NaN
+                print(
+                    f"scoring phase:                  {scoring_s / n:.3f} s per volume, "
+                    f"{scoring_s / n / nib_s:.2f}x the floor, {n / scoring_s:.2f} volumes/s "
+                    f"(start-up {float(run['startup']):.1f} s)"  # type: ignore[arg-type]
+                )
+            cpu = float(run["cpu"])  # type: ignore[arg-type]
+            print(
+                f"CPU time / N (incl. start-up):  {cpu / n:.3f} s per volume, "
+                f"{cpu / n / floor_cpu:.2f}x the floor's CPU time"
+            )
+            print(f"peak resident memory:           {float(run['peak_mb']):.0f} MB")  # type: ignore[arg-type]
         return 0
     finally:
         if not args.keep:

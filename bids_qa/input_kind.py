@@ -95,18 +95,21 @@ def describe(raw: np.ndarray, mask: np.ndarray, zooms: tuple[float, ...]) -> Inp
     head = np.asarray(mask, dtype=bool)
     radius = [max(1, int(round(5.0 / z))) for z in zooms]
     # a box dilation, separable (maximum_filter with a size runs one 1D pass per axis)
-    grown = ndimage.maximum_filter(head.astype(np.uint8), size=[2 * r + 1 for r in radius]) > 0
+    grown = ndimage.maximum_filter(head.view(np.uint8), size=[2 * r + 1 for r in radius]) > 0
     background = ~grown
     zero = raw == 0
-    share = float(zero[background].mean()) if background.any() else 0.0
+    n_background = int(np.count_nonzero(background))
+    share = np.count_nonzero(zero & background) / n_background if n_background else 0.0
     # the non-zero volume, not the Otsu head mask (which leaves out dark scalp and skull)
     litres = float((raw != 0).sum() * np.prod(zooms) / 1e6)
     zero_bg = share >= ZERO_BACKGROUND_SHARE
     skull_stripped = bool(zero_bg and 0 < litres < BRAIN_ONLY_LITRES)
     defaced = False
     if head.any() and not zero_bg:
-        idx = np.argwhere(head)
-        lo, hi = idx.min(0), idx.max(0) + 1
+        # the head's bounding box from its axis projections (np.argwhere would list every voxel)
+        spans = [np.flatnonzero(head.any(axis=tuple(b for b in range(3) if b != a))) for a in range(3)]
+        lo = np.array([sp[0] for sp in spans])
+        hi = np.array([sp[-1] + 1 for sp in spans])
         mid_y = (lo[1] + hi[1]) // 2
         mid_z = (lo[2] + hi[2]) // 2
         box = (slice(lo[0], hi[0]), slice(mid_y, hi[1]), slice(lo[2], mid_z))
@@ -135,8 +138,15 @@ def describe(raw: np.ndarray, mask: np.ndarray, zooms: tuple[float, ...]) -> Inp
 
 
 def describe_volume(volume: Any) -> InputKind | None:
-    """:func:`describe` for a loaded :class:`~bids_qa.volume.Volume` (None when it cannot)."""
-    try:
-        return describe(np.asarray(volume.raw), np.asarray(volume.mask), tuple(volume.zooms))
-    except Exception:  # a fact we cannot compute must never stop the verdict
-        return None
+    """:func:`describe` for a loaded :class:`~bids_qa.volume.Volume` (None when it cannot),
+    cached on the volume: the loader thread computes it (:func:`bids_qa.loading.prepare_loaded`),
+    so the judge in the inference thread only reads it."""
+
+    def compute() -> InputKind | None:
+        try:
+            return describe(np.asarray(volume.raw), np.asarray(volume.mask), tuple(volume.zooms))
+        except Exception:  # a fact we cannot compute must never stop the verdict
+            return None
+
+    view = getattr(volume, "view", None)
+    return view(("input_kind",), compute) if callable(view) else compute()

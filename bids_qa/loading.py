@@ -25,6 +25,7 @@ from typing import Any
 from bids_qa.batching import score_error, score_one
 from bids_qa.discover import Scan, read_metadata
 from bids_qa.errors import ScanError
+from bids_qa.input_kind import describe_volume
 from bids_qa.plan import ScorerSet
 from bids_qa.scoring import ScanScores
 
@@ -111,6 +112,9 @@ def prepare_loaded(scan: Scan, loaded: Loaded, scorer_set: ScorerSet) -> None:
     volume = loaded.volume
     if volume is None:
         return
+    t0 = time.perf_counter()
+    describe_volume(volume)  # the judge's input facts, cached on the volume (CPU work, here)
+    loaded.timings["prepare:input_kind"] = round(time.perf_counter() - t0, 4)
     for scorer in scorer_set.scorers:
         t0 = time.perf_counter()
         try:

@@ -125,8 +125,9 @@ def central_slice(volume: Volume) -> tuple[np.ndarray, np.ndarray, tuple[float, 
     and its voxel sizes."""
     idx = volume.anatomy_slices()
     index = int(idx[len(idx) // 2]) if len(idx) else volume.shape[volume.slice_axis] // 2
-    img = np.take(volume.data, index, axis=volume.slice_axis)
-    mask = np.take(volume.mask, index, axis=volume.slice_axis)
+    # A view (np.take walks the whole array when it is not C-ordered, e.g. a loaded NIfTI's).
+    where = (slice(None),) * volume.slice_axis + (index,)
+    img, mask = volume.data[where], volume.mask[where]
     zooms = tuple(z for a, z in enumerate(volume.zooms) if a != volume.slice_axis)
     return np.ascontiguousarray(img), np.ascontiguousarray(mask), zooms  # type: ignore[return-value]
 

@@ -52,10 +52,12 @@ class Volume:
     Attributes
     ----------
     raw
-        Canonical-orientation float32 intensities as stored (scaled by the header slope).
+        Canonical-orientation float32 intensities as stored (scaled by the header slope); for a
+        loaded file a strided view of the stored array (reoriented without a copy).
     data
         Robustly normalised copy of ``raw`` (0.5th percentile -> 0, head 99th percentile -> 1,
-        clipped to [0, 2]).
+        clipped to [0, 2]), in the file's memory order (Fortran order for NIfTI; axes canonical).
+        Views accept any memory order and give the same arrays as for a C-ordered copy.
     mask
         Boolean head (foreground) mask from Otsu's threshold on the normalised image.
     zooms
@@ -179,39 +181,109 @@ def head_mask(data: np.ndarray) -> np.ndarray:
 
     Good enough for intensity normalisation and for finding anatomy-bearing slices (air vs head);
     it is not a brain mask. The opening (which removes isolated noise speckles in the air) runs on
-    the subsampled grid because at full resolution it dominated the load time.
+    the subsampled grid because at full resolution it dominated the load time. ``data`` may be any
+    strided view (e.g. the lazily reoriented array of :func:`load_volume`); the result is a
+    boolean array of ``data.shape`` in ``data``'s memory order (:func:`upsample_mask`).
     """
     from scipy import ndimage
 
     sample = data[:: max(1, data.shape[0] // 64), :: max(1, data.shape[1] // 64), :: max(1, data.shape[2] // 64)]
     thr = otsu_threshold(sample.ravel())
-    small = ndimage.binary_opening(data[::2, ::2, ::2] > thr, iterations=1)
-    mask = small.repeat(2, 0).repeat(2, 1).repeat(2, 2)[: data.shape[0], : data.shape[1], : data.shape[2]]
-    return np.ascontiguousarray(mask)
+    coarse = data[::2, ::2, ::2] > thr
+    # The output keeps the input's memory order, so the upsampling below copies without a transpose.
+    small = ndimage.binary_opening(coarse, iterations=1, output=np.empty_like(coarse, order="K"))
+    return upsample_mask(small, data)
+
+
+def upsample_mask(small: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """``small`` (a mask on every second voxel) repeated 2x along each axis and cut to the shape
+    of ``like``, in ``like``'s memory order: one write of the full-size mask (eight strided
+    assignments) instead of three growing copies."""
+    mask = np.empty_like(like, dtype=bool, order="K")
+    for i in (0, 1):
+        for j in (0, 1):
+            for k in (0, 1):
+                part = mask[i::2, j::2, k::2]
+                part[...] = small[: part.shape[0], : part.shape[1], : part.shape[2]]
+    return mask
+
+
+#: Bytes of output written per step of the fused normalisation pass (fits in a core's L2 cache).
+_NORMALISE_CHUNK_BYTES = 1 << 18
+
+
+def normalisation_range(raw: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    """(lo, hi) of :func:`normalise`: the 0.5th percentile of the image and the 99th inside the
+    head mask, both on a strided subsample of about 2 million voxels (every ``step``-th voxel per
+    axis; a 256 x 256 x 176 volume is read at step 2). Why a subsample: the exact percentiles need
+    a full partition of the volume, the subsample's differ from them by well under 1 % of the range
+    (docs/performance.md gives the measured tolerance), and the shipped models were trained on it.
+    Raises :class:`ScanError` for an image without range (constant)."""
+    step = max(1, int(np.ceil((raw.size / 2e6) ** (1 / 3))))
+    sub = np.ascontiguousarray(raw[::step, ::step, ::step])
+    lo = float(np.percentile(sub, 0.5))
+    fg = sub[mask[::step, ::step, ::step]]
+    hi = float(np.percentile(fg, 99)) if fg.size > 10 else float(np.percentile(sub, 99.5))
+    if not hi > lo:
+        hi = float(sub.max())
+    if not hi > lo:
+        raise ScanError("load", "image is constant (every voxel has the same value); nothing to assess")
+    return lo, hi
 
 
 def normalise(raw: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Robust intensity normalisation and the head mask it was computed with.
 
     Returns the normalised float32 image (0.5th percentile -> 0, 99th percentile in the head -> 1,
-    clipped to :data:`NORM_CLIP`) and the boolean mask.
+    clipped to :data:`NORM_CLIP`; :func:`normalisation_range`) and the boolean mask. ``raw`` may be
+    any strided view: the output is written in ``raw``'s memory order (Fortran order for a NIfTI
+    file, whatever the orientation) in one pass, slab by slab (copy, shift, scale and clip while
+    the slab is in cache), so it is the only whole-volume array made here.
     """
-    step = max(1, int(np.ceil((raw.size / 2e6) ** (1 / 3))))
-    sub = raw[::step, ::step, ::step]
-    lo = float(np.percentile(sub, 0.5))
     if mask is None:
         mask = head_mask(raw)
-    fg = raw[::step, ::step, ::step][mask[::step, ::step, ::step]]
-    hi = float(np.percentile(fg, 99)) if fg.size > 10 else float(np.percentile(sub, 99.5))
-    if not hi > lo:
-        hi = float(sub.max())
-    if not hi > lo:
-        raise ScanError("load", "image is constant (every voxel has the same value); nothing to assess")
-    out = raw.astype(np.float32, copy=True)
-    out -= np.float32(lo)
-    out *= np.float32(1.0 / (hi - lo))
-    np.clip(out, *NORM_CLIP, out=out)
+    lo, hi = normalisation_range(raw, mask)
+    # Same memory order as ``raw`` (a NIfTI file's is Fortran order): no transposition, and slabs
+    # along the outermost axis in memory are contiguous on both sides.
+    out = np.empty_like(raw, dtype=np.float32, order="K")
+    shift, scale = np.float32(lo), np.float32(1.0 / (hi - lo))
+    axis = int(np.argmax(np.abs(out.strides))) if out.ndim else 0
+    plane = max(1, out.size // max(1, out.shape[axis]) * 4)
+    rows = max(1, _NORMALISE_CHUNK_BYTES // plane)
+    index: list[Any] = [slice(None)] * out.ndim
+    for start in range(0, out.shape[axis], rows):
+        index[axis] = slice(start, start + rows)
+        part = out[tuple(index)]
+        np.copyto(part, raw[tuple(index)], casting="unsafe")
+        part -= shift
+        part *= scale
+        np.clip(part, *NORM_CLIP, out=part)
     return out, mask
+
+
+def canonical_view(img: Any, data: np.ndarray) -> tuple[np.ndarray, Any]:
+    """``data`` (the voxels of ``img`` in stored order) as a view in the closest canonical (RAS+)
+    orientation, and the canonical image header/affine holder.
+
+    Same result as ``nibabel.as_closest_canonical`` (orientation from ``io_orientation`` of the
+    affine, the affine and header updated the same way), but the voxels are only transposed and
+    flipped as a strided view, never copied: :func:`normalise` reads the view once and writes the
+    normalised image in the file's memory order (canonical axes, no transposition pass).
+    """
+    import nibabel as nib
+    from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation
+
+    ornt = io_orientation(img.affine)
+    if np.array_equal(ornt, [[0, 1], [1, 1], [2, 1]]):
+        return data, img
+    view = apply_orientation(data, ornt)
+    affine = img.affine.dot(inv_ornt_aff(ornt, data.shape))
+    # The canonical image is built around the view (no copy) only to get nibabel's header update.
+    canonical = img.__class__(view, affine, img.header)
+    if isinstance(canonical, (nib.Nifti1Image, nib.Nifti2Image)):
+        dims = [None if d is None else int(ornt[d, 0]) for d in img.header.get_dim_info()]
+        canonical.header.set_dim_info(*dims)
+    return view, canonical
 
 
 def load_volume(path: str | Path, max_voxels: int = MAX_VOXELS) -> Volume:
@@ -277,31 +349,46 @@ def load_volume(path: str | Path, max_voxels: int = MAX_VOXELS) -> Volume:
         )
 
     try:
-        img = nib.as_closest_canonical(img)
-        raw = np.asanyarray(img.dataobj, dtype=np.float32)
+        stored = np.asanyarray(img.dataobj, dtype=np.float32)
     except Exception as err:
         raise ScanError("load", f"{path.name}: could not read the voxel data ({type(err).__name__}: {err})") from err
-    raw = np.ascontiguousarray(raw.reshape(raw.shape[:3]))
+    always_finite = _always_finite(img)
+    raw, img = canonical_view(img, stored.reshape(stored.shape[:3]))
 
-    finite = np.isfinite(raw)
-    if not finite.all():
-        n_bad = int(raw.size - finite.sum())
-        if n_bad > 0.5 * raw.size:
-            raise ScanError("load", f"{path.name}: {n_bad:,} of {raw.size:,} voxels are NaN or Inf; no usable image")
-        raw[~finite] = 0.0
-        warnings.append(f"{n_bad:,} NaN/Inf voxels set to 0")
-    if float(raw.max()) == float(raw.min()):
-        raise ScanError("load", f"{path.name}: image is constant (every voxel is {float(raw.min()):g}); nothing to assess")
+    if not always_finite:
+        finite = np.isfinite(raw)
+        if not finite.all():
+            n_bad = int(raw.size - finite.sum())
+            if n_bad > 0.5 * raw.size:
+                raise ScanError("load", f"{path.name}: {n_bad:,} of {raw.size:,} voxels are NaN or Inf; no usable image")
+            raw[~finite] = 0.0
+            warnings.append(f"{n_bad:,} NaN/Inf voxels set to 0")
+        del finite
 
     # canonical reorientation permutes the axes: the voxel sizes follow
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3]) if all(
         np.isfinite(z) and z > 0 for z in img.header.get_zooms()[:3]
     ) else (1.0, 1.0, 1.0)
-    data, mask = normalise(raw)
+    try:
+        data, mask = normalise(raw)
+    except ScanError:
+        # The subsample saw one value; say so with the full image's range when it has none.
+        if float(raw.max()) == float(raw.min()):
+            raise ScanError("load", f"{path.name}: image is constant (every voxel is {float(raw.min()):g}); nothing to assess") from None
+        raise
     ratio = max(zooms) / min(zooms)
     slice_axis = int(np.argmax(zooms)) if ratio > ANISOTROPY_2D_RATIO else 2
     return Volume(raw=raw, data=data, mask=mask, zooms=zooms, affine=img.affine,  # type: ignore[arg-type]
                   slice_axis=slice_axis, warnings=warnings)
+
+
+def _always_finite(img: Any) -> bool:
+    """Whether every voxel read from ``img`` is finite without looking: integer storage with a
+    finite scale factor (most scanner output) cannot hold NaN or Inf, so the check pass is skipped."""
+    if img.get_data_dtype().kind not in "iub":
+        return False
+    slope, inter = img.header.get_slope_inter()
+    return all(v is None or np.isfinite(v) for v in (slope, inter))
 
 
 def _unreadable_message(path: Path, err: OSError) -> str:
@@ -423,9 +510,11 @@ def slices_to_square(data: np.ndarray, zooms: tuple[float, ...], axis: int, size
     extent = max(h * plane_zooms[0], w * plane_zooms[1])
     ph = max(h, int(round(extent / plane_zooms[0])))
     pw = max(w, int(round(extent / plane_zooms[1])))
-    t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[:, None]
     top, left = (ph - h) // 2, (pw - w) // 2
-    t = F.pad(t, (left, pw - w - left, top, ph - h - top))
+    # The slices are copied once, straight into the zero-padded stack (not copied, then padded).
+    padded = np.zeros((arr.shape[0], ph, pw), dtype=np.float32)
+    padded[:, top : top + h, left : left + w] = arr
+    t = torch.from_numpy(padded)[:, None]
     antialias = ph > size or pw > size
     t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=antialias)
     return t[:, 0].numpy()
@@ -494,10 +583,11 @@ def cube_at_spacing(
     import torch
     import torch.nn.functional as F
 
-    t = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))[None, None]
     kernel = [max(1, int(voxel_mm / z)) for z in zooms]
     if max(kernel) > 1:  # anti-aliasing: average blocks no larger than the target voxel
-        t = F.avg_pool3d(t, kernel_size=kernel, stride=kernel, ceil_mode=True)
+        t = pool_in_memory_order(data, kernel)
+    else:
+        t = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))[None, None]
     pooled_zooms = [z * k for z, k in zip(zooms, kernel, strict=True)]
     hits = [np.flatnonzero(mask.any(axis=tuple(b for b in range(3) if b != a))) for a in range(3)]
     if all(len(h) for h in hits):
@@ -519,6 +609,45 @@ def cube_at_spacing(
     grid = torch.stack([g2, g1, g0], dim=-1)[None]  # grid_sample wants (W, H, D) order
     out = F.grid_sample(t, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return out[0, 0].numpy()
+
+
+def pool_in_memory_order(data: np.ndarray, kernel: list[int]) -> Any:
+    """``avg_pool3d(data, kernel, stride=kernel, ceil_mode=True)`` as a C-contiguous (1, 1, ...)
+    float32 tensor, for ``data`` in any memory order (a loaded NIfTI's is Fortran order), without
+    a transposed copy of the whole volume.
+
+    The blocks are summed in torch's order (kernel offsets along axis 0, then 1, then 2, in
+    float32) and divided by the number of voxels in the block, so the result is bit-identical to
+    pooling a C-ordered copy; the work runs slab by slab along the axis that is outermost in
+    memory, so each slab is read from cache.
+    """
+    import torch
+
+    arr = np.asarray(data, dtype=np.float32)
+    shape = arr.shape
+    out_shape = tuple(-(-n // k) for n, k in zip(shape, kernel, strict=True))
+    # The sums are accumulated in ``arr``'s memory order (contiguous slabs), reordered at the end.
+    order = [int(a) for a in np.argsort([-abs(st) for st in arr.strides], kind="stable")]
+    out = np.zeros([out_shape[a] for a in order], dtype=np.float32).transpose(np.argsort(order))
+    # Voxels per block (blocks at the far edges are cut by the image border, as with ceil_mode).
+    counts = [np.minimum(k, n - np.arange(m) * k) for n, k, m in zip(shape, kernel, out_shape, strict=True)]
+    divisor = (counts[0][:, None, None] * counts[1][None, :, None] * counts[2][None, None, :]).astype(np.float32)
+    axis = int(np.argmax(np.abs(arr.strides)))
+    plane = max(1, arr.size // max(1, shape[axis]) * 4)
+    step = max(1, _NORMALISE_CHUNK_BYTES // (plane * kernel[axis]))
+    offsets = [(a, b, c) for a in range(kernel[0]) for b in range(kernel[1]) for c in range(kernel[2])]
+    for start in range(0, out_shape[axis], step):
+        stop = min(out_shape[axis], start + step)
+        out_index: list[Any] = [slice(None)] * 3
+        in_index: list[Any] = [slice(None)] * 3
+        out_index[axis] = slice(start, stop)
+        in_index[axis] = slice(start * kernel[axis], stop * kernel[axis])
+        block, acc = arr[tuple(in_index)], out[tuple(out_index)]
+        for off in offsets:
+            part = block[off[0] :: kernel[0], off[1] :: kernel[1], off[2] :: kernel[2]]
+            acc[: part.shape[0], : part.shape[1], : part.shape[2]] += part
+        acc /= divisor[tuple(out_index)]
+    return torch.from_numpy(np.ascontiguousarray(out))[None, None]
 
 
 def resample_to_cube(
