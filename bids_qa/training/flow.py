@@ -86,13 +86,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--artifacts", nargs="+", default=list(NEGATIVE_ARTIFACTS), help="artifacts simulated for negatives")
     p.add_argument("--output-scale", type=float, default=EncoderConfig().output_scale,
                    help="fixed factor on the encoder output (an inverse square-root temperature)")
-    p.add_argument("--synthetic", type=int, default=6, help="synthetic MNI-derived volumes added to training and reference")
+    p.add_argument("--synthetic", type=int, default=None,
+                   help="synthetic MNI-derived volumes added to training and reference (default 6; 0 with --reference-only)")
     p.add_argument("--flow-steps", type=int, default=FitConfig().steps, help="Adam steps of the reference flow fit")
     p.add_argument("--evaluate", action="store_true", help="evaluate on the validation split at the end")
     p.add_argument("--mask-same-level", action="store_true",
                    help="drop other-volume negatives at the query's own artifact level (see contrastive_loss)")
     p.add_argument("--both-motion-models", action="store_true",
                    help="simulate motion with TorchIO's model as well as our k-space one (50/50)")
+    p.add_argument("--reference-only", action="store_true",
+                   help="keep the encoder of --init, refit only the reference density (training/flow_reference.py)")
+    p.add_argument("--resolutions", nargs="*", default=["iso1.5", "iso2.5", "thick4"],
+                   help="with --reference-only: resolution variants of every reference volume")
+    p.add_argument("--exclude-folder", nargs="*", default=[],
+                   help="with --reference-only: leave these manifest folders out of the reference")
     return p
 
 
@@ -520,6 +527,12 @@ def main(argv: list[str] | None = None) -> int:
     from bids_qa.reports.figures import plot_m_plane
 
     argv, args, settings = loop.parse_run(build_parser, argv)
+    if args.reference_only:
+        from bids_qa.training.flow_reference import run_reference_only
+
+        return run_reference_only(args, settings, argv)
+    if args.synthetic is None:
+        args.synthetic = 6
     loop.limit_threads(settings.threads)
     enc_config = EncoderConfig(input_size=args.input_size, channels=tuple(args.channels), output_scale=args.output_scale)
     flow_config = FlowConfig()
