@@ -478,7 +478,11 @@ def _calibration(args: argparse.Namespace, volumes: list, result: dict[str, Any]
     if args.calibrate_write:
         from bids_qa import __version__
 
-        stamp = f"bids_qa {__version__}, {args.split} split, seed {args.seed}, {time.strftime('%Y-%m-%d')}"
+        stamp = (
+            f"bids_qa {__version__}, weights commit {cl.weights_commit()}, {args.split} split, "
+            f"seed {args.seed}, {time.strftime('%Y-%m-%d')}, `bids_qa evaluate --families "
+            f"--calibrate{' --calibrate-rows ' + Path(args.calibrate_rows).name if args.calibrate_rows else ''}`"
+        )
         cl.write_levels(res, args.calibrate_write, stamp)
     return cl.markdown(res)
 

@@ -87,15 +87,15 @@ def test_demo_runs_both_levels(tmp_path, capsys):
     assert t1.loc["sub-02_T1w", "iqm.fber"] < t1.loc["sub-01_T1w", "iqm.fber"] / 10
     assert (
         t1.loc["sub-02_T1w", "verdict"] in {"review", "fail"}
-        and "iqm.fber" in t1.loc["sub-02_T1w", "reasons"]
+        and "severity.score" in t1.loc["sub-02_T1w", "reasons"]
     )
     # one entry per flagged metric, " | "-separated, each explained in the scan's own numbers
     # (the combination rule's own reason names the families that agree instead)
     parts = t1.loc["sub-02_T1w", "reasons"].split(" | ")
     scores = [p for p in parts if "families agree" not in p]
     assert len(scores) >= 2 and all(" threshold " in p for p in scores)
-    fber = next(p for p in parts if p.startswith("evidence: iqm.fber"))  # kind, then the rule
-    assert "Dietrich SNR" in fber and "n/a" not in fber
+    sev = next(p for p in parts if p.startswith("evidence: severity.score"))  # kind, then the rule
+    assert "worst slice" in sev and "n/a" not in sev
     assert t1.loc["sub-01_T1w", "verdict"] == "pass"
     # the ghosted scan: energy spread into the background
     assert t2.loc["sub-02_T2w", "iqm.efc"] > t2.loc["sub-01_T2w", "iqm.efc"]

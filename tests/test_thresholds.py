@@ -21,23 +21,22 @@ from bids_qa.thresholds import (
 )
 
 
-def test_shipped_defaults_match_the_papers():
+def test_shipped_defaults_are_the_calibrated_levels():
+    """The levels derived by bids_qa.calibration_levels sit near the papers' cuts."""
     table = load_thresholds()
     sev = table.lookup("T1w", "severity.score")
-    assert (sev.review, sev.fail, sev.direction, sev.inclusive) == (
-        1.0,
-        None,
-        "higher_is_worse",
-        False,
-    )
+    assert 0.9 < sev.review < 1.1 and 2.0 < sev.fail < 3.0  # Hays: > 1 look; 2-3 moderate-severe
+    assert (sev.direction, sev.inclusive) == ("higher_is_worse", False)
     ssim = table.lookup("FLAIR", "ssim.ssim_mean")
-    assert (ssim.review, ssim.fail, ssim.direction) == (0.85, 0.6, "lower_is_worse")
-    tier = table.lookup("T2w", "tiers.tier")
-    assert (tier.review, tier.fail, tier.inclusive) == (2, None, True)  # advisory until validated
-    flow = table.lookup("PDw", "flow.flag_5pct")
-    assert (flow.review, flow.inclusive) == (1, True)
+    assert 0.78 < ssim.review < 0.86 and 0.55 < ssim.fail < 0.65  # Sciarra: 0.85 good, 0.6 rescan
+    assert ssim.direction == "lower_is_worse"
+    assert table.lookup("T2w", "tiers.tier") is None  # clean validation scans reach tier 3
+    assert table.lookup("PDw", "flow.flag_5pct") is None  # flow.percentile carries the level
+    flow = table.lookup("PDw", "flow.percentile")
+    assert 0 < flow.review < 1 and flow.fail is None and flow.direction == "lower_is_worse"
+    assert table.lookup("T1w", "iqm.fber") is None and table.lookup("T1w", "iqm.inu_range") is None
     assert table.lookup("T1w", "header.anisotropy") is None  # a fact: a note unless a user judges it
-    assert table.rule.agree == 2
+    assert table.rule.agree == 3
     assert table.lookup("T1w", "iqm.efc") is None
     raw = json.loads(default_thresholds_path().read_text(encoding="utf-8"))
     for contrast, entries in raw.items():
@@ -121,7 +120,7 @@ def test_user_file_is_merged_field_by_field(tmp_path):
     ssim = table.lookup("T1w", "ssim.ssim_mean")
     assert (ssim.review, ssim.fail, ssim.direction) == (
         0.9,
-        0.6,
+        load_thresholds().lookup("T1w", "ssim.ssim_mean").fail,
         "lower_is_worse",
     )  # fail/direction kept
     assert table.lookup("T1w", "severity.score") is None  # switched off
@@ -131,11 +130,11 @@ def test_user_file_is_merged_field_by_field(tmp_path):
     )
     t2_tier = table.lookup("T2w", "tiers.tier")
     assert (t2_tier.review, t2_tier.fail, t2_tier.inclusive) == (
-        2,
+        None,
         2.5,
         True,
     )  # based on the default entry
-    assert table.lookup("T1w", "tiers.tier").fail is None  # the default has no fail level
+    assert table.lookup("T1w", "tiers.tier") is None  # the default has no level
     assert (
         table.lookup("T2w", "header.anisotropy") is None
         and table.lookup("T1w", "header.anisotropy") is not None
@@ -179,21 +178,22 @@ def test_judge_verdict_reasons_and_rows(tmp_path):
     ]
     # the comparison, then the threshold's explanation filled from the same model's values
     # (names the model did not report read n/a)
+    ssim_fail = table.lookup("T1w", "ssim.ssim_mean").fail
     assert reasons[0]["message"].startswith(
-        "evidence: ssim.ssim_mean = 0.55 is below the fail threshold 0.6 (lower is worse): "
+        f"evidence: ssim.ssim_mean = 0.55 is below the fail threshold {ssim_fail:.4g} (lower is worse): "
         "lowest predicted SSIM 0.3 at slice n/a (5th percentile n/a)"
     )
     assert reasons[1]["message"] == (
         "fact: header.anisotropy = 5.5 is above the review threshold 2 (higher is worse)"
     )
-    assert reasons[0]["threshold"] == 0.6 and reasons[0]["value"] == 0.55
+    assert reasons[0]["threshold"] == ssim_fail and reasons[0]["value"] == 0.55
     by_key = {(r["model"], r["metric"]): r for r in rows}
     assert len(rows) == 8
     assert by_key[("severity", "score")] == {
         "model": "severity",
         "metric": "score",
         "value": 0.4,
-        "threshold": 1.0,
+        "threshold": table.lookup("T1w", "severity.score").review,
         "flag": "pass",
         "direction": "higher_is_worse",
     }
@@ -219,9 +219,10 @@ def test_per_contrast_override_applies_only_to_that_contrast(tmp_path):
     assert judge(scores, "T1w", table)[0] == "review"
 
 
-def test_inclusive_message_and_worst_flag():
+def test_inclusive_message_and_worst_flag(tmp_path):
     thr = Threshold(review=2, fail=3, inclusive=True)
-    verdict, reasons, _ = judge([ScanScores("tiers", {"tier": 2})], "T1w", load_thresholds())
+    table = load_thresholds(write_json(tmp_path / "t.json", {"default": {"tiers.tier": {"review": 2}}}))
+    verdict, reasons, _ = judge([ScanScores("tiers", {"tier": 2})], "T1w", table)
     assert (
         verdict == "review"
         and reasons[0]["message"]
@@ -248,7 +249,7 @@ def test_explanations_fill_in_the_scans_own_values(tmp_path):
     table = load_thresholds(
         write_json(
             tmp_path / "t.json",
-            {"default": {"flow.flag_5pct": {"explain": "only {percentile}% <b>{missing}</b>"}}},
+            {"default": {"flow.flag_5pct": {"review": 1, "explain": "only {percentile}% <b>{missing}</b>"}}},
         )
     )
     thr = table.lookup("T1w", "flow.flag_5pct")
@@ -258,11 +259,11 @@ def test_explanations_fill_in_the_scans_own_values(tmp_path):
         [ScanScores("flow", {"flag_5pct": 1, "percentile": 0.0, "m1": 1.5})], "T1w", table
     )
     assert reasons[0]["message"].endswith(": only 0% <b>n/a</b>")
-    shipped = load_thresholds()
+    with_tier = load_thresholds(write_json(tmp_path / "tier.json", {"default": {"tiers.tier": {"review": 2}}}))
     _, reasons, _ = judge(
         [ScanScores("tiers", {"tier": 3, "tier_reason": "noise: severe; motion: moderate"})],
         "T2w",
-        shipped,
+        with_tier,
     )
     assert reasons[0]["message"].endswith("graded noise: severe; motion: moderate")
     with pytest.raises(ThresholdError, match="explain must be text"):

@@ -18,6 +18,12 @@ from bids_qa.scoring import ScanScores
 from bids_qa.thresholds import judge_scan, load_thresholds
 
 
+def _write_levels(folder: Path, levels: dict) -> Path:
+    path = folder / "levels.json"
+    path.write_text(json.dumps({"default": levels}))
+    return path
+
+
 def _ellipsoid(shape=(60, 72, 60), radii=(26, 32, 24)) -> np.ndarray:
     grid = np.indices(shape).astype(float)
     centre = [(s - 1) / 2 for s in shape]
@@ -51,17 +57,18 @@ def test_user_can_still_judge_a_header_fact(tmp_path):
     assert out.reasons[0]["rule"] == "header.anisotropy > review level 2 (T1w)"
 
 
-def test_skull_stripped_phantom_gets_the_note_and_no_background_reason():
+def test_skull_stripped_phantom_gets_the_note_and_no_background_reason(tmp_path):
     brain = _ellipsoid().astype(np.float32) * 800.0  # ~1.6 l at 1.5 mm, exact zeros around
     zooms = (1.5, 1.5, 1.5)
     kind = input_kind.describe(brain, brain > 0, zooms)
     assert kind.skull_stripped and not kind.background_applicable and kind.processed
     scores = [
         ScanScores("iqm", {"fber": 1.0, "efc": 0.9}),  # would fail on a scan with air
-        ScanScores("flow", {"flag_5pct": 1, "percentile": 0.5}),
+        ScanScores("flow", {"flag_5pct": 1, "percentile": 0.0}),
         ScanScores("severity", {"score": 0.2}),
     ]
-    table = load_thresholds()
+    # FBER is not judged by default: give it a level to see that zeroed air is not judged
+    table = load_thresholds(_write_levels(tmp_path, {"iqm.fber": {"review": 30, "fail": 3}}))
     out = judge_scan(scores, "T1w", table, input_kind=kind)
     assert out.verdict == "pass"
     assert not [r for r in out.reasons if r["model"] == "iqm"]
@@ -83,28 +90,29 @@ def test_standard_grid_is_a_fact():
     assert kind.standard_grid == "MNI152 1 mm (FSL)"
 
 
-def test_two_families_at_review_fail_by_the_rule():
+def test_families_at_review_fail_by_the_rule():
     table = load_thresholds()
+    agree = table.rule.agree
+    assert agree == 3
     sev = table.lookup("T1w", "severity.score")
     ssim = table.lookup("T1w", "ssim.ssim_mean")
-    assert table.rule.agree == 2
-    between_sev = sev.review + 0.5 * ((sev.fail or sev.review + 1) - sev.review)
-    between_ssim = ssim.review - 0.5 * (ssim.review - (ssim.fail or ssim.review - 0.1))
-    one = judge_scan([ScanScores("severity", {"score": between_sev})], "T1w", table)
-    assert one.verdict == "review"
-    two = judge_scan(
-        [ScanScores("severity", {"score": between_sev}), ScanScores("ssim", {"ssim_mean": between_ssim})],
-        "T1w",
-        table,
-    )
-    assert two.verdict == "fail" and two.reasons[0]["model"] == "rule"
-    assert "2 families agree" in two.reasons[0]["message"]
+    flow = table.lookup("T1w", "flow.percentile")
+    at_review = [
+        ScanScores("severity", {"score": (sev.review + sev.fail) / 2}),
+        ScanScores("ssim", {"ssim_mean": (ssim.review + ssim.fail) / 2}),
+        ScanScores("flow", {"percentile": flow.review / 2}),
+    ]
+    for n in range(1, agree):
+        assert judge_scan(at_review[:n], "T1w", table).verdict == "review"
+    out = judge_scan(at_review[:agree], "T1w", table)
+    assert out.verdict == "fail" and out.reasons[0]["model"] == "rule"
+    assert f"{agree} families agree" in out.reasons[0]["message"]
 
 
 def test_shipped_file_has_no_header_levels_and_a_rule():
     raw = json.loads((Path(input_kind.__file__).parent / "data" / "thresholds.json").read_text())
     assert not any(k.startswith("header.") for k in raw["default"])
-    assert raw["rule"]["agree"] == 2 and raw["rule"]["justification"]
+    assert raw["rule"]["agree"] == 3 and raw["rule"]["justification"]
 
 
 def test_clinical_2d_scan_without_artifacts_passes(mni_1x1x4):
