@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from bids_qa.artifacts import (
-    ARTIFACTS_003,
+    TIER_ARTIFACTS,
     ArtifactLabel,
     apply_artifact,
     draw_seed,
@@ -23,16 +23,16 @@ from bids_qa.artifacts import (
 from bids_qa.iqm_formulas import RAYLEIGH_STD_TO_SIGMA
 
 TIER_LEVELS = ("none", "moderate", "severe")
-#: Paper 003, Table 3 (TorchIO RandomMotion): rotation / translation magnitude ranges and 4 motion
+#: Loizillon et al., Table 3 (TorchIO RandomMotion): rotation / translation magnitude ranges and 4 motion
 #: events (``num_transforms``). Every component gets a random sign (TorchIO draws U(a, b) per axis).
 TIER_MOTION = {
     "moderate": {"degrees": (2.0, 4.0), "translation_mm": (2.0, 4.0)},
     "severe": {"degrees": (5.0, 8.0), "translation_mm": (5.0, 8.0)},
 }
 TIER_MOTION_EVENTS = 4
-#: Paper 003, Table 3 (TorchIO RandomGamma): log-gamma ``beta`` ranges; the image becomes I^exp(beta).
+#: Loizillon et al., Table 3 (TorchIO RandomGamma): log-gamma ``beta`` ranges; the image becomes I^exp(beta).
 TIER_CONTRAST_LOG_GAMMA = {"moderate": (-0.2, -0.05), "severe": (-0.45, -0.3)}
-#: Paper 003's mean SNRs of its simulated moderate and severe noise.
+#: Loizillon et al.'s mean SNRs of its simulated moderate and severe noise.
 TIER_SNR_TARGETS = {"moderate": 38.0, "severe": 27.0}
 #: Rician noise std ranges on our normalised scale, calibrated (see ``docs/simulation.md``) so that the mean :func:`estimate_snr` over the training volumes
 #: is 38 (moderate) and 27 (severe). Adjacent ranges of equal width, like the paper's [5, 15]
@@ -55,7 +55,7 @@ def snr_components(image: np.ndarray, mask: np.ndarray, margin: int = 5) -> tupl
     Notes
     -----
     signal = mean of the head voxels brighter than the head median (a segmentation-free stand-in
-    for the bright tissue, e.g. white matter on T1w, which paper 003 uses); air std = standard
+    for the bright tissue, e.g. white matter on T1w, which Loizillon et al. uses); air std = standard
     deviation of the background estimated robustly from the median of the non-zero air voxels
     (more than ``margin`` voxels outside the head mask) assuming Rayleigh-distributed magnitude
     noise: ``std = sqrt(2 - pi/2) * median / sqrt(2 ln 2)``. Zeros are skipped because many
@@ -85,7 +85,7 @@ def snr_components(image: np.ndarray, mask: np.ndarray, margin: int = 5) -> tupl
 def estimate_snr(image: np.ndarray, mask: np.ndarray, margin: int = 5) -> float:
     """Signal-to-noise ratio as we define it for the noise tiers: bright-tissue mean / air std.
 
-    Same form as paper 003's ``mean(WM) / std(air)`` (eq. 2) without a segmentation; see
+    Same form as Loizillon et al.'s ``mean(WM) / std(air)`` (eq. 2) without a segmentation; see
     :func:`snr_components`. Pass the mask of the *clean* image when measuring a noisy copy.
     """
     signal, air_std = snr_components(image, mask, margin)
@@ -99,7 +99,7 @@ def estimate_snr(image: np.ndarray, mask: np.ndarray, margin: int = 5) -> float:
 def sample_tier_params(
     artifact: str, level: str, rng: np.random.Generator, *, ndim: int = 2
 ) -> dict:
-    """Parameters of a paper-003 tier draw (Table 3) for ``apply_artifact(image, artifact, params)``.
+    """Parameters of a Loizillon et al. tier draw (Table 3) for ``apply_artifact(image, artifact, params)``.
 
     Parameters
     ----------
@@ -110,8 +110,8 @@ def sample_tier_params(
     ndim
         2 for slices (motion by our k-space model, in-plane poses), 3 for volumes (tio.Motion).
     """
-    if artifact not in ARTIFACTS_003:
-        raise ValueError(f"tier artifacts are {ARTIFACTS_003}, not {artifact!r}")
+    if artifact not in TIER_ARTIFACTS:
+        raise ValueError(f"tier artifacts are {TIER_ARTIFACTS}, not {artifact!r}")
     if level not in TIER_LEVELS:
         raise ValueError(f"tier level must be one of {TIER_LEVELS}, not {level!r}")
     if ndim not in (2, 3):
@@ -150,12 +150,12 @@ def simulate_tier(
     rng: np.random.Generator,
     zooms: Sequence[float] | None = None,
 ) -> tuple[np.ndarray, ArtifactLabel]:
-    """Draw a paper-003 tier artifact, apply it, and label it (``label.level`` set; SS from
+    """Draw a Loizillon et al. tier artifact, apply it, and label it (``label.level`` set; SS from
     :func:`severity_of`; level ``"none"`` gives a clean copy labelled ``artifact="none"``)."""
     image = np.asarray(image)
     if level == "none":
-        if artifact not in ARTIFACTS_003:
-            raise ValueError(f"tier artifacts are {ARTIFACTS_003}, not {artifact!r}")
+        if artifact not in TIER_ARTIFACTS:
+            raise ValueError(f"tier artifacts are {TIER_ARTIFACTS}, not {artifact!r}")
         return image.astype(np.float32, copy=True), ArtifactLabel("none", 0.0, {}, level="none")
     params = sample_tier_params(artifact, level, rng, ndim=image.ndim)
     out = apply_artifact(image, artifact, params, zooms)

@@ -9,7 +9,7 @@ is driven by a ``seed`` stored in the params, through a local generator: global 
 state is never touched. :func:`simulate` does both and returns an :class:`ArtifactLabel` that
 :func:`replay` turns back into the same image.
 
-Artifacts of paper 000 (Table 1) and their severity score (SS, 0 = clean, 1 = worst simulated):
+Artifacts of Hays et al. (Table 1) and their severity score (SS, 0 = clean, 1 = worst simulated):
 
 ============  ========================================  ==========================================
 artifact      parameters drawn (uniform)                SS
@@ -46,10 +46,10 @@ import numpy as np
 
 from bids_qa.kspace_motion import kspace_motion_2d
 
-#: The single artifacts of paper 000 plus our motion.
-ARTIFACTS_000 = ("noise", "ghosting", "bias", "anisotropy", "motion")
-#: Artifacts of the paper-003 tiers (motion, noise, poor contrast).
-ARTIFACTS_003 = ("motion", "noise", "contrast")
+#: The single artifacts of Hays et al. plus our motion.
+SEVERITY_ARTIFACTS = ("noise", "ghosting", "bias", "anisotropy", "motion")
+#: Artifacts of the Loizillon et al. tiers (motion, noise, poor contrast).
+TIER_ARTIFACTS = ("motion", "noise", "contrast")
 #: Every artifact :func:`apply_artifact` knows.
 ARTIFACTS = ("noise", "ghosting", "bias", "anisotropy", "motion", "contrast")
 #: Order in which combined artifacts are applied: object/contrast first, then the coil field, the
@@ -57,7 +57,7 @@ ARTIFACTS = ("noise", "ghosting", "bias", "anisotropy", "motion", "contrast")
 #: measured signal, so nothing after it should smooth it).
 COMBINATION_ORDER = ("contrast", "bias", "motion", "ghosting", "anisotropy", "noise")
 
-# Paper 000, Table 1 ranges.
+# Hays et al., Table 1 ranges.
 NOISE_STD_RANGE = (0.005, 0.2)
 GHOST_NUM_RANGE = (2, 10)
 GHOST_INTENSITY_RANGE = (0.2, 1.5)
@@ -69,13 +69,13 @@ BIAS_ORDER = 3
 #: 10-90%: 0.43-0.96 c) or 0.88 c (3D). We scale every draw to exactly 0.7 c so that SS tracks
 #: the visible strength instead of the luck of the draw.
 BIAS_LOG_STD_PER_COEF = 0.7
-# Motion: our SS reaches 1 at 8 degrees or 8 mm (paper 003's most severe motion).
+# Motion: our SS reaches 1 at 8 degrees or 8 mm (Loizillon et al.'s most severe motion).
 MOTION_FULL_DEG = 8.0
 MOTION_FULL_MM = 8.0
 MOTION_EVENTS_RANGE = (1, 4)
 #: Motion events happen within this part of the acquisition (fractions of k-space lines).
 MOTION_TIME_RANGE = (0.3, 0.7)
-#: Our SS for poor contrast: |log gamma| / 0.45 (paper 003's most severe beta).
+#: Our SS for poor contrast: |log gamma| / 0.45 (Loizillon et al.'s most severe beta).
 CONTRAST_FULL_LOG_GAMMA = 0.45
 
 #: Monomials of TorchIO's BiasField polynomial, in TorchIO's coefficient order.
@@ -101,7 +101,7 @@ class ArtifactLabel:
         Every drawn parameter (JSON-serialisable); for a combination
         ``{"components": [{"artifact", "severity", "params"}, ...]}`` in application order.
     level
-        ``"none"``, ``"moderate"`` or ``"severe"`` for paper-003 tier draws, else None.
+        ``"none"``, ``"moderate"`` or ``"severe"`` for Loizillon et al. tier draws, else None.
     """
 
     artifact: str
@@ -148,7 +148,7 @@ def severity_of(artifact: str, params: dict) -> float:
 
     Notes
     -----
-    Paper 000, Table 1: noise ``(std - 0.005) / 0.195``; ghosting
+    Hays et al., Table 1: noise ``(std - 0.005) / 0.195``; ghosting
     ``((intensity - 0.2) + num_ghosts / 10) / 2.3``; bias ``(c - 0.01) / 0.29``; anisotropy
     ``(scale - 1) / 3``. Ours: motion ``max(max|angle| / 8 deg, max|translation| / 8 mm)`` over
     all poses; contrast ``|log gamma| / 0.45``. All are clipped to [0, 1], so identity

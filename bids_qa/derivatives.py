@@ -271,7 +271,7 @@ def log_path(out_dir: str | os.PathLike[str], level: str) -> Path:
 
 
 def write_ruler_images(paths: ScanPaths, model: str, images: np.ndarray) -> list[str]:
-    """Write a ruler's versions (paper 004) as 8-bit PNGs in the scan's figures folder, atomically.
+    """Write a ruler's versions (the image-ruler paper) as 8-bit PNGs in the scan's figures folder, atomically.
 
     Returns the paths relative to the scan's output folder, in ruler order, for the JSON sidecar.
     Grey levels map the normalised intensity range [0, 1.2] to [0, 255], the same window for every

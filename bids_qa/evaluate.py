@@ -3,7 +3,7 @@
 For every installed model family it prints (and saves as JSON + Markdown) the figures the papers
 report, so ours can sit beside theirs:
 
-- severity (paper 000, Table 2 layout): mean +- sd of the volume score per artifact and severity
+- severity (Hays et al., Table 2 layout): mean +- sd of the volume score per artifact and severity
   level, Spearman correlation of score with SS per artifact, clean-scan statistics, and the
   classical IQMs (CJV, CNR, EFC, FBER, SNR) on the same corrupted scans;
 - tiers, ssim, flow: each family's own evaluation function (``evaluate_*`` in
@@ -34,7 +34,7 @@ IQM_COLUMNS = ("cjv", "cnr", "efc", "fber", "snr_total")
 EXTRA_IQM_COLUMNS = ("inu_range", "inu_cv")
 FAMILIES = ("severity", "tiers", "ssim", "flow")
 
-#: Paper 000, Table 2 ("Ours" column) and paper-reported reference figures for the other families.
+#: Hays et al., Table 2 ("Ours" column) and paper-reported reference figures for the other families.
 PAPER_000_TABLE2 = {
     "none": (0.0, "0.17 ± 0.47"),
     "bias": (0.1, "0.01 ± 0.03"),
@@ -153,7 +153,7 @@ def evaluate_severity(
     rows: list[dict[str, Any]] = []
     for v_index, (entry, vol) in enumerate(volumes):
         cases: list[tuple[str, float]] = [("none", 0.0)] + [
-            (a, s) for a in artifacts.ARTIFACTS_000 for s in levels
+            (a, s) for a in artifacts.SEVERITY_ARTIFACTS for s in levels
         ]
         for c_index, (artifact, ss) in enumerate(cases):
             rng = np.random.default_rng([seed, v_index, c_index])
@@ -209,7 +209,7 @@ def summarise_severity(rows: list[dict[str, Any]], levels: tuple[float, ...]) ->
     out["spearman_score_change"] = {}
     out["spearman_within_scan"] = {}
     out["table"] = {}
-    for a in artifacts.ARTIFACTS_000:
+    for a in artifacts.SEVERITY_ARTIFACTS:
         sel = [r for r in rows if r["artifact"] in ("none", a)]
         out["spearman"][a] = spearman([r["ss"] for r in sel], [r["score"] for r in sel])
         if all("volume" in r for r in sel):
@@ -245,7 +245,7 @@ def severity_markdown(summary: dict[str, Any]) -> str:
         return "—" if not c else f"{c['mean']:.3g} ± {c['sd']:.2g}"
 
     lines = [
-        "### Severity (paper 000, Table 2 layout)",
+        "### Severity (Hays et al., Table 2 layout)",
         "",
         "| artifact | SS | CJV | CNR | EFC | FBER | SNR | ours (score) | n |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -305,7 +305,7 @@ def severity_markdown(summary: dict[str, Any]) -> str:
         f"{100 * summary['clean_fraction_le_1']:.1f}% <= 1.0 (n = {summary['n_volumes']}); "
         f"SS >= 0.5: {100 * summary['ss_ge_0.5_fraction_gt_1']:.1f}% of volumes > 1.0.",
         "",
-        "Paper 000, Table 2 (OASIS, N = 20 per row, 'Ours'): "
+        "Hays et al., Table 2 (OASIS, N = 20 per row, 'Ours'): "
         + "; ".join(f"{a} SS {s}: {v}" for a, (s, v) in PAPER_000_TABLE2.items()),
         "",
     ]
@@ -315,7 +315,7 @@ def severity_markdown(summary: dict[str, Any]) -> str:
 def benchmark_flow(
     data_dir: str, split: str, seed: int, device: str, weights: str | None = None
 ) -> dict[str, Any]:
-    """Paper 001's figures: sensitivity / specificity of the reference-density flags."""
+    """Zuo et al.'s figures: sensitivity / specificity of the reference-density flags."""
     from bids_qa.models.flow import FlowScorer
     from bids_qa.training.data import clean_volumes
     from bids_qa.training.flow import evaluate_flow
@@ -325,7 +325,7 @@ def benchmark_flow(
         FlowScorer(device=device, weights=weights), volumes, np.random.default_rng(seed)
     )
     lines = [
-        "### Flow density (paper 001)",
+        "### Flow density (Zuo et al.)",
         "",
         "| level | sensitivity | specificity | paper (real data) |",
         "|---|---|---|---|",
@@ -360,7 +360,7 @@ def benchmark_flow(
 def benchmark_tiers(
     data_dir: str, split: str, seed: int, device: str, weights: str | None = None
 ) -> dict[str, Any]:
-    """Paper 003's figures: balanced accuracy of each task and of the tier splits."""
+    """Loizillon et al.'s figures: balanced accuracy of each task and of the tier splits."""
     from bids_qa.evaluate_tiers import evaluate_weights
     from bids_qa.models.weights import packaged_weights
 
@@ -374,7 +374,7 @@ def benchmark_tiers(
     paper = {"motion": (99.54, 100.0), "noise": (87.35, 97.78), "contrast": (90.17, 97.57)}
     noise_def = "noise added to the model's input cube"
     lines = [
-        "### Tiers (paper 003, synthetic test set)",
+        "### Tiers (Loizillon et al., synthetic test set)",
         "",
         f"Weights {res.get('weights_version', '?')}; noise grades: {noise_def} (the weights' own "
         "definition).",
@@ -410,7 +410,7 @@ def benchmark_tiers(
 def benchmark_ssim(
     data_dir: str, split: str, seed: int, device: str, n: int = 2000, weights: str | None = None
 ) -> dict[str, Any]:
-    """Paper 002's figures: residual mean and sd, accuracy for 3, 5 and 10 SSIM classes."""
+    """Sciarra et al.'s figures: residual mean and sd, accuracy for 3, 5 and 10 SSIM classes."""
     from bids_qa.models.ssim import SSIMScorer
     from bids_qa.training.data import clean_volumes
     from bids_qa.training.ssim import evaluate_ssim
@@ -423,7 +423,7 @@ def benchmark_ssim(
         n=n,
     )
     lines = [
-        "### SSIM (paper 002)",
+        "### SSIM (Sciarra et al.)",
         "",
         "| figure | ours | paper (best) |",
         "|---|---|---|",

@@ -1,4 +1,4 @@
-"""Group level of the flow family (paper 001): refit the density on this dataset's own scans.
+"""Group level of the flow family (Zuo et al.): refit the density on this dataset's own scans.
 
 Reads only the ``flow.m1``/``flow.m2`` columns the participant level wrote (never images). With at
 least :data:`bids_qa.models.flow.MIN_GROUP_SCANS` scans of a contrast the density is refit on them and
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 DATASET_COLUMNS = {
-    "flow.dataset_log_density": "Log density of the scan's m under a flow refit on this dataset's scans of this contrast (paper 001); empty when the dataset has too few scans.",
+    "flow.dataset_log_density": "Log density of the scan's m under a flow refit on this dataset's scans of this contrast (Zuo et al.); empty when the dataset has too few scans.",
     "flow.dataset_percentile": "Percentile of that density among this dataset's scans of this contrast.",
     "flow.dataset_flag_5pct": "1 when the density lies below the dataset's own 5% density level, else 0.",
     "flow.dataset_flag_3pct": "1 when the density lies below the dataset's own 3% density level, else 0.",
@@ -75,7 +75,7 @@ def apply_dataset_refit(table, figure_path: Path, seed: int = 0) -> dict[str, An
             "density": "dataset",
             "n_scans": int(finite.sum()),
             "seed": seed,
-            "message": f"density refit on this dataset's {int(finite.sum())} scans (paper 001)",
+            "message": f"density refit on this dataset's {int(finite.sum())} scans (Zuo et al.)",
         }
         density = flow.refit_flow(m[finite], seed=seed)
     if finite.any():

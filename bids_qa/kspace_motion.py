@@ -1,4 +1,4 @@
-"""Segmented k-space rigid motion for 2D slices (the second motion model of paper 002).
+"""Segmented k-space rigid motion for 2D slices (the second motion model of Sciarra et al.).
 
 A 2D slice is acquired one phase-encode line of k-space at a time. If the head moves at some
 point during the acquisition, the lines acquired after that moment see the head in its new

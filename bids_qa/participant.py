@@ -79,7 +79,7 @@ def _ruler_json(
     result: ScanScores, paths: deriv.ScanPaths, used: dict[str, Any], write_images: bool,
     suffix: str | None = None,
 ) -> dict[str, Any]:
-    """A scorer's ruler (paper 004) as JSON, with the threshold in force (defaults or the user's
+    """A scorer's ruler (the image-ruler paper) as JSON, with the threshold in force (defaults or the user's
     file) placed on it and, when reports are made, its images written next to the report."""
     ruler = result.ruler
     key = f"{result.scorer}.{ruler.metric}"

@@ -1,7 +1,7 @@
-"""Image rulers (Zhang et al.): one slice at graded artifact levels, scored by the model.
+"""Image rulers (the image-ruler paper): one slice at graded artifact levels, scored by the model.
 
-A ruler makes a model's number visual: "this scan scores like version 5 of the ruler". Zhang et
-al. use a reference scan of the same body part and contrast; we build the ruler from the scan's own
+A ruler makes a model's number visual: "this scan scores like version 5 of the ruler". The image-ruler
+paper uses a reference scan of the same body part and contrast; we build the ruler from the scan's own
 central slice (in the plane the model reads), which is by construction the same contrast, scanner
 and anatomy and costs eight extra slices through the model.
 
@@ -14,7 +14,7 @@ intensities otherwise (:func:`painted_reference`). :meth:`Ruler.for_display` kee
 ruler when its first level is on the acceptable side of the threshold and switches to the
 reference otherwise, saying which one the report shows.
 
-The ruler score is ``RS = argmin_v |D(x_r[v]) - D(x_test)|`` (paper 004, Eq. 5); the threshold's
+The ruler score is ``RS = argmin_v |D(x_r[v]) - D(x_test)|`` (the image-ruler paper, Eq. 5); the threshold's
 position on the ruler is where the ruler's model outputs cross the threshold, so a user can see which
 version is the last acceptable one.
 """
@@ -28,7 +28,7 @@ import numpy as np
 
 from bids_qa.volume import Volume
 
-#: Number of ruler versions (Zhang et al. use m_r = 8).
+#: Number of ruler versions (the image-ruler paper uses m_r = 8).
 RULER_LEVELS = 8
 #: Tissue intensities (CSF, GM, WM, scalp; head 99th percentile about 1) of the painted references.
 PAINT = {"T2": (1.0, 0.55, 0.38, 0.5), "FLAIR": (0.12, 0.78, 0.55, 0.5)}
@@ -84,7 +84,7 @@ class Ruler:
 
     @property
     def ruler_score(self) -> int:
-        """Index of the ruler version whose output is nearest the scan's (paper 004, Eq. 5)."""
+        """Index of the ruler version whose output is nearest the scan's (the image-ruler paper, Eq. 5)."""
         return int(np.argmin(np.abs(self.scores - self.scan_value)))
 
     @property

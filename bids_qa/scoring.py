@@ -34,7 +34,7 @@ class ScanScores:
     slice_axis
         Axis the per-slice values run along.
     ruler
-        Optional :class:`bids_qa.rulers.Ruler` (paper 004) for the scorer's headline metric; the
+        Optional :class:`bids_qa.rulers.Ruler` (the image-ruler paper) for the scorer's headline metric; the
         pipeline writes its images and records its levels in the scan's JSON sidecar.
     """
 

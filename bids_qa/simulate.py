@@ -50,7 +50,7 @@ PATH_PATTERN = (
 
 @dataclass(frozen=True)
 class Level:
-    """One requested level: an SS in [0, 1], a paper-003 tier, or a uniform random draw."""
+    """One requested level: an SS in [0, 1], a Loizillon et al. tier, or a uniform random draw."""
 
     text: str
     severity: float | None = None
@@ -225,9 +225,9 @@ def draw(
 
     names = artifact.split("+")
     if level.tier is not None:
-        bad = [n for n in names if n not in A.ARTIFACTS_003]
+        bad = [n for n in names if n not in A.TIER_ARTIFACTS]
         if bad:
-            raise ValueError(f"tier levels exist only for {A.ARTIFACTS_003}, not {bad}")
+            raise ValueError(f"tier levels exist only for {A.TIER_ARTIFACTS}, not {bad}")
     if len(names) == 1:
         if level.tier is not None:
             params = artifact_tiers.sample_tier_params(artifact, level.tier, rng, ndim=3)
@@ -302,7 +302,7 @@ TABLE_DESCRIPTION = {
     "path": "output file, relative to this dataset",
     "source": "clean input file, relative to the input folder",
     "artifact": "artifact name, names joined by '+' for combinations, 'none' for the clean copy",
-    "level": "requested level: severity score, 'moderate'/'severe' (paper-003 tiers) or 'random'",
+    "level": "requested level: severity score, 'moderate'/'severe' (Loizillon et al. tiers) or 'random'",
     "severity": "severity score SS in [0, 1] of the drawn parameters (see docs/simulation.md)",
     "severity_damage": "damage-based SS in [0, 1]: the damage below through the artifact's "
     "calibration (bids_qa.damage; docs/simulation.md)",
@@ -335,13 +335,13 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=None,
         help="artifacts to simulate: noise ghosting bias anisotropy motion contrast, or combinations "
-        "such as bias+noise (default: the five of paper 000)",
+        "such as bias+noise (default: the five of Hays et al.)",
     )
     parser.add_argument(
         "--levels",
         nargs="+",
         default=list(DEFAULT_LEVELS),
-        help="severity scores in [0, 1], 'moderate'/'severe' (paper-003 tiers, for motion, noise, "
+        help="severity scores in [0, 1], 'moderate'/'severe' (Loizillon et al. tiers, for motion, noise, "
         f"contrast) or 'random' (default: {' '.join(DEFAULT_LEVELS)})",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of every draw (default 0)")
@@ -390,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         return _usage(
             parser, f"output {out} must lie outside the clean dataset {clean} (and not contain it)"
         )
-    artifacts = args.artifacts or list(A.ARTIFACTS_000)
+    artifacts = args.artifacts or list(A.SEVERITY_ARTIFACTS)
     for art in artifacts:
         bad = [n for n in art.split("+") if n not in A.ARTIFACTS]
         if bad:
@@ -406,10 +406,10 @@ def main(argv: list[str] | None = None) -> int:
         return _usage(parser, err.message)
     for art in artifacts:
         for lvl in levels:
-            if lvl.tier and any(n not in A.ARTIFACTS_003 for n in art.split("+")):
+            if lvl.tier and any(n not in A.TIER_ARTIFACTS for n in art.split("+")):
                 return _usage(
                     parser,
-                    f"tier level {lvl.text!r} exists only for {', '.join(A.ARTIFACTS_003)}, not {art!r}",
+                    f"tier level {lvl.text!r} exists only for {', '.join(A.TIER_ARTIFACTS)}, not {art!r}",
                 )
     try:
         found = discover(clean, participant_label=labels)
@@ -461,7 +461,7 @@ def _write_dataset_files(out: Path, clean: Path, args: argparse.Namespace) -> No
             {
                 "Name": "bids_qa simulate",
                 "Version": __version__,
-                "Description": f"artifacts {args.artifacts or 'paper-000 set'}, levels {args.levels}, seed {args.seed}",
+                "Description": f"artifacts {args.artifacts or 'Hays et al. set'}, levels {args.levels}, seed {args.seed}",
             }
         ],
         "SourceDatasets": [{"URL": clean.as_uri()}],

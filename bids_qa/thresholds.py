@@ -11,7 +11,7 @@ gives only ``review`` keeps the shipped ``fail`` and ``direction``; ``null`` for
 switches that threshold off; ``null`` for ``review`` or ``fail`` removes that level. Keys starting
 with ``_`` are comments.
 
-Comparison rule (why it is explicit): the papers state their cuts differently (paper 000 flags
+Comparison rule (why it is explicit): the papers state their cuts differently (Hays et al. flags
 ``> 1``; tiers flag ``>= 2``; the SSIM scheme calls ``>= 0.85`` good). A threshold therefore says
 whether equality counts: ``higher_is_worse`` flags ``value > threshold`` (``>=`` when
 ``inclusive``), ``lower_is_worse`` flags ``value < threshold`` (``<=`` when ``inclusive``).

@@ -24,7 +24,7 @@ def phantom(shape=(40, 44, 36)):
     return img.astype(np.float32), r < 1.0
 
 
-@pytest.mark.parametrize("artifact", A.ARTIFACTS_000)
+@pytest.mark.parametrize("artifact", A.SEVERITY_ARTIFACTS)
 def test_damage_rises_with_visible_change(artifact):
     img, mask = phantom()
     damages, labels, changes = [], [], []
@@ -55,7 +55,7 @@ def test_unchanged_image_has_no_damage():
 def test_calibration_is_monotone_and_bounded():
     cal = packaged_calibration()
     for dim in ("2d", "3d"):
-        for artifact in (*A.ARTIFACTS_000, "bias+noise", "contrast"):
+        for artifact in (*A.SEVERITY_ARTIFACTS, "bias+noise", "contrast"):
             d = np.linspace(0, 1.2, 50)
             ss = [damage_severity(artifact, float(v), int(dim[0]), cal) for v in d]
             assert ss[0] == 0.0 and ss[-1] == 1.0

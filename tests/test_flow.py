@@ -1,4 +1,4 @@
-"""Tests of the flow-density family (paper 001): RealNVP maths, fitting, group refit, scorer."""
+"""Tests of the flow-density family (Zuo et al.): RealNVP maths, fitting, group refit, scorer."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Group-level flow refit (paper 001): dataset density when the contrast has enough scans."""
+"""Group-level flow refit (Zuo et al.): dataset density when the contrast has enough scans."""
 
 from __future__ import annotations
 

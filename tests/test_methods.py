@@ -32,12 +32,12 @@ def test_paragraph_cites_only_what_ran(tmp_path):
     assert "2 T1w scan(s) of 2 subjects" in text and "bids_qa 9.9.9" in text
     assert "Hays et al., 2025" in text and "Loizillon" not in text
     assert cited[:2] == ["esteban2017", "atkinson1997"] and "hays2025" in cited
-    assert "zhang_rulers" in cited and "thresholds.json" in text
+    assert "image_rulers" in cited and "thresholds.json" in text
     assert "severity 0.1" in text
     full = methods_text(tmp_path)
     assert "FLAIR and T1w" in full and REFERENCES["loizillon2024"] in full
     numbered = [line for line in full.splitlines() if line[:1].isdigit()]
-    assert len(numbered) == len(set(numbered)) == 10  # 7 IQM papers, Hays, Zhang, Loizillon
+    assert len(numbered) == len(set(numbered)) == 10  # 7 IQM papers, Hays, the image-ruler paper, Loizillon
 
 
 def test_methods_command(tmp_path, capsys):

@@ -218,11 +218,11 @@ def make_derivatives(root: Path, with_rulers: bool = True) -> dict:
     write_png(out / "group_T1w_flow_density.png", 90, size=48)
     (out / "group_T1w.json").write_text(json.dumps({
         "suffix": "T1w", "n_scans": len(group_rows),
-        "columns": {"severity.score": "artifact severity (paper 000)",
+        "columns": {"severity.score": "artifact severity (Hays et al.)",
                     "ssim.ssim": "predicted SSIM to a motion-free slice"},
         "thresholds": {**THRESHOLDS, "iqm.fber": FBER_THRESHOLDS, "tiers.tier": {"review": 2, "fail": 3, "inclusive": True,
                                                     "direction": "higher_is_worse",
-                                                    "description": "quality tier (paper 003)"}},
+                                                    "description": "quality tier (Loizillon et al.)"}},
         "flow_density": {"image": "group_T1w_flow_density.png", "extent": [-4.0, 4.0, -4.0, 4.0]},
         "provenance": {
             "thresholds": {"origin": "calibrated from ratings", "sources": ["/data/thresholds_calibrated.json"],

@@ -1,4 +1,4 @@
-"""Severity model (paper 000): architecture, loss, training, shipped weights."""
+"""Severity model (Hays et al.): architecture, loss, training, shipped weights."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests of the SSIM-regression family (paper 002): classes, scorer outputs, shipped weights, training.
+"""Tests of the SSIM-regression family (Sciarra et al.): classes, scorer outputs, shipped weights, training.
 
 Data: the MNI template nilearn ships (offline) as a clean phantom; no file from the shared data set.
 """

@@ -50,7 +50,7 @@ def test_shipped_defaults_are_the_calibrated_levels():
 @pytest.mark.parametrize(
     ("spec", "value", "expected"),
     [
-        ({"review": 1.0}, 1.0, ("pass", 1.0)),  # paper 000: <= 1 usable
+        ({"review": 1.0}, 1.0, ("pass", 1.0)),  # Hays et al.: <= 1 usable
         ({"review": 1.0}, 1.0001, ("review", 1.0)),
         ({"review": 2, "fail": 3, "inclusive": True}, 2, ("review", 2)),  # tiers: >= 2
         ({"review": 2, "fail": 3, "inclusive": True}, 3, ("fail", 3)),

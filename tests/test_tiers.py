@@ -1,4 +1,4 @@
-"""Tests of the tiers family (paper 003): rules table, grading, scorer outputs, training, weights."""
+"""Tests of the tiers family (Loizillon et al.): rules table, grading, scorer outputs, training, weights."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Flow-density model (paper 001: Zuo et al., "A latent space for unsupervised MR image quality
+"""Flow-density model (Zuo et al.: Zuo et al., "A latent space for unsupervised MR image quality
 control via artifact assessment", SPIE Medical Imaging 2023).
 
 Two parts:
@@ -38,9 +38,9 @@ from bids_qa.volume import Volume
 
 NAME = "flow"
 WEIGHTS_FILE = "flow.safetensors"
-#: Centre slices averaged into the volume's ``m`` (paper 001 Sec. 3.1).
+#: Centre slices averaged into the volume's ``m`` (Zuo et al. Sec. 3.1).
 N_CENTRE_SLICES = 20
-#: Density levels reported (paper 001: tau = 5% and 3%).
+#: Density levels reported (Zuo et al.: tau = 5% and 3%).
 LEVELS = (5.0, 3.0)
 #: A dataset needs at least this many scans of one contrast before its own flow is refitted.
 MIN_GROUP_SCANS = 30
@@ -378,7 +378,7 @@ def refit_flow(m: np.ndarray, seed: int = 0) -> FittedFlow:
 
 
 def dataset_outliers(m: np.ndarray, seed: int = 0, min_scans: int = MIN_GROUP_SCANS):
-    """Density outliers of a dataset relative to itself (paper 001 Sec. 2.2), or ``None``.
+    """Density outliers of a dataset relative to itself (Zuo et al. Sec. 2.2), or ``None``.
 
     Parameters
     ----------

@@ -1,4 +1,4 @@
-"""Artifact-severity model (paper 000: Hays et al., "An unsupervised approach for artifact severity
+"""Artifact-severity model (Hays et al.: Hays et al., "An unsupervised approach for artifact severity
 scoring in multi-contrast MR images", MIDL 2025 submission).
 
 A small 2D encoder maps a slice to one non-negative number; a volume's score is the mean over the
@@ -29,11 +29,11 @@ from bids_qa.volume import Volume
 
 NAME = "severity"
 WEIGHTS_FILE = "severity.safetensors"
-#: Paper 000's threshold: <= 1 usable, > 1 flag.
+#: Hays et al.'s threshold: <= 1 usable, > 1 flag.
 DEFAULT_THRESHOLD = 1.0
 #: Fraction of the (anatomy-bearing) slices, centred, averaged into the volume score.
 MIDDLE_FRACTION = 0.6
-#: Artifact graded along the severity ruler (paper 004's rulers are noise rulers).
+#: Artifact graded along the severity ruler (the image-ruler paper's rulers are noise rulers).
 RULER_ARTIFACT = "noise"
 #: Orders of the encoder's last two operations (see :class:`SeverityConfig`).
 #: Pooling of the last map: ``"pool_abs"``, |spatial mean| (Hays et al.'s order; the only one
@@ -116,7 +116,7 @@ class SeverityScorer(NetworkScorer):
         return out.reshape(len(out))
 
     def ruler_template(self, volume: Volume) -> Ruler:
-        """The ruler's images for ``volume`` (paper 004), not yet scored (NaN scores), cached.
+        """The ruler's images for ``volume`` (the image-ruler paper), not yet scored (NaN scores), cached.
 
         Corrupting the central slice is CPU work; :meth:`prepare` does it in the loader threads,
         and :meth:`score_many` sends the images through the network together with the scan's

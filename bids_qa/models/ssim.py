@@ -1,4 +1,4 @@
-"""SSIM-regression model for motion artifacts (paper 002: Sciarra, Chatterjee et al., "Automated SSIM
+"""SSIM-regression model for motion artifacts (Sciarra et al.: Sciarra, Chatterjee et al., "Automated SSIM
 regression for detection and quantification of motion artefacts in brain MR images").
 
 A ResNet-18 reads one 2D slice and predicts the structural similarity (SSIM) the slice would have

@@ -1,4 +1,4 @@
-"""Quality tiers from three artifact grades (paper 003: Loizillon, Bottani, Mabilie, Jacob et al.,
+"""Quality tiers from three artifact grades (Loizillon et al.: Loizillon, Bottani, Mabilie, Jacob et al.,
 "Automated MRI quality assessment of brain T1-weighted MRI in clinical data warehouses: a transfer
 learning approach relying on artefact simulation").
 
@@ -17,7 +17,7 @@ tier    rule
 
 Our network (shape kept, sizes ours; see ``docs/models/tiers.md``):
 
-- one shared Conv5FC3 trunk instead of three separate networks (multi-task, as in paper 004),
+- one shared Conv5FC3 trunk instead of three separate networks (multi-task, as in the image-ruler paper),
   with one small two-layer head per artifact giving two logits (moderate, severe): six binary
   outputs. The trunk's features (noise texture, ghosting, tissue contrast) are generic and the
   data are small, so sharing triples the examples each conv filter sees at a third of the cost;
@@ -27,7 +27,7 @@ Our network (shape kept, sizes ours; see ``docs/models/tiers.md``):
   (:meth:`Volume.cube` with ``voxel_mm`` 0, ~3.6-4 mm voxels for a 230-260 mm field of view; the fixed voxel size keeps
   finer detail at the same cost). The first convolution has stride 2 (so the first
   block's output is 32^3) which keeps a volume near 0.1 GMAC on CPU while the filters still see
-  every input voxel, where noise and ringing live. Paper 003 works at ~1 mm; a coarse grid is
+  every input voxel, where noise and ringing live. Loizillon et al. works at ~1 mm; a coarse grid is
   our price for grading a volume in well under a second on two CPU cores;
 - grading (ours, from the paper's two tasks): grade 2 if ``p_severe >= 0.5``, else 1 if
   ``p_moderate >= 0.5``, else 0. Our moderate head is trained as "grade >= 1" (0 vs 1-2) so that a
@@ -48,7 +48,7 @@ from bids_qa.volume import Volume
 
 NAME = "tiers"
 WEIGHTS_FILE = "tiers.safetensors"
-#: Artifacts graded, in output order (paper 003 Sec. 3.1).
+#: Artifacts graded, in output order (Loizillon et al. Sec. 3.1).
 ARTIFACTS: tuple[str, ...] = ("motion", "noise", "contrast")
 #: The two binary tasks per artifact, in logit order.
 TASKS: tuple[str, ...] = ("moderate", "severe")
@@ -67,7 +67,7 @@ class TierRule:
     rule: str
 
 
-#: Paper 003, Table 2, as data. The tier is decided by the worst (largest) grade of the three
+#: Loizillon et al., Table 2, as data. The tier is decided by the worst (largest) grade of the three
 #: artifacts; the verdict is what bids_qa reports for that tier.
 TIER_RULES: tuple[TierRule, ...] = (
     TierRule(1, 0, "good", "pass", "grade 0 for motion, noise and contrast"),

@@ -415,7 +415,7 @@ def ruler_scale(level_scores: Sequence[float], threshold: float | None, scan_val
                 width: int = 640, height: int = 84) -> RulerScale:
     """Place the ruler levels' model outputs, the threshold and the scan's value on one axis.
 
-    ``nearest`` is the level whose model output is closest to the scan's value: paper 004's ruler
+    ``nearest`` is the level whose model output is closest to the scan's value: the image-ruler paper's ruler
     position ("this scan looks like ruler image k"), shown to orient the reader, not as a new score.
     """
     margin = 24
@@ -460,7 +460,7 @@ def ruler_scale(level_scores: Sequence[float], threshold: float | None, scan_val
 
 def m_plane_png(m: np.ndarray, labels, flow_or_density: FittedFlow | Callable[[np.ndarray], np.ndarray],
                 title: str | None = None, reference_m: np.ndarray | None = None) -> bytes:
-    """Scatter of volume ``m`` values over the density's contours (paper 001 Fig. 3b / 4a).
+    """Scatter of volume ``m`` values over the density's contours (Zuo et al. Fig. 3b / 4a).
 
     Parameters
     ----------

@@ -13,8 +13,8 @@ from typing import Any
 from bids_qa.errors import ScanError
 from bids_qa.group_table import read_group_table
 from bids_qa.reports.render import (
-    ARTIFACTS,
     GROUP_ID_COLUMNS,
+    RATING_ARTIFACTS,
     RATINGS,
     TABLE_FIXED_COLUMNS,
     VERDICTS,
@@ -69,7 +69,7 @@ def column_descriptions(meta: dict[str, Any], columns: Iterable[str]) -> dict[st
 
 
 def find_tier_column(columns: Iterable[str]) -> str | None:
-    """The tier column (paper 003): ``tiers.tier`` or any ``<model>.tier``."""
+    """The tier column (Loizillon et al.): ``tiers.tier`` or any ``<model>.tier``."""
     cols = list(columns)
     if "tiers.tier" in cols:
         return "tiers.tier"
@@ -249,6 +249,6 @@ def group_context(out_dir: Path, suffix: str) -> dict[str, Any]:
         "thresholds": thresholds, "counts": counts, "tiers": tiers, "n_scans": len(rows),
         "flagged": [r for r in rows if r["verdict"] in ("review", "fail")],
         "flow": flow, "subjects": subjects, "data": data, "html_path": paths.html,
-        "ratings": RATINGS, "artifacts": ARTIFACTS,
+        "ratings": RATINGS, "artifacts": RATING_ARTIFACTS,
         **page_assets(["rating.js", "group.js"]),
     }

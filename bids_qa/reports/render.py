@@ -50,7 +50,7 @@ SCAN_FACT_KEYS = ("source", "bids", "entities", "shape", "zooms", "affine", "sli
 #: Rating scale of the rating widget (value, label).
 RATINGS = ((1, "exclude"), (2, "poor"), (3, "acceptable"), (4, "excellent"))
 #: Artifact check boxes of the rating widget (key stored in exports, label shown).
-ARTIFACTS = (
+RATING_ARTIFACTS = (
     ("motion", "Motion"),
     ("ghosting", "Ghosting / aliasing"),
     ("wrap", "Wrap-around"),
@@ -341,7 +341,7 @@ def rating_config(out_dir: Path, suffix: str) -> dict[str, Any]:
     """What the rating widget needs, embedded as JSON."""
     return {"storage_key": storage_key(out_dir), "suffix": suffix,
             "ratings": [{"value": v, "label": lbl} for v, lbl in RATINGS],
-            "artifacts": [{"key": k, "label": lbl} for k, lbl in ARTIFACTS]}
+            "artifacts": [{"key": k, "label": lbl} for k, lbl in RATING_ARTIFACTS]}
 
 
 def render_page(template: str, context: dict[str, Any]) -> str:
@@ -510,7 +510,7 @@ def match_row(series: SliceSeries, rows: list[ScoreRow]) -> tuple[float | None, 
 
 
 def ruler_blocks(rulers: Any, base_dir: Path, rel_prefix: str = "") -> tuple[list[dict[str, Any]], list[str]]:
-    """Display data for the image rulers in ``_qa.json["rulers"]`` (paper 004).
+    """Display data for the image rulers in ``_qa.json["rulers"]`` (the image-ruler paper).
 
     Ruler image paths are relative to the folder of the ``_qa.json``; a level whose image is missing
     is shown without a picture. Malformed entries are skipped with a note, never an error.
@@ -651,6 +651,6 @@ def scan_context(out_dir: Path, outputs_json: Path) -> dict[str, Any]:
         "figures": None, "extra_figures": None, "slice_axis": slice_axis, "worst": worst, "worst_axis": worst_axis,
         "slice_plots": plots, "rulers": rulers,
         "provenance": provenance_rows(prov), "data": data,
-        "ratings": RATINGS, "artifacts": ARTIFACTS,
+        "ratings": RATINGS, "artifacts": RATING_ARTIFACTS,
         **page_assets(["rating.js", "scan.js"]),
     }

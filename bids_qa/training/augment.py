@@ -24,7 +24,7 @@ def motion_slice_pair(
     zooms: Sequence[float] | None = None,
     severity: float | None = None,
 ) -> tuple[np.ndarray, float, ArtifactLabel]:
-    """A motion-corrupted copy of a slice and its SSIM to the original (paper 002's labels).
+    """A motion-corrupted copy of a slice and its SSIM to the original (Sciarra et al.'s labels).
 
     The model is drawn from :data:`SLICE_MOTION_MODELS`: TorchIO's ``Motion`` (Shaw et al.) or
     our segmented k-space model; poses as in :func:`sample_params` (``severity`` None: uniform
@@ -47,7 +47,7 @@ def motion_slice_pair(
 
 
 def sample_contrast_augmentation(rng: np.random.Generator) -> dict:
-    """Draw one of paper 002's contrast augmentations and its parameters.
+    """Draw one of Sciarra et al.'s contrast augmentations and its parameters.
 
     gamma: ``x^exp(g)``, g ~ U[-0.5, 0.5]; log: ``log(1 + a x) / log(1 + a)``, log a ~
     U[log 1, log 30]; sigmoid: ``sigmoid(k (x - c))`` rescaled to map 0 -> 0 and 1 -> 1,
@@ -157,6 +157,6 @@ def apply_contrast_augmentation(img: np.ndarray, params: dict) -> np.ndarray:
 
 
 def augment_contrast(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A randomly contrast-augmented copy of a slice (paper 002): draw with
+    """A randomly contrast-augmented copy of a slice (Sciarra et al.): draw with
     :func:`sample_contrast_augmentation`, apply with :func:`apply_contrast_augmentation`."""
     return apply_contrast_augmentation(img, sample_contrast_augmentation(rng))

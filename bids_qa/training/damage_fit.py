@@ -38,7 +38,7 @@ def draw_damages(volumes, per_volume_3d: int, slices_per_volume: int, seed: int)
 
     out: dict[str, dict[str, list[float]]] = {"3d": {}, "2d": {}}
     for v_index, (entry, vol) in enumerate(volumes):
-        for a_index, art in enumerate(A.ARTIFACTS_000):
+        for a_index, art in enumerate(A.SEVERITY_ARTIFACTS):
             rng = np.random.default_rng([seed, v_index, a_index])
             for _ in range(per_volume_3d):
                 p = A.sample_params(art, rng, float(rng.uniform()), ndim=3)

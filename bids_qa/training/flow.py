@@ -1,4 +1,4 @@
-"""Train the flow-density model (paper 001): contrastive artifact encoder, then a reference flow.
+"""Train the flow-density model (Zuo et al.): contrastive artifact encoder, then a reference flow.
 
 Stage 1, encoder E (Eq. 1, InfoNCE with dot-product similarity). Each sample drawn from
 ``default_rng([seed, i])`` holds a query slice ``x*``, a positive ``x+`` and ``K`` simulated
@@ -395,7 +395,7 @@ def _rebuild(data: np.ndarray, zooms) -> object:
 
 def truncate_half(volume, axis: int = 0, crop: bool = False) -> np.ndarray:
     """The volume with one half of the head (along ``axis``, split at the head's centre) zeroed or
-    cropped away: a truncated field of view (paper 001 Fig. 3 G, "one side of the head removed")."""
+    cropped away: a truncated field of view (Zuo et al. Fig. 3 G, "one side of the head removed")."""
     data = volume.data
     other = tuple(a for a in range(3) if a != axis)
     cover = np.flatnonzero(volume.mask.any(axis=other))

@@ -1,10 +1,10 @@
-"""Train the severity model (paper 000) on clean volumes corrupted on the fly.
+"""Train the severity model (Hays et al.) on clean volumes corrupted on the fly.
 
 Each sample is a quadruplet drawn from ``default_rng([seed, i])``: an anchor (clean slice), a
 positive (another clean slice, from another volume), and two negatives: the anchor corrupted with
 the same artifact (or combination) at two severities SS1, SS2 in [0, 1].
 
-Loss (paper 000 Sec. 2.5, with three documented additions):
+Loss (Hays et al. Sec. 2.5, with three documented additions):
 - paper: L2 between anchor and positive scores, and a triplet loss whose margin is the negative's
   severity, ``relu(|s_a - s_p| - |s_a - s_n| + K*SS)``; we scale the margin by ``K`` (default 3) so the
   paper's threshold of 1 sits near SS = 1/3 and SS >= 0.5 lands clearly above it;
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bids_qa.artifacts import ARTIFACTS_000 as ARTIFACT_NAMES
+from bids_qa.artifacts import SEVERITY_ARTIFACTS as ARTIFACT_NAMES
 from bids_qa.models.severity import NAME, SeverityConfig, build_encoder
 from bids_qa.training import loop
 from bids_qa.training.data import synthetic_mix
@@ -169,7 +169,7 @@ class QuadrupletMaker:
             pos = self._benign_blur(pos, pzooms, rng)
         if rng.random() < COMBINATION_PROBABILITY:
             n_art = int(rng.integers(2, 4))
-            arts = list(rng.choice(artifacts.ARTIFACTS_000, size=n_art, replace=False))
+            arts = list(rng.choice(artifacts.SEVERITY_ARTIFACTS, size=n_art, replace=False))
             negs = [artifacts.simulate_combination(img, arts, rng, zooms=zooms) for _ in range(2)]
         else:
             art = str(rng.choice(ARTIFACT_NAMES, p=self.artifact_p))

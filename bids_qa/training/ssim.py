@@ -1,4 +1,4 @@
-"""Train the SSIM-regression model (paper 002) on clean slices corrupted by simulated motion.
+"""Train the SSIM-regression model (Sciarra et al.) on clean slices corrupted by simulated motion.
 
 Each sample is drawn from ``numpy.random.default_rng([seed, i])`` (paper Sec. II, Fig. 1):
 
@@ -58,7 +58,7 @@ from bids_qa.training.slices import (
 )
 from bids_qa.volume import slices_to_square
 
-#: The paper-002 figures logged at validation and printed after evaluation.
+#: The Sciarra et al. figures logged at validation and printed after evaluation.
 REPORTED_METRICS = (
     "residual_mean",
     "residual_sd",

@@ -207,7 +207,7 @@ def corrupt_cube(
 def apply_tier_artifact(
     cube: np.ndarray, artifact: str, params: dict, zooms: tuple[float, float, float]
 ) -> np.ndarray:
-    """Apply one paper-003 artifact with fixed parameters (:func:`bids_qa.artifacts.apply_artifact`)."""
+    """Apply one Loizillon et al. artifact with fixed parameters (:func:`bids_qa.artifacts.apply_artifact`)."""
     from bids_qa import artifacts
 
     return np.asarray(
