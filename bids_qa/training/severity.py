@@ -27,6 +27,7 @@ import numpy as np
 
 from bids_qa.artifacts import SEVERITY_ARTIFACTS as ARTIFACT_NAMES
 from bids_qa.models.severity import NAME, SeverityConfig, build_encoder
+from bids_qa.preprocess import renormalise, to_model_input
 from bids_qa.training import loop
 from bids_qa.training.data import synthetic_mix
 from bids_qa.training.slices import (
@@ -34,8 +35,6 @@ from bids_qa.training.slices import (
     augment_geometry,
     draw_slice,
     make_source,
-    renormalise,
-    to_model_input,
 )
 
 MARGIN_SCALE = 3.0

@@ -46,6 +46,7 @@ from bids_qa.models.ssim import (
     class_bins,
     class_clinical,
 )
+from bids_qa.preprocess import renormalise, to_model_input
 from bids_qa.training import loop
 from bids_qa.training.data import synthetic_mix
 from bids_qa.training.slices import (
@@ -53,8 +54,6 @@ from bids_qa.training.slices import (
     augment_geometry,
     draw_slice,
     make_source,
-    renormalise,
-    to_model_input,
 )
 from bids_qa.volume import slices_to_square
 
