@@ -15,10 +15,18 @@ ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE_FILES = sorted(p.name for p in (ROOT / "templates").iterdir() if p.is_file())
 
 
-def test_source_checkout_reads_the_top_level_templates():
+def test_the_loader_finds_the_templates_of_the_code_under_test():
+    """From a checkout (editable install, ``python -m``) the top-level ``templates/``; from an
+    installed wheel (CI installs the project, then runs pytest) the copy inside the package,
+    which holds the same files."""
+    import bids_qa
     from bids_qa.reports.render import environment, template_folder
 
-    assert template_folder() == ROOT / "templates"
+    package = Path(bids_qa.__file__).resolve().parent
+    installed = package / "templates"
+    assert template_folder() == (installed if installed.is_dir() else ROOT / "templates")
+    shipped = {p.name for p in template_folder().iterdir() if p.is_file()}
+    assert shipped == {p.name for p in (ROOT / "templates").iterdir() if p.is_file()}
     assert {"scan.html", "group.html", "report.css", "scan.js"} <= set(TEMPLATE_FILES)
     assert environment().get_template("scan.html") is not None
 
