@@ -21,8 +21,11 @@ version is the last acceptable one.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -197,20 +200,25 @@ def _ruler_from_slice(img, mask, zooms, score_slices, *, model: str, metric: str
 
 @lru_cache(maxsize=1)
 def _mni_maps() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """nilearn's MNI152 2009a T1 template and GM/WM probability maps (1 mm, shipped in nilearn),
-    each scaled to [0, 1]."""
-    from nilearn import datasets
+    """nilearn's MNI152 2009a T1 template and GM/WM probability maps (1 mm, the files shipped in
+    nilearn's package data), each scaled to [0, 1]. Read with nibabel from nilearn's folder:
+    importing ``nilearn.datasets`` costs seconds of start-up for three small files."""
+    import importlib.util
 
-    def load(img) -> np.ndarray:
-        import nibabel as nib
+    import nibabel as nib
 
+    spec = importlib.util.find_spec("nilearn")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("nilearn is not installed: no MNI template for the reference ruler")
+    folder = Path(spec.origin).parent / "datasets" / "data"
+
+    def load(tissue: str) -> np.ndarray:
+        img = nib.load(folder / f"mni_icbm152_{tissue}_tal_nlin_sym_09a_converted.nii.gz")
         data = np.asarray(nib.as_closest_canonical(img).get_fdata(), dtype=np.float32)
         top = float(data.max())
         return data / top if top > 0 else data
 
-    return (load(datasets.load_mni152_template(resolution=1)),
-            load(datasets.load_mni152_gm_template(resolution=1)),
-            load(datasets.load_mni152_wm_template(resolution=1)))
+    return load("t1"), load("gm"), load("wm")
 
 
 def painted_reference(family: str, axis: int) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
@@ -241,11 +249,28 @@ def painted_reference(family: str, axis: int) -> tuple[np.ndarray, np.ndarray, t
 
 
 def reference_rulers(axis: int, score_slices, **kwargs) -> dict[str, Ruler]:
-    """One unscored ruler per contrast family from :func:`painted_reference` (see :func:`build_ruler`)."""
+    """One ruler per contrast family from :func:`painted_reference` (see :func:`build_ruler`),
+    scored by ``score_slices``. The images depend on the slice axis and the model's input only, so
+    they are made once per process (:func:`_reference_templates`), not once per scan."""
+    scan_value, threshold = kwargs.pop("scan_value"), kwargs.pop("threshold")
+    out = {}
+    for family, ruler in _reference_templates(axis, tuple(sorted(kwargs.items()))).items():
+        scores = np.asarray(score_slices(ruler.images), dtype=np.float32)
+        out[family] = replace(ruler, scores=scores, scan_value=float(scan_value), threshold=threshold)
+    return out
+
+
+@lru_cache(maxsize=8)
+def _reference_templates(axis: int, options: tuple[tuple[str, Any], ...]) -> dict[str, Ruler]:
+    """The unscored reference rulers of every contrast family for one slice axis and model input."""
+    def unscored(images: np.ndarray) -> np.ndarray:
+        return np.full(len(images), np.nan, np.float32)
+
     out = {}
     for family in ("T1", "T2", "FLAIR"):
         img, mask, zooms = painted_reference(family, axis)
-        ruler = _ruler_from_slice(img, mask, zooms, score_slices, **kwargs)
+        ruler = _ruler_from_slice(img, mask, zooms, unscored, scan_value=math.nan, threshold=None,
+                                  **dict(options))
         ruler.source = f"a reference slice: {REFERENCE_TEXT[family]} (this scan's own slice is already degraded)"
         out[family] = ruler
     return out
