@@ -37,4 +37,7 @@ def spearman(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -
     """Spearman's rank correlation of ``x`` and ``y`` (NaN when either is constant)."""
     from scipy.stats import spearmanr
 
-    return float(spearmanr(x, y).statistic)
+    a, b = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:  # undefined: say so without a warning
+        return float("nan")
+    return float(spearmanr(a, b).statistic)
