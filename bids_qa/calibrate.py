@@ -67,8 +67,18 @@ def rating_value(raw: Any, mriqc: bool = False) -> int | None:
 
 
 def read_ratings(path: str | Path) -> list[dict[str, Any]]:
-    """``[{"id": scan_id or subject, "rating": 1-4}]`` from one ratings file (TSV or JSON)."""
+    """``[{"id": scan_id or subject, "rating": 1-4}]`` from one ratings file: a bids_qa export
+    (read by :func:`bids_qa.ratings.read_export`, the one reader of that format), else a foreign
+    table or JSON (MRIQC rating-widget files, CSV, rating words)."""
+    from bids_qa.ratings import RatingsError, read_export
+
     path = Path(path)
+    try:
+        export = read_export(path)
+    except RatingsError:
+        export = None
+    if export is not None and export.ratings:
+        return [{"id": r.scan_id, "rating": r.rating} for r in export.ratings.values() if r.rating is not None]
     text = path.read_text(encoding="utf-8")
     out: list[dict[str, Any]] = []
     if path.suffix.lower() in (".tsv", ".txt", ".csv"):
