@@ -86,31 +86,18 @@ def make_volumes(folder: Path, n: int, seed: int = 0) -> list[Path]:
     return paths
 
 
-def nibabel_load_seconds(paths: list[Path]) -> list[float]:
-    """Seconds to read each file into a float32 array with nibabel alone."""
+def nibabel_load_seconds(paths: list[Path], clock=time.perf_counter) -> list[float]:
+    """Seconds to read each file into a float32 array with nibabel alone, on ``clock``
+    (``time.process_time`` gives the CPU floor, which moves much less with the machine's load)."""
     import nibabel as nib
 
     out = []
     for path in paths:
-        start = time.perf_counter()
+        start = clock()
         data = nib.load(str(path)).get_fdata(dtype=np.float32)
-        out.append(time.perf_counter() - start)
+        out.append(clock() - start)
         del data
     return out
-
-
-def nibabel_cpu_seconds(paths: list[Path]) -> float:
-    """Median CPU seconds (``process_time``) to read each file with nibabel alone: the floor for
-    the CPU-time ratio, which moves much less with the machine's load than wall time."""
-    import nibabel as nib
-
-    out = []
-    for path in paths:
-        start = time.process_time()
-        data = nib.load(str(path)).get_fdata(dtype=np.float32)
-        out.append(time.process_time() - start)
-        del data
-    return statistics.median(out)
 
 
 def child_main(marks_path: str, argv: list[str]) -> int:
@@ -241,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
                 return int(run["code"])  # type: ignore[arg-type]
             results.append((reports, run, *stage_medians(out)))
         floor += nibabel_load_seconds(paths)
-        floor_cpu = nibabel_cpu_seconds(paths)
+        floor_cpu = statistics.median(nibabel_load_seconds(paths, time.process_time))
         loads.append(os.getloadavg()[0])
         nib_s = statistics.median(floor)
 
