@@ -61,3 +61,42 @@ def test_shipped_weights_record_no_absolute_path(family):
     init = meta.get("training", {}).get("init")
     if init is not None:
         assert set(init) >= {"file", "sha256"} and "/" not in init["file"]
+
+
+def test_resumed_cosine_schedule_continues_at_the_uninterrupted_rate(tmp_path):
+    """A run checkpointed at step 3 of 10 and resumed has, at every later step, the learning rate
+    of the run that was never interrupted (the restored optimiser's rate must not be annealed
+    twice)."""
+    import torch
+
+    from bids_qa.training import loop
+
+    def fresh():
+        net = torch.nn.Linear(2, 1)
+        opt = torch.optim.Adam(net.parameters(), lr=0.1)
+        return net, opt
+
+    def schedule(opt):
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10, eta_min=0.005)
+
+    net, opt = fresh()
+    sched = schedule(opt)
+    straight = []
+    for step in range(10):
+        if step == 3:
+            loop.save_checkpoint(tmp_path, step, net, opt, {})
+        straight.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+
+    net, opt = fresh()
+    start, _ = loop.load_checkpoint(tmp_path, net, opt)
+    sched = schedule(opt)
+    loop.fast_forward(sched, start)
+    resumed = []
+    for _ in range(start, 10):
+        resumed.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert start == 3
+    assert resumed == pytest.approx(straight[3:], rel=1e-12)
