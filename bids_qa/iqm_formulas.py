@@ -12,6 +12,8 @@ import math
 import numpy as np
 from scipy import ndimage
 
+from bids_qa.morphology import open_cross
+
 #: QI1 threshold, in robust standard deviations (scaled MAD) above the air median.
 QI1_THRESHOLD_SD = 2.0
 #: Rayleigh correction of Dietrich et al. (2007): sigma = std(air) * sqrt(2 / (4 - pi)); the one
@@ -410,7 +412,7 @@ def _qi1_from(
     if not candidates.any():
         return 0.0
     # Outside the array counts as background, so voxels on the array border never survive.
-    opened = ndimage.binary_opening(candidates, structure=CROSS)
+    opened = open_cross(candidates)
     return float(np.count_nonzero(opened)) / float(np.count_nonzero(air_mask))
 
 

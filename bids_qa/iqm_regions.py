@@ -16,6 +16,7 @@ import numpy as np
 from scipy import ndimage
 
 from bids_qa.iqm_formulas import CROSS
+from bids_qa.morphology import open_cross
 
 #: Volumes with more voxels are analysed on a regular stride (see :func:`analysis_stride`).
 MAX_ANALYSIS_VOXELS = 2_000_000
@@ -198,7 +199,7 @@ def head_air_masks(
     frame = frame_mask(img)
     threshold = head_threshold(img)
     head = img > threshold
-    head = ndimage.binary_opening(head, structure=CROSS)
+    head = open_cross(head)
     head = largest_component(head)
     head = fill_holes_in_planes(head, axis=fill_axis)
     air = ~dilate_box(head, _radii(zooms, margin_mm)) & ~frame

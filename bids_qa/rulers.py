@@ -232,7 +232,9 @@ def painted_reference(family: str, axis: int) -> tuple[np.ndarray, np.ndarray, t
 
     t1, gm, wm = _mni_maps()
     index = t1.shape[axis] // 2
-    t1s, gms, wms = (np.take(v, index, axis=axis) for v in (t1, gm, wm))
+    # Basic indexing: a view (np.take walks and copies the whole Fortran-ordered volume).
+    pick = (slice(None),) * axis + (index,)
+    t1s, gms, wms = (v[pick] for v in (t1, gm, wm))
     head = t1s > 0.08
     if family == "T1":
         img = t1s.copy()

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from bids_qa.errors import ScanError
+from bids_qa.morphology import open_cross
 
 T = TypeVar("T")
 
@@ -185,13 +186,12 @@ def head_mask(data: np.ndarray) -> np.ndarray:
     strided view (e.g. the lazily reoriented array of :func:`load_volume`); the result is a
     boolean array of ``data.shape`` in ``data``'s memory order (:func:`upsample_mask`).
     """
-    from scipy import ndimage
 
     sample = data[:: max(1, data.shape[0] // 64), :: max(1, data.shape[1] // 64), :: max(1, data.shape[2] // 64)]
     thr = otsu_threshold(sample.ravel())
     coarse = data[::2, ::2, ::2] > thr
     # The output keeps the input's memory order, so the upsampling below copies without a transpose.
-    small = ndimage.binary_opening(coarse, iterations=1, output=np.empty_like(coarse, order="K"))
+    small = open_cross(coarse)
     return upsample_mask(small, data)
 
 

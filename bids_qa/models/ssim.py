@@ -193,6 +193,7 @@ class SSIMScorer(NetworkScorer):
     weights_file = WEIGHTS_FILE
     config_class = SSIMConfig
     network_builder = staticmethod(build_resnet)
+    channels_last_on_cpu = True
 
     def predict_slices(self, slices) -> np.ndarray:
         """Predicted SSIM for an array (n, S, S) of slices already at the model's input size (or a
