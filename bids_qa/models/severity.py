@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -109,6 +110,11 @@ class SeverityScorer(NetworkScorer):
     config_class = SeverityConfig
     network_builder = staticmethod(build_encoder)
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: id(reference images) -> (images, their scores); see :meth:`score_many`.
+        self._reference_scores: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
     def score_slices(self, slices) -> np.ndarray:
         """Per-slice scores for an array (n, S, S) already at the model's input size (or a list
         of such arrays, scored as their concatenation)."""
@@ -153,7 +159,11 @@ class SeverityScorer(NetworkScorer):
     def score_many(
         self, volumes: Sequence[Volume], suffixes: Sequence[str | None] | None = None
     ) -> list[ScanScores]:
-        """Score several volumes with one batched pass over all their slices and ruler images."""
+        """Score several volumes with one batched pass over all their slices and ruler images.
+
+        The reference rulers' images are the same for every scan of a slice axis (made once per
+        process, :func:`bids_qa.rulers.reference_rulers`), so their scores are computed the first
+        time they are met and reused: 24 fewer slices through the network per scan."""
         parts = [
             (
                 *scored_slices(v, self.config.input_size, self.config.pixel_mm),
@@ -161,19 +171,30 @@ class SeverityScorer(NetworkScorer):
             )
             for v in volumes
         ]
+        new_refs = {
+            id(ref.images): ref.images
+            for _, _, r in parts
+            for ref in r.references.values()
+            if id(ref.images) not in self._reference_scores
+        }
         outputs = self.score_slices(
-            [a for slices, _, r in parts for a in (slices, r.images, *(x.images for x in r.references.values()))]
+            [a for slices, _, r in parts for a in (slices, r.images)] + list(new_refs.values())
         )
+        pos = sum(len(slices) + len(r.images) for slices, _, r in parts)
+        for key, images in new_refs.items():
+            # the images are kept with their scores, so their id cannot be reused by another array
+            self._reference_scores[key] = (images, np.asarray(outputs[pos : pos + len(images)], np.float32))
+            pos += len(images)
         results, pos = [], 0
         for volume, (slices, anatomy, template) in zip(volumes, parts, strict=True):
             per_slice = outputs[pos : pos + len(slices)]
             pos += len(slices)
             ruler_scores = outputs[pos : pos + len(template.images)]
             pos += len(template.images)
-            references = {}
-            for family, ref in template.references.items():  # reference rulers (a degraded scan's)
-                references[family] = replace(ref, scores=np.asarray(outputs[pos : pos + len(ref.images)], np.float32))
-                pos += len(ref.images)
+            references = {  # reference rulers (shown for a degraded scan)
+                family: replace(ref, scores=self._reference_scores[id(ref.images)][1].copy())
+                for family, ref in template.references.items()
+            }
             results.append(self._summarise(volume, anatomy, per_slice, replace(template, references=references),
                                            ruler_scores))
         return results
