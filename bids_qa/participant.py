@@ -384,11 +384,11 @@ def _participant(ctx: RunContext, thresholds: ThresholdTable | None) -> int:
             "scorers: %s on %s", ", ".join(d["name"] for d in scorer_set.describe()), device
         )
         LOGGER.debug(
-            "%d loader thread(s), %d torch thread(s) for inference, batches of %d, "
+            "%d loader thread(s), %d torch thread(s) for inference, batches of %s, "
             "%d scan(s) per group",
             plan.loader_threads,
             plan.torch_threads,
-            plan.batch_size,
+            plan.batch_size or "each family's default",
             plan.scan_batch,
         )
         shared = RunShared(ctx, scorer_set, thresholds, device, software_versions(device))

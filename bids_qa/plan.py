@@ -120,16 +120,15 @@ class ExecutionPlan:
 def execution_plan(config: RunConfig, device: str) -> ExecutionPlan:
     """Resolve ``--batch-size`` / ``--scan-batch`` ``auto`` for ``device`` and the thread counts.
 
-    ``auto`` batch size: 64 items per forward pass on CPU, 512 on CUDA
-    (:func:`bids_qa.models.weights.default_batch_size`); ``auto`` scan batch: 1 scan per group on
-    CPU (grouping saves nothing there), :data:`CUDA_SCAN_BATCH` on CUDA.
+    ``auto`` batch size (0 here): each family's own items per forward pass, 512 on CUDA
+    (:func:`bids_qa.models.weights.default_batch_size`; on CPU 64, the severity encoder 16);
+    ``auto`` scan batch: 1 scan per group on CPU (grouping saves nothing there),
+    :data:`CUDA_SCAN_BATCH` on CUDA.
     """
-    from bids_qa.models.weights import default_batch_size
-
     cuda = device.startswith("cuda")
     return ExecutionPlan(
         device=device,
-        batch_size=config.batch_size if config.batch_size else default_batch_size(device),
+        batch_size=config.batch_size if config.batch_size else 0,
         scan_batch=config.scan_batch if config.scan_batch else (CUDA_SCAN_BATCH if cuda else 1),
         loader_threads=config.nprocs,
         torch_threads=max(1, config.nprocs // 2),

@@ -179,8 +179,9 @@ def checked_score_many(
     return out
 
 
-def build_scorers(names: list[str] | None = None, device: str = "cpu", batch_size: int = 64) -> list[Scorer]:
-    """Instantiate the available scorers (optionally only ``names``), in registry order."""
+def build_scorers(names: list[str] | None = None, device: str = "cpu", batch_size: int = 0) -> list[Scorer]:
+    """Instantiate the available scorers (optionally only ``names``), in registry order.
+    ``batch_size`` 0: each family's own default for ``device``."""
     out: list[Scorer] = []
     for entry in REGISTRY:
         if names is not None and entry.name not in names:

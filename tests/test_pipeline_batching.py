@@ -270,9 +270,10 @@ def test_execution_plan_resolves_auto_per_device(tmp_path):
     config = RunConfig(bids_dir=tmp_path, output_dir=tmp_path / "o", analysis_level="participant",
                        nprocs=3)
     cpu = plan.execution_plan(config, "cpu")
-    assert (cpu.batch_size, cpu.scan_batch, cpu.loader_threads, cpu.torch_threads) == (64, 1, 3, 1)
+    # batch size 0: each family's own default (severity 16 slices per pass on CPU, the others 64)
+    assert (cpu.batch_size, cpu.scan_batch, cpu.loader_threads, cpu.torch_threads) == (0, 1, 3, 1)
     gpu = plan.execution_plan(config, "cuda:0")
-    assert (gpu.batch_size, gpu.scan_batch) == (512, plan.CUDA_SCAN_BATCH)
+    assert (gpu.batch_size, gpu.scan_batch) == (0, plan.CUDA_SCAN_BATCH)
     fixed = RunConfig(bids_dir=tmp_path, output_dir=tmp_path / "o", analysis_level="participant",
                       nprocs=1, batch_size=7, scan_batch=2)
     chosen = plan.execution_plan(fixed, "cuda")
@@ -283,6 +284,17 @@ def test_execution_plan_resolves_auto_per_device(tmp_path):
     assert plan.execution_plan(wide, "cpu").torch_threads == 8
     with pytest.raises(ValueError, match="scan_batch"):
         RunConfig(bids_dir=tmp_path, output_dir=tmp_path, analysis_level="participant", scan_batch=0)
+
+
+def test_auto_batch_size_is_each_familys_own_and_an_explicit_one_wins():
+    from bids_qa.models.weights import default_batch_size
+    from bids_qa.scoring import build_scorers
+
+    auto = {s.name: s.batch_size for s in build_scorers(["severity", "ssim", "flow"])}
+    assert auto == {"severity": 16, "ssim": 64, "flow": 64}
+    fixed = {s.name: s.batch_size for s in build_scorers(["severity", "ssim"], batch_size=7)}
+    assert fixed == {"severity": 7, "ssim": 7}
+    assert default_batch_size("cuda", cpu=16) == 512 and default_batch_size("cpu", cpu=16) == 16
 
 
 def test_iter_groups_keeps_order_and_a_short_last_group():

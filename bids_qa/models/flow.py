@@ -464,8 +464,13 @@ class FlowScorer(Scorer):
 
     name = NAME
 
-    def __init__(self, device: str = "cpu", batch_size: int = 64, weights: str | None = None) -> None:
-        from bids_qa.models.weights import load_weights, packaged_weights, resolve_device
+    def __init__(self, device: str = "cpu", batch_size: int = 0, weights: str | None = None) -> None:
+        from bids_qa.models.weights import (
+            default_batch_size,
+            load_weights,
+            packaged_weights,
+            resolve_device,
+        )
 
         state, meta = load_weights(weights or packaged_weights(WEIGHTS_FILE))
         self.metadata = meta
@@ -473,7 +478,7 @@ class FlowScorer(Scorer):
         self.encoder_config = EncoderConfig.from_dict(meta["encoder_config"])
         self.flow_config = FlowConfig.from_dict(meta["flow_config"])
         self.device = resolve_device(device)
-        self.batch_size = int(batch_size)
+        self.batch_size = int(batch_size) or default_batch_size(self.device)
         self.net = build_encoder(self.encoder_config)
         self.net.load_state_dict({k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")})
         self.net.eval().to(self.device)

@@ -109,6 +109,9 @@ class SeverityScorer(NetworkScorer):
     weights_file = WEIGHTS_FILE
     config_class = SeverityConfig
     network_builder = staticmethod(build_encoder)
+    #: Batches of 16 slices: 0.17 CPU s per 128 slices of 160 x 160 against 0.32 s in batches of
+    #: 64 (one thread; the activations of a small batch stay in cache), identical scores.
+    cpu_batch_size = 16
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

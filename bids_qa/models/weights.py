@@ -121,8 +121,10 @@ class NetworkScorer(Scorer):
     #: slices, one thread) with bit-identical outputs; the severity encoder runs slower in it, so
     #: each family opts in (``bench`` note in docs/performance.md).
     channels_last_on_cpu: bool = False
+    #: Items per forward pass on CPU when the batch size is left at auto (0).
+    cpu_batch_size: int = 64
 
-    def __init__(self, device: str = "cpu", batch_size: int = 64, weights: str | None = None) -> None:
+    def __init__(self, device: str = "cpu", batch_size: int = 0, weights: str | None = None) -> None:
         loaded = load_network(
             self.name,
             self.weights_file,
@@ -133,7 +135,7 @@ class NetworkScorer(Scorer):
         )
         self.net, self.config, self.metadata = loaded.net, loaded.config, loaded.metadata
         self.version, self.device = loaded.version, loaded.device
-        self.batch_size = max(1, int(batch_size))
+        self.batch_size = int(batch_size) or default_batch_size(self.device, self.cpu_batch_size)
         if self.channels_last_on_cpu and self.device == "cpu":
             import torch
 
@@ -146,16 +148,17 @@ class NetworkScorer(Scorer):
 
 
 #: Default forward-pass batch (items per pass) on CPU: larger batches do not run faster there and
-#: only cost memory.
+#: only cost memory. A family may choose its own (``NetworkScorer.cpu_batch_size``).
 CPU_BATCH_SIZE = 64
 #: Default forward-pass batch on CUDA: a 128x128 slice batch of 512 is 32 MB of input, small
 #: next to a GPU's memory, and big enough to keep the GPU busy between host-side steps.
 CUDA_BATCH_SIZE = 512
 
 
-def default_batch_size(device: str) -> int:
-    """Items per forward pass when the user leaves ``--batch-size`` at ``auto``."""
-    return CUDA_BATCH_SIZE if str(device).startswith("cuda") else CPU_BATCH_SIZE
+def default_batch_size(device: str, cpu: int = CPU_BATCH_SIZE) -> int:
+    """Items per forward pass when the user leaves ``--batch-size`` at ``auto``: ``cpu`` on CPU
+    (the family's own choice), :data:`CUDA_BATCH_SIZE` on CUDA."""
+    return CUDA_BATCH_SIZE if str(device).startswith("cuda") else max(1, int(cpu))
 
 
 def _batches(inputs: Any, batch_size: int):
