@@ -127,6 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="probability of nuisance noise on the input after labelling (label unchanged)",
     )
     p.add_argument(
+        "--p-clean",
+        type=float,
+        default=P_CLEAN,
+        help="probability of an uncorrupted training sample, label SSIM 1 (validation keeps "
+        f"{P_CLEAN}, so runs stay comparable)",
+    )
+    p.add_argument(
         "--noise-max-std",
         type=float,
         default=SampleConfig().noise_max_std,
@@ -475,13 +482,14 @@ def train(
     sizes = (config.input_size,)
     maker = SSIMSampleMaker(train_sources, sizes, cfg)
     t_val = time.time()
-    # validation always uses the benchmark's sampling (no training-only nuisance noise)
+    # validation always uses the benchmark's sampling (no training-only nuisance noise, the
+    # default share of clean samples)
     val_x, val_y = make_eval_set(
         val_sources,
         sizes,
         np.random.default_rng([settings.seed, 7919]),
         val_size,
-        dataclasses.replace(cfg, p_noise=0.0),
+        dataclasses.replace(cfg, p_noise=0.0, p_clean=P_CLEAN),
     )
     log.write(
         {
@@ -610,7 +618,9 @@ def main(argv: list[str] | None = None) -> int:
         argv,
         val_size=args.val_size,
         batch_augment=args.batch_augment,
-        cfg=SampleConfig(p_noise=args.p_noise, noise_max_std=args.noise_max_std),
+        cfg=SampleConfig(
+            p_clean=args.p_clean, p_noise=args.p_noise, noise_max_std=args.noise_max_std
+        ),
         init=args.init,
     )
     print(json.dumps(result, indent=2))
