@@ -73,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--levels", nargs="+", type=float, default=list(SEVERITY_LEVELS))
     p.add_argument("--no-iqms", action="store_true", help="skip the classical IQMs column (faster)")
+    p.add_argument(
+        "--no-by-source",
+        action="store_true",
+        help="skip the per-source tables (bids_qa.evaluate_sources; for ssim/tiers they score "
+        "each clean validation scan and six corrupted copies)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--weights",
@@ -487,6 +493,30 @@ def _calibration(args: argparse.Namespace, volumes: list, result: dict[str, Any]
     return cl.markdown(res)
 
 
+def _by_source(
+    args: argparse.Namespace, volumes: list, result: dict[str, Any], overrides: dict[str, str]
+) -> str:
+    """Per-source figures (:mod:`bids_qa.evaluate_sources`) into ``result['by_source']``."""
+    from bids_qa import evaluate_sources as es
+    from bids_qa.training.data import manifest_entries
+
+    fams = result["families"]
+    by: dict[str, Any] = {}
+    if "severity" in fams:
+        by["severity"] = es.severity_by_source(fams["severity"]["rows"])
+    if "flow" in fams:
+        paths = [e["path"] for e in manifest_entries(args.split, include_out_of_scope=True)]
+        by["flow"] = es.flow_by_source(fams["flow"]["cases"], paths)
+    scan_families = [f for f in ("ssim", "tiers") if f in fams]
+    if scan_families:
+        print("evaluating per source (ssim/tiers on whole scans) ...", file=sys.stderr, flush=True)
+        rows = es.scan_level_rows(volumes, args.seed, args.device, overrides, scan_families)
+        by["scan_level"] = es.scan_level_by_source(rows)
+        by["scan_level_rows"] = rows
+    result["by_source"] = by
+    return es.sources_markdown(by)
+
+
 def main(argv: list[str] | None = None) -> int:
     from bids_qa.derivatives import json_ready
     from bids_qa.scoring import REGISTRY
@@ -545,6 +575,8 @@ def main(argv: list[str] | None = None) -> int:
             md.append(res.get("markdown", ""))
         res["seconds"] = round(time.time() - tf, 1)
         result["families"][family] = res
+    if not args.no_by_source:
+        md.append(_by_source(args, volumes, result, overrides))
     if args.calibrate:
         md.append(_calibration(args, volumes, result))
     result["seconds"] = round(time.time() - t0, 1)
