@@ -66,6 +66,12 @@ def severity_by_source(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         for a in arts:
             damaged = [r["score"] for r in sel if r["artifact"] == a and r["ss"] >= DAMAGED_SS]
             fig["auc"][a] = _auc(clean, damaged)
+            if a == "bias" and all("inu_range" in r for r in sel):
+                # the severity score is blind to a smooth field by design; the INU measure is not
+                fig["inu_range_auc_bias"] = _auc(
+                    [r["inu_range"] for r in sel if r["artifact"] == "none"],
+                    [r["inu_range"] for r in sel if r["artifact"] == a and r["ss"] >= DAMAGED_SS],
+                )
             pair = [r for r in sel if r["artifact"] in ("none", a) and "ss_damage" in r]
             fig["spearman_damage"][a] = spearman(
                 [r["ss_damage"] for r in pair], [r["score"] for r in pair]
@@ -190,14 +196,15 @@ def sources_markdown(by_source: dict[str, Any]) -> str:
             "damage SS) per artifact (clean copies included at 0).",
             "",
             "| source | scans | clean <= 1 | " + " | ".join(f"AUC {a}" for a in arts) + " | "
-            + " | ".join(f"rho {a}" for a in arts) + " |",
-            "|---|---|---|" + "---|" * (2 * len(arts)),
+            + " | ".join(f"rho {a}" for a in arts) + " | AUC bias, INU range |",
+            "|---|---|---|" + "---|" * (2 * len(arts) + 1),
         ]
         for name, f in sev.items():
             lines.append(
                 f"| {name} | {f['n_volumes']} | {_pct(f['clean_le1'])} | "
                 + " | ".join(_num(f["auc"].get(a)) for a in arts) + " | "
-                + " | ".join(_num(f["spearman_damage"].get(a)) for a in arts) + " |"
+                + " | ".join(_num(f["spearman_damage"].get(a)) for a in arts)
+                + f" | {_num(f.get('inu_range_auc_bias'))} |"
             )
         lines.append("")
     flow = by_source.get("flow")
