@@ -75,13 +75,25 @@ def score_cases(
     device: str = "cpu",
     levels: Sequence[float] = CALIBRATION_LEVELS,
     artifacts: Sequence[str] = CALIBRATION_ARTIFACTS,
+    families: Sequence[str] = _FAMILIES,
+    weights: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per (volume, artifact, SS) with every family's numeric values on that same image."""
+    """One row per (volume, artifact, SS) with every family's numeric values on that same image.
+
+    ``families`` / ``weights`` (family -> weights file) score a subset, e.g. one family with new
+    weights (:func:`rescore_family`); the corrupted copies depend on ``seed`` and the case only."""
     from bids_qa.evaluate import corrupt_volume
-    from bids_qa.scoring import build_scorers
+    from bids_qa.scoring import REGISTRY
     from bids_qa.volume import volume_from_array
 
-    scorers = build_scorers(list(_FAMILIES), device=device)
+    weights = weights or {}
+    scorers = [
+        e.build(device=device, **({"weights": weights[e.name]} if e.name in weights else {}))
+        if e.needs_weights is not None
+        else e.build()
+        for e in REGISTRY
+        if e.name in families and e.available()
+    ]
     rows: list[dict[str, Any]] = []
     cases = [("none", 0.0)] + [(a, s) for a in artifacts for s in levels]
     for v_index, (entry, vol) in enumerate(volumes):
@@ -120,6 +132,35 @@ def score_cases(
             flush=True,
         )
     return rows
+
+
+def rescore_family(
+    rows: Sequence[dict[str, Any]],
+    volumes: Sequence[tuple[dict, Any]],
+    family: str,
+    seed: int = 0,
+    device: str = "cpu",
+    weights: str | None = None,
+) -> list[dict[str, Any]]:
+    """``rows`` of an earlier calibration with ``family``'s columns scored again (new weights):
+    the same corrupted copies are made again, only that family runs. Raises ValueError when the
+    rows and the volumes do not describe the same cases."""
+    levels = tuple(sorted({float(r["ss"]) for r in rows if r["artifact"] != "none"}))
+    artifacts = tuple(a for a in CALIBRATION_ARTIFACTS if any(r["artifact"] == a for r in rows))
+    fresh = score_cases(
+        volumes, seed, device, levels, artifacts, families=(family,),
+        weights={family: weights} if weights else None,
+    )  # fmt: skip
+    key = [(r["volume"], r["artifact"], float(r["ss"])) for r in rows]
+    if key != [(r["volume"], r["artifact"], float(r["ss"])) for r in fresh]:
+        raise ValueError("the stored calibration rows are not the cases of these volumes and seed")
+    prefix = f"{family}."
+    out = []
+    for old, new in zip(rows, fresh, strict=True):
+        row = {k: v for k, v in old.items() if not k.startswith(prefix)}
+        row.update({k: v for k, v in new.items() if k.startswith(prefix)})
+        out.append(row)
+    return out
 
 
 def _beyond(values: np.ndarray, cut: float | None, direction: str, inclusive: bool) -> np.ndarray:

@@ -71,6 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="THRESHOLDS_JSON",
         help="with --calibrate: write the derived levels and rule into this thresholds file",
     )
+    p.add_argument(
+        "--calibrate-rescore",
+        nargs="+",
+        default=[],
+        choices=FAMILIES,
+        metavar="FAMILY",
+        help="with --calibrate-rows: score these families again on the same corrupted copies "
+        "(with --weights, new weights) and keep the other families' stored values",
+    )
     p.add_argument("--levels", nargs="+", type=float, default=list(SEVERITY_LEVELS))
     p.add_argument("--no-iqms", action="store_true", help="skip the classical IQMs column (faster)")
     p.add_argument(
@@ -475,6 +484,12 @@ def _calibration(args: argparse.Namespace, volumes: list, result: dict[str, Any]
     if args.calibrate_rows:
         stored = json.loads(Path(args.calibrate_rows).read_text())
         rows = stored["calibration"]["rows"]
+        for family in args.calibrate_rescore:
+            print(f"rescoring {family} on the stored calibration cases ...", file=sys.stderr)
+            rows = cl.rescore_family(
+                rows, volumes, family, seed=args.seed, device=args.device,
+                weights=parse_weight_overrides(args.weights).get(family),
+            )  # fmt: skip
     else:
         print("calibrating the verdict (every family on each corrupted copy) ...", file=sys.stderr)
         rows = cl.score_cases(volumes, seed=args.seed, device=args.device)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from bids_qa import calibration_levels as cl
 from bids_qa.scoring import ScanScores
@@ -121,3 +122,22 @@ def test_every_shipped_level_and_the_rule_have_a_justification():
     table = load_thresholds()
     assert table.rule.agree in cl.AGREE_CHOICES
     assert table.lookup("T1w", "flow.flag_5pct") is None  # flow.percentile carries the level
+
+
+def test_rescoring_one_family_remakes_the_same_copies_and_keeps_the_others():
+    from bids_qa.volume import volume_from_array
+
+    z, y, x = np.mgrid[:40, :44, :36]
+    head = ((z - 20) / 17) ** 2 + ((y - 22) / 19) ** 2 + ((x - 18) / 15) ** 2 < 1
+    img = np.where(head, 0.5 + 0.4 * np.cos(y / 4.0) ** 2, 0.0).astype(np.float32)
+    vols = [({"path": "site/a.nii.gz", "suffix": "T1w"}, volume_from_array(img, (4.0, 4.0, 4.0)))]
+    rows = cl.score_cases(vols, seed=3, levels=(0.5, 0.9), artifacts=("noise",), families=("iqm",))
+    assert [(r["artifact"], r["ss"]) for r in rows] == [("none", 0.0), ("noise", 0.5), ("noise", 0.9)]
+    assert all("iqm.fber" in r and not any(k.startswith("ssim.") for k in r) for r in rows)
+    stored = [{**r, "other.value": float(i)} for i, r in enumerate(rows)]
+    again = cl.rescore_family(stored, vols, "iqm", seed=3)
+    assert again == stored  # same copies, same values; the other family's columns kept
+    marked = [{**r, "iqm.fber": -1.0} for r in stored]
+    assert cl.rescore_family(marked, vols, "iqm", seed=3) == stored
+    with pytest.raises(ValueError, match="not the cases"):
+        cl.rescore_family(stored[:2], vols, "iqm", seed=3)
