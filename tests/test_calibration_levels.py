@@ -140,4 +140,4 @@ def test_rescoring_one_family_remakes_the_same_copies_and_keeps_the_others():
     marked = [{**r, "iqm.fber": -1.0} for r in stored]
     assert cl.rescore_family(marked, vols, "iqm", seed=3) == stored
     with pytest.raises(ValueError, match="not the cases"):
-        cl.rescore_family(stored[:2], vols, "iqm", seed=3)
+        cl.rescore_family([{**r, "volume": "elsewhere.nii.gz"} for r in stored], vols, "iqm", seed=3)
