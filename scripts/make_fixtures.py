@@ -16,8 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-TESTS = Path(__file__).resolve().parents[1] / "tests"
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = ROOT / "tests"
 DATA = TESTS / "data"
+# The checkout's package (with the weights just shipped), not an installed copy: run as a script,
+# sys.path[0] is scripts/, and an installed bids_qa would silently write the old weights' fixture.
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 
 def _round(v):
