@@ -174,8 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_count_or_auto,
         default=None,
         metavar="N|auto",
-        help="slices per forward pass of the deep models (default auto: 64 on CPU, 512 on CUDA); "
-        "lower it if the GPU runs out of memory",
+        help="slices per forward pass of the deep models (default auto: each model's own on CPU, "
+        "64, the severity model 16; 512 on CUDA); lower it if the GPU runs out of memory",
     )
     run.add_argument(
         "--scan-batch",
