@@ -83,17 +83,10 @@ def score_cases(
     ``families`` / ``weights`` (family -> weights file) score a subset, e.g. one family with new
     weights (:func:`rescore_family`); the corrupted copies depend on ``seed`` and the case only."""
     from bids_qa.evaluate import corrupt_volume
-    from bids_qa.scoring import REGISTRY
+    from bids_qa.scoring import build_scorers
     from bids_qa.volume import volume_from_array
 
-    weights = weights or {}
-    scorers = [
-        e.build(device=device, **({"weights": weights[e.name]} if e.name in weights else {}))
-        if e.needs_weights is not None
-        else e.build()
-        for e in REGISTRY
-        if e.name in families and e.available()
-    ]
+    scorers = build_scorers(families, device=device, weights=weights)
     rows: list[dict[str, Any]] = []
     cases = [("none", 0.0)] + [(a, s) for a in artifacts for s in levels]
     for v_index, (entry, vol) in enumerate(volumes):

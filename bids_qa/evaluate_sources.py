@@ -80,26 +80,28 @@ def severity_by_source(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _rate(group: list[dict[str, Any]], flagged: bool) -> float:
+    """Share of flow cases whose 5% flag is ``flagged`` (NaN for none)."""
+    if not group:
+        return float("nan")
+    return float(np.mean([bool(c["flag_5pct"]) == flagged for c in group]))
+
+
 def flow_by_source(cases: list[dict[str, Any]], volumes: list[str]) -> dict[str, dict[str, Any]]:
     """Per source: specificity at the 5% level on the clean scans and on their natural variants,
     sensitivity on the corrupted cases. Flow cases are named ``<file name>|<case>``."""
     source = {p.replace("\\", "/").rsplit("/", 1)[-1]: source_of(p) for p in volumes}
     out = {}
     for name, sel in _by_source(cases, lambda c: source.get(c["name"].split("|")[0], "?")).items():
-        def rate(group: list[dict[str, Any]], flagged: bool) -> float:
-            if not group:
-                return float("nan")
-            return float(np.mean([bool(c["flag_5pct"]) == flagged for c in group]))
-
         clean = [c for c in sel if c["category"] == "clean"]
         variants = [c for c in sel if c["category"] == "clean_variant"]
         damaged = [c for c in sel if c["artifact"]]
         out[name] = {
             "n_clean": len(clean),
-            "specificity_clean": rate(clean, False),
-            "specificity_variants": rate(variants, False),
+            "specificity_clean": _rate(clean, False),
+            "specificity_variants": _rate(variants, False),
             "n_damaged": len(damaged),
-            "sensitivity": rate(damaged, True),
+            "sensitivity": _rate(damaged, True),
         }
     return out
 
@@ -115,17 +117,11 @@ def scan_level_rows(
     :data:`SCAN_LEVELS`, with each copy's true SSIM to the clean scan."""
     from bids_qa.damage import slice_ssim
     from bids_qa.evaluate import corrupt_volume
+    from bids_qa.scoring import build_scorers
     from bids_qa.volume import volume_from_array
 
-    scorers: dict[str, Any] = {}
-    if "ssim" in families:
-        from bids_qa.models.ssim import SSIMScorer
-
-        scorers["ssim"] = SSIMScorer(device=device, weights=weights.get("ssim"))
-    if "tiers" in families:
-        from bids_qa.models.tiers import TierScorer
-
-        scorers["tiers"] = TierScorer(device=device, weights=weights.get("tiers"))
+    wanted = [f for f in ("ssim", "tiers") if f in families]
+    scorers = {s.name: s for s in build_scorers(wanted, device=device, weights=weights)} if wanted else {}
     if not scorers:
         return []
     rows = []

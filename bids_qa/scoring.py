@@ -9,7 +9,7 @@ on :class:`Scorer` with defaults, so the pipeline calls it directly.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -179,9 +179,15 @@ def checked_score_many(
     return out
 
 
-def build_scorers(names: list[str] | None = None, device: str = "cpu", batch_size: int = 0) -> list[Scorer]:
+def build_scorers(
+    names: Sequence[str] | None = None,
+    device: str = "cpu",
+    batch_size: int = 0,
+    weights: Mapping[str, str] | None = None,
+) -> list[Scorer]:
     """Instantiate the available scorers (optionally only ``names``), in registry order.
-    ``batch_size`` 0: each family's own default for ``device``."""
+    ``batch_size`` 0: each family's own default for ``device``; ``weights``: family -> weights
+    file to use instead of the shipped one (benchmarks of new weights)."""
     out: list[Scorer] = []
     for entry in REGISTRY:
         if names is not None and entry.name not in names:
@@ -191,6 +197,8 @@ def build_scorers(names: list[str] | None = None, device: str = "cpu", batch_siz
         kwargs: dict[str, Any] = {}
         if entry.needs_weights is not None:
             kwargs = {"device": device, "batch_size": batch_size}
+            if weights and entry.name in weights:
+                kwargs["weights"] = weights[entry.name]
         out.append(entry.build(**kwargs))
     return out
 
