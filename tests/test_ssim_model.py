@@ -266,7 +266,7 @@ def test_tiny_training_run_reduces_loss(tmp_path, template):
         workers=0,
         threads=1,
         checkpoint_every=25,
-        validate_every=50,
+        validate_every=25,
     )
     config = SSIMConfig(input_size=48, width=8)
     (vx,), vy = make_eval_set(sources, (48,), np.random.default_rng(11), 48, cfg)
@@ -274,8 +274,13 @@ def test_tiny_training_run_reduces_loss(tmp_path, template):
     initial = build_resnet(config).eval()
     with torch.no_grad():
         mse0 = regression_metrics(initial(torch.from_numpy(vx)[:, None]).numpy(), vy)["rmse"] ** 2
-    result = train(settings, sources, sources, config, val_size=32, cfg=cfg)
+    result = train(settings, sources, sources, config, val_size=32, cfg=cfg, keep_validated=True)
     assert (tmp_path / "run" / "best.safetensors").is_file()
+    # every validated step is kept, with its own validation figures, for a later choice
+    assert sorted(p.name for p in (tmp_path / "run").glob("step*.safetensors")) == [
+        "step25.safetensors",
+        "step50.safetensors",
+    ]
     assert (tmp_path / "run" / "checkpoint.pt").is_file()
     scorer = SSIMScorer(weights=str(tmp_path / "run" / "best.safetensors"))
     mse1 = regression_metrics(scorer.predict_slices(vx), vy)["rmse"] ** 2
@@ -286,6 +291,11 @@ def test_tiny_training_run_reduces_loss(tmp_path, template):
     validations = [r for r in log if "validation" in r]
     assert validations[-1]["step"] == 50
     assert validations[-1]["validation"]["val_mse"] == pytest.approx(result["best"]["val_mse"])
+    _, kept = load_weights(tmp_path / "run" / "step50.safetensors")
+    assert kept["training"]["step"] == 50
+    assert kept["training"]["validation"]["val_mse"] == pytest.approx(
+        validations[-1]["validation"]["val_mse"]
+    )
     _, meta = load_weights(tmp_path / "run" / "best.safetensors")
     # the weights record folder names, not the training machine's paths
     assert meta["training"]["settings"]["settings"]["run_dir"] == "run"

@@ -139,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=SampleConfig().noise_max_std,
         help="largest nuisance-noise SD on the normalised scale (drawn uniformly from 0.005)",
     )
+    p.add_argument(
+        "--keep-validated",
+        action="store_true",
+        help="also write the weights of every validated step (step<N>.safetensors), so that a "
+        "step can be chosen afterwards by the verdict's figures rather than the validation MSE",
+    )
     return p
 
 
@@ -465,10 +471,12 @@ def train(
     cfg: SampleConfig = SampleConfig(),
     batch_augment: int = 1,
     init: str | None = None,
+    keep_validated: bool = False,
 ) -> dict:
     """Run (or resume) training; returns the best validation record. Writes only into run_dir.
 
-    The best network (lowest validation MSE) is saved as ``best.safetensors``. ``batch_augment``
+    The best network (lowest validation MSE) is saved as ``best.safetensors``; with
+    ``keep_validated`` every validated step is saved too (``step<N>.safetensors``). ``batch_augment``
     > 1 trains on every batch together with rotated copies (:func:`dihedral_batch`).
     """
     import torch
@@ -550,6 +558,17 @@ def train(
                     batch_augment=batch_augment,
                 )
                 save_weights(run.dir / "best.safetensors", net.state_dict(), meta)
+            if keep_validated:
+                meta = loop.weights_metadata(
+                    NAME,
+                    config,
+                    run,
+                    step + 1,
+                    {k: metrics[k] for k in ("val_mse", "residual_mean", "residual_sd")},
+                    sampling=cfg.to_dict(),
+                    batch_augment=batch_augment,
+                )
+                save_weights(run.dir / f"step{step + 1}.safetensors", net.state_dict(), meta)
         if (step + 1) % settings.checkpoint_every == 0 or last:
             loop.save_checkpoint(run.dir, step + 1, net, opt, {"best": best})
     return {"best": best, "elapsed_s": round(time.time() - t0, 1)}
@@ -622,6 +641,7 @@ def main(argv: list[str] | None = None) -> int:
             p_clean=args.p_clean, p_noise=args.p_noise, noise_max_std=args.noise_max_std
         ),
         init=args.init,
+        keep_validated=args.keep_validated,
     )
     print(json.dumps(result, indent=2))
     if args.evaluate:
