@@ -30,7 +30,8 @@ def test_shipped_defaults_are_the_calibrated_levels():
     ssim = table.lookup("FLAIR", "ssim.ssim_mean")
     assert 0.78 < ssim.review < 0.86 and 0.55 < ssim.fail < 0.65  # Sciarra: 0.85 good, 0.6 rescan
     assert ssim.direction == "lower_is_worse"
-    assert table.lookup("T2w", "tiers.tier") is None  # clean validation scans reach tier 3
+    tier = table.lookup("T2w", "tiers.tier")  # every clean validation scan is tier 1 (run 4)
+    assert (tier.review, tier.fail, tier.inclusive) == (2.0, None, True)
     assert table.lookup("PDw", "flow.flag_5pct") is None  # flow.percentile carries the level
     flow = table.lookup("PDw", "flow.percentile")
     assert 0 < flow.review < 1 and flow.fail is None and flow.direction == "lower_is_worse"
@@ -130,11 +131,11 @@ def test_user_file_is_merged_field_by_field(tmp_path):
     )
     t2_tier = table.lookup("T2w", "tiers.tier")
     assert (t2_tier.review, t2_tier.fail, t2_tier.inclusive) == (
-        None,
+        2.0,
         2.5,
         True,
-    )  # based on the default entry
-    assert table.lookup("T1w", "tiers.tier") is None  # the default has no level
+    )  # based on the default entry, the user's field added
+    assert table.lookup("T1w", "tiers.tier").fail is None  # the default never fails alone
     assert (
         table.lookup("T2w", "header.anisotropy") is None
         and table.lookup("T1w", "header.anisotropy") is not None
