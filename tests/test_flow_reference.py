@@ -173,3 +173,13 @@ def test_evaluate_sources_scores_the_same_cases_with_every_scorer(tmp_path):
     assert {r["name"].split("=")[-1] for r in rows if r["category"] == "noise"} == {"0.90"}
     md = R.sources_markdown(res["summary"])
     assert md.count("\n") == 2 + 4 and "| non_brain |" in md and "—" in md
+
+
+def test_encoder_training_sources_leave_excluded_folders_out(tiny_data):
+    from bids_qa.training.flow import load_sources
+
+    train, _, ref, _ = load_sources(str(tiny_data), 0, 0)
+    assert [n for n, _ in ref] == ["site_a/vol0.nii.gz", "site_a/vol1.nii.gz", "site_b/vol2.nii.gz"]
+    train, _, ref, _ = load_sources(str(tiny_data), 0, 0, exclude_folders=["site_b"])
+    assert [n for n, _ in ref] == ["site_a/vol0.nii.gz", "site_a/vol1.nii.gz"]
+    assert len(train) == 2

@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolutions", nargs="*", default=["iso1.5", "iso2.5", "thick4"],
                    help="with --reference-only: resolution variants of every reference volume")
     p.add_argument("--exclude-folder", nargs="*", default=[],
-                   help="with --reference-only: leave these manifest folders out of the reference")
+                   help="leave these manifest folders out of training (encoder and reference) or, with "
+                        "--reference-only, out of the reference: a leave-one-site-out run")
     return p
 
 
@@ -504,11 +505,14 @@ def evaluate_flow(scorer, volumes, rng: np.random.Generator, n_clean_variants: i
 # entry point
 
 
-def load_sources(data_dir: str, n_synthetic: int, seed: int, mix=None):
-    """(train sources, validation sources, train reference volumes [(name, Volume)], validation volumes)."""
+def load_sources(data_dir: str, n_synthetic: int, seed: int, mix=None, exclude_folders=()):
+    """(train sources, validation sources, train reference volumes [(name, Volume)], validation volumes).
+
+    ``exclude_folders`` leaves whole training sources out (a leave-one-site-out run)."""
     from bids_qa.training.data import clean_volumes, synthetic_volumes
 
-    train = clean_volumes(data_dir, "train", mix=mix)
+    excluded = set(exclude_folders)
+    train = [(e, v) for e, v in clean_volumes(data_dir, "train", mix=mix) if e.get("folder") not in excluded]
     val_all = clean_volumes(data_dir, "validation", include_out_of_scope=True, mix=mix)
     ref = [(str(e["path"]), v) for e, v in train]
     if n_synthetic:
@@ -539,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
     fit = FitConfig(steps=args.flow_steps, seed=settings.seed)
     t_load = time.time()
     train_sources, val_sources, ref, val_all = load_sources(settings.data_dir, args.synthetic, settings.seed,
-                                                           synthetic_mix(settings))
+                                                           synthetic_mix(settings), args.exclude_folder)
     print(f"loaded {len(train_sources)} training volumes ({args.synthetic} synthetic), {len(val_all)} validation "
           f"volumes in {time.time() - t_load:.0f}s", flush=True)
     arts = tuple(args.artifacts)
