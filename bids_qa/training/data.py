@@ -24,6 +24,7 @@ every ``bids_qa train`` command): :func:`clean_volumes` then returns a share F o
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -210,10 +211,15 @@ def clean_volumes(
     *,
     include_out_of_scope: bool = False,
     mix: SyntheticMix | None = None,
+    exclude_folders: Sequence[str] = (),
 ) -> list[tuple[dict[str, Any], Volume]]:
     """Load every clean volume of a split as ``(entry, Volume)`` pairs, in manifest order, then
     (``mix``) synthetic heads so that they make ``mix.share`` of the in-scope volumes (share 1:
     the real in-scope volumes are replaced by as many heads).
+
+    ``exclude_folders`` leaves whole sources out, unread (a leave-one-site-out run); the number
+    of synthetic heads is still that of the whole split, so such a run differs from the full one
+    by the site alone.
 
     Raises
     ------
@@ -227,6 +233,8 @@ def clean_volumes(
     n_real = sum(not e.get("out_of_scope", False) for e in entries)
     if share >= 1.0:
         entries = [e for e in entries if e.get("out_of_scope", False)]
+    excluded = set(exclude_folders)
+    entries = [e for e in entries if e.get("folder") not in excluded]
     missing = [e["path"] for e in entries if not (root / e["path"]).is_file()]
     if missing:
         raise FileNotFoundError(

@@ -511,8 +511,7 @@ def load_sources(data_dir: str, n_synthetic: int, seed: int, mix=None, exclude_f
     ``exclude_folders`` leaves whole training sources out (a leave-one-site-out run)."""
     from bids_qa.training.data import clean_volumes, synthetic_volumes
 
-    excluded = set(exclude_folders)
-    train = [(e, v) for e, v in clean_volumes(data_dir, "train", mix=mix) if e.get("folder") not in excluded]
+    train = clean_volumes(data_dir, "train", mix=mix, exclude_folders=exclude_folders)
     val_all = clean_volumes(data_dir, "validation", include_out_of_scope=True, mix=mix)
     ref = [(str(e["path"]), v) for e, v in train]
     if n_synthetic:

@@ -126,8 +126,7 @@ def reference_volumes(data_dir: str, n_synthetic: int, mix, seed: int,
     ``mix``, label-map heads) and ``n_synthetic`` MNI-derived heads, as ``(entry, Volume)``."""
     from bids_qa.training.data import clean_volumes, synthetic_volumes
 
-    excluded = set(exclude_folders)
-    out = [(e, v) for e, v in clean_volumes(data_dir, "train", mix=mix) if e.get("folder") not in excluded]
+    out = clean_volumes(data_dir, "train", mix=mix, exclude_folders=exclude_folders)
     if n_synthetic:
         out += synthetic_volumes(n_synthetic, np.random.default_rng([seed, 104729]))
     return out

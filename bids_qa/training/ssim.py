@@ -541,33 +541,27 @@ def train(
                     "validation": {k: metrics[k] for k in ("val_mse", *REPORTED_METRICS)},
                 }
             )
-            if metrics["val_mse"] < best["val_mse"]:
-                best = {
-                    "val_mse": metrics["val_mse"],
-                    "step": step + 1,
-                    "residual_mean": metrics["residual_mean"],
-                    "residual_sd": metrics["residual_sd"],
-                }
+            record = {
+                "val_mse": metrics["val_mse"],
+                "step": step + 1,
+                "residual_mean": metrics["residual_mean"],
+                "residual_sd": metrics["residual_sd"],
+            }
+            is_best = record["val_mse"] < best["val_mse"]
+            if is_best or keep_validated:
                 meta = loop.weights_metadata(
                     NAME,
                     config,
                     run,
                     step + 1,
-                    best,
+                    record,
                     sampling=cfg.to_dict(),
                     batch_augment=batch_augment,
                 )
+            if is_best:
+                best = record
                 save_weights(run.dir / "best.safetensors", net.state_dict(), meta)
             if keep_validated:
-                meta = loop.weights_metadata(
-                    NAME,
-                    config,
-                    run,
-                    step + 1,
-                    {k: metrics[k] for k in ("val_mse", "residual_mean", "residual_sd")},
-                    sampling=cfg.to_dict(),
-                    batch_augment=batch_augment,
-                )
                 save_weights(run.dir / f"step{step + 1}.safetensors", net.state_dict(), meta)
         if (step + 1) % settings.checkpoint_every == 0 or last:
             loop.save_checkpoint(run.dir, step + 1, net, opt, {"best": best})
